@@ -1,0 +1,33 @@
+// Package index is the ckptfs store: frame versions, working sets, runs and
+// their metadata in a Pebble LSM. It imports no other package of ckptfs and
+// is the only package that imports Pebble.
+//
+// # Model
+//
+// A run is a series of checkpoints 0..n-1 of one guest's RAM. A frame version
+// (i, pfn) is the content of pfn at checkpoint i, stored only if it changed
+// during interval i-1 (every non-zero frame for checkpoint 0). The content of
+// pfn at checkpoint i is the newest version (j, pfn) with j <= i; no version
+// means an all-zero frame. W_i, the working set of interval i, is stored with
+// checkpoint i+1, when it becomes known.
+//
+// # Invariants
+//
+//   - Commit is atomic and durable: a checkpoint's frames, versions, working
+//     set, device state and commit record are written in one Pebble ingest
+//     (or, for small checkpoints, one synced batch). A reader sees all of a
+//     checkpoint or none of it; a crash at any moment leaves the store as of
+//     the last commit. A run becomes visible with its checkpoint 0.
+//   - Checkpoints of a run are committed in order 0, 1, 2, ... without gaps,
+//     and never change once committed.
+//   - All-zero frames are never stored. Identical contents within a run are
+//     stored once (xxh3-128 content hash); versions refer to the blob.
+//   - Every stored frame carries an xxh3-64 checksum that is verified on every
+//     read; a mismatch is an error wrapping ErrCorrupt, never wrong bytes.
+//     Pebble's own block checksums are reported the same way (IsCorruption).
+//   - One process owns a store: Open takes an flock on ckptfs.lock and a
+//     second Open fails with ErrStoreBusy.
+//
+// Key layout and value formats are documented in keys.go, the only file
+// that encodes keys.
+package index

@@ -1,0 +1,45 @@
+package index
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Sentinel errors. Callers test them with errors.Is.
+var (
+	ErrNoStore           = errors.New("index: no store")
+	ErrStoreBusy         = errors.New("index: store is in use by another process")
+	ErrRunNotFound       = errors.New("index: run not found")
+	ErrRunExists         = errors.New("index: run exists")
+	ErrBadRunName        = errors.New("index: bad run name")
+	ErrCheckpointMissing = errors.New("index: checkpoint not committed")
+	ErrNoWorkingSet      = errors.New("index: working set not recorded")
+	ErrNoDeviceState     = errors.New("index: device state not recorded")
+	ErrBadInput          = errors.New("index: bad input")
+	// ErrCorrupt marks stored data that failed a check. Test with IsCorruption.
+	ErrCorrupt = errors.New("index: corrupt store")
+)
+
+// IsCorruption reports whether err means stored data failed a checksum or a
+// structural check, in ckptfs's own records or in Pebble's files.
+func IsCorruption(err error) bool {
+	return errors.Is(err, ErrCorrupt) || pebble.IsCorruptionError(err)
+}
+
+func corruptf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, args...))
+}
+
+// wrapRead marks Pebble corruption errors with ErrCorrupt so that one check
+// covers both layers.
+func wrapRead(err error, what string) error {
+	if err == nil {
+		return nil
+	}
+	if pebble.IsCorruptionError(err) && !errors.Is(err, ErrCorrupt) {
+		return fmt.Errorf("%w: reading %s: %v", ErrCorrupt, what, err)
+	}
+	return fmt.Errorf("reading %s: %w", what, err)
+}

@@ -1,0 +1,153 @@
+package index
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// All key encoding of the store lives in this file. Integers are big-endian so
+// that byte order is numeric order. The one-byte kind prefixes and the value
+// layouts below are part of the on-disk format: never renumber them.
+//
+//	'b' blob      b | run u32 | interval u32 | pfn u64  → xxh3-64(frame) u64 | frame
+//	'c' commit    c | run u32 | interval u32            → JSON CheckpointStats
+//	'd' devstate  d | run u32 | interval u32            → QEMU migration stream
+//	'm' run       m | run u32                           → JSON runRecord
+//	'n' name      n | name                              → run u32
+//	's' sequence  s | "run"                             → next run id u32
+//	'v' version   v | run u32 | pfn u64 | ^interval u32 → kind u8 | ref interval u32 | ref pfn u64
+//	'w' ws        w | run u32 | interval u32            → xxh3-64(bitmap) u64 | roaring portable bitmap
+//
+// A version key stores the interval inverted so that, for one pfn, the newest
+// version sorts first: SeekGE(v|run|pfn|^i) lands on the newest version at or
+// before checkpoint i in one seek, however many checkpoints the run has.
+// The presence of the 'c' key is what makes a checkpoint visible; it is always
+// written in the same atomic ingest or batch as everything it refers to.
+
+// keyKind is the first byte of every key.
+type keyKind byte
+
+const (
+	kindBlob     keyKind = 'b'
+	kindCommit   keyKind = 'c'
+	kindDevState keyKind = 'd'
+	kindRun      keyKind = 'm'
+	kindName     keyKind = 'n'
+	kindSequence keyKind = 's'
+	kindVersion  keyKind = 'v'
+	kindWS       keyKind = 'w'
+)
+
+// RunID is the store-internal number of a run. IDs are never reused.
+type RunID uint32
+
+// versionKind is the first byte of a version value.
+type versionKind byte
+
+const (
+	versionZero versionKind = 0 // the frame became all zeros; nothing stored
+	versionBlob versionKind = 1 // the content is the blob at (ref interval, ref pfn)
+)
+
+const (
+	blobKeyLen    = 1 + 4 + 4 + 8
+	versionKeyLen = 1 + 4 + 8 + 4
+	versionValLen = 1 + 4 + 8
+	blobHeaderLen = 8
+	wsHeaderLen   = 8
+)
+
+var sequenceKey = []byte{byte(kindSequence), 'r', 'u', 'n'}
+
+func appendRunKey(dst []byte, kind keyKind, run RunID) []byte {
+	dst = append(dst, byte(kind))
+	return binary.BigEndian.AppendUint32(dst, uint32(run))
+}
+
+// appendIntervalKey encodes the 'c', 'd' and 'w' keys.
+func appendIntervalKey(dst []byte, kind keyKind, run RunID, interval uint32) []byte {
+	dst = appendRunKey(dst, kind, run)
+	return binary.BigEndian.AppendUint32(dst, interval)
+}
+
+func appendBlobKey(dst []byte, run RunID, interval uint32, pfn uint64) []byte {
+	dst = appendIntervalKey(dst, kindBlob, run, interval)
+	return binary.BigEndian.AppendUint64(dst, pfn)
+}
+
+func decodeBlobKey(k []byte) (run RunID, interval uint32, pfn uint64, ok bool) {
+	if len(k) != blobKeyLen || keyKind(k[0]) != kindBlob {
+		return 0, 0, 0, false
+	}
+	return RunID(binary.BigEndian.Uint32(k[1:])), binary.BigEndian.Uint32(k[5:]), binary.BigEndian.Uint64(k[9:]), true
+}
+
+func appendVersionKey(dst []byte, run RunID, pfn uint64, interval uint32) []byte {
+	dst = appendRunKey(dst, kindVersion, run)
+	dst = binary.BigEndian.AppendUint64(dst, pfn)
+	return binary.BigEndian.AppendUint32(dst, ^interval)
+}
+
+func decodeVersionKey(k []byte) (run RunID, pfn uint64, interval uint32, ok bool) {
+	if len(k) != versionKeyLen || keyKind(k[0]) != kindVersion {
+		return 0, 0, 0, false
+	}
+	return RunID(binary.BigEndian.Uint32(k[1:])), binary.BigEndian.Uint64(k[5:]), ^binary.BigEndian.Uint32(k[13:]), true
+}
+
+func appendVersionValue(dst []byte, kind versionKind, refInterval uint32, refPfn uint64) []byte {
+	dst = append(dst, byte(kind))
+	dst = binary.BigEndian.AppendUint32(dst, refInterval)
+	return binary.BigEndian.AppendUint64(dst, refPfn)
+}
+
+func decodeVersionValue(v []byte) (kind versionKind, refInterval uint32, refPfn uint64, err error) {
+	if len(v) != versionValLen || versionKind(v[0]) > versionBlob {
+		return 0, 0, 0, corruptf("version value of %d bytes, kind %d", len(v), firstByte(v))
+	}
+	return versionKind(v[0]), binary.BigEndian.Uint32(v[1:]), binary.BigEndian.Uint64(v[5:]), nil
+}
+
+func firstByte(b []byte) int {
+	if len(b) == 0 {
+		return -1
+	}
+	return int(b[0])
+}
+
+func appendNameKey(dst []byte, name string) []byte {
+	return append(append(dst, byte(kindName)), name...)
+}
+
+// runPrefixEnd returns the smallest key greater than every key of kind for run.
+func runPrefixEnd(kind keyKind, run RunID) []byte {
+	return appendRunKey(nil, kind, run+1)
+}
+
+// keyString prints a key readably, for errors and debugging.
+func keyString(k []byte) string {
+	if len(k) == 0 {
+		return "<empty>"
+	}
+	switch keyKind(k[0]) {
+	case kindBlob:
+		if r, i, p, ok := decodeBlobKey(k); ok {
+			return fmt.Sprintf("blob/run%d/ckpt%d/pfn%d", r, i, p)
+		}
+	case kindVersion:
+		if r, p, i, ok := decodeVersionKey(k); ok {
+			return fmt.Sprintf("version/run%d/pfn%d/ckpt%d", r, p, i)
+		}
+	case kindCommit, kindDevState, kindWS:
+		if len(k) == 9 {
+			return fmt.Sprintf("%c/run%d/%d", k[0], binary.BigEndian.Uint32(k[1:]), binary.BigEndian.Uint32(k[5:]))
+		}
+	case kindRun:
+		if len(k) == 5 {
+			return fmt.Sprintf("run/%d", binary.BigEndian.Uint32(k[1:]))
+		}
+	case kindName:
+		return fmt.Sprintf("name/%q", k[1:])
+	}
+	return fmt.Sprintf("raw/%x", k)
+}

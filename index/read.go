@@ -1,0 +1,408 @@
+package index
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/RoaringBitmap/roaring/v2"
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/zeebo/xxh3"
+)
+
+// Checkpoint is a read handle on one committed checkpoint of a run. Its data
+// never changes: committed checkpoints are immutable. It is safe for
+// concurrent use. Close it to release its iterators.
+type Checkpoint struct {
+	s     *Store
+	run   RunInfo
+	index uint32
+	iters chan *pebble.Iterator
+
+	resolveOnce sync.Once
+	refs        []uint64 // per pfn: 0 = zero frame, else (ref interval+1)<<40 | ref pfn
+	dataFrames  *roaring.Bitmap
+	resolveErr  error
+}
+
+const refPfnBits = 40
+
+// OpenCheckpoint returns a handle on checkpoint i of run name.
+func (s *Store) OpenCheckpoint(name string, i int) (*Checkpoint, error) {
+	ri, err := s.Run(name)
+	if err != nil {
+		return nil, err
+	}
+	if i < 0 || i >= ri.Checkpoints {
+		return nil, fmt.Errorf("%w: run %q has checkpoints 0..%d, not %d", ErrCheckpointMissing, name, ri.Checkpoints-1, i)
+	}
+	return &Checkpoint{s: s, run: ri, index: uint32(i), iters: make(chan *pebble.Iterator, 8)}, nil
+}
+
+// Run describes the checkpoint's run as of opening.
+func (c *Checkpoint) Run() RunInfo { return c.run }
+
+// Index is the checkpoint's number.
+func (c *Checkpoint) Index() int { return int(c.index) }
+
+// Size is the guest RAM size in bytes.
+func (c *Checkpoint) Size() uint64 { return c.run.RAMSize }
+
+func (c *Checkpoint) getIter() (*pebble.Iterator, error) {
+	select {
+	case it := <-c.iters:
+		return it, nil
+	default:
+	}
+	// One iterator over the run's blobs and versions ('b' < ... < 'v').
+	return c.s.db.NewIter(&pebble.IterOptions{
+		LowerBound: appendRunKey(nil, kindBlob, c.run.ID),
+		UpperBound: runPrefixEnd(kindVersion, c.run.ID),
+	})
+}
+
+func (c *Checkpoint) putIter(it *pebble.Iterator) {
+	select {
+	case c.iters <- it:
+	default:
+		it.Close()
+	}
+}
+
+// Close releases the handle.
+func (c *Checkpoint) Close() error {
+	for {
+		select {
+		case it := <-c.iters:
+			it.Close()
+		default:
+			return nil
+		}
+	}
+}
+
+// seekVersion positions it on the newest version of pfn at or before the
+// checkpoint and returns its value, or ok=false when pfn has none (zero).
+func (c *Checkpoint) seekVersion(it *pebble.Iterator, pfn uint64) (kind versionKind, ref blobRef, ok bool, err error) {
+	key := appendVersionKey(make([]byte, 0, versionKeyLen), c.run.ID, pfn, c.index)
+	if !it.SeekGE(key) {
+		return 0, blobRef{}, false, wrapRead(it.Error(), "versions")
+	}
+	run, p, _, valid := decodeVersionKey(it.Key())
+	if !valid || run != c.run.ID || p != pfn {
+		return 0, blobRef{}, false, nil
+	}
+	v, err := it.ValueAndErr()
+	if err != nil {
+		return 0, blobRef{}, false, wrapRead(err, keyString(it.Key()))
+	}
+	k, ri, rp, err := decodeVersionValue(v)
+	if err != nil {
+		return 0, blobRef{}, false, fmt.Errorf("%s: %w", keyString(it.Key()), err)
+	}
+	return k, blobRef{ri, rp}, true, nil
+}
+
+// readBlob copies the blob ref into dst after checking its checksum.
+func (c *Checkpoint) readBlob(it *pebble.Iterator, ref blobRef, dst []byte) error {
+	key := appendBlobKey(make([]byte, 0, blobKeyLen), c.run.ID, ref.interval, ref.pfn)
+	if !it.SeekGE(key) || !equalKey(it.Key(), key) {
+		if err := it.Error(); err != nil {
+			return wrapRead(err, keyString(key))
+		}
+		return corruptf("%s is referenced but missing", keyString(key))
+	}
+	v, err := it.ValueAndErr()
+	if err != nil {
+		return wrapRead(err, keyString(key))
+	}
+	if len(v) != blobHeaderLen+PageSize {
+		return corruptf("%s has %d bytes", keyString(key), len(v))
+	}
+	if binary.LittleEndian.Uint64(v) != xxh3.Hash(v[blobHeaderLen:]) {
+		return corruptf("%s: checksum mismatch", keyString(key))
+	}
+	copy(dst, v[blobHeaderLen:])
+	return nil
+}
+
+func equalKey(a, b []byte) bool { return string(a) == string(b) }
+
+// ReadFrame reads pfn into dst (PageSize bytes). It resolves the newest
+// version at or before the checkpoint with one seek, without building the
+// whole frame map.
+func (c *Checkpoint) ReadFrame(pfn uint64, dst []byte) error {
+	if pfn >= c.run.Frames || len(dst) < PageSize {
+		return fmt.Errorf("%w: pfn %d beyond %d frames", ErrBadInput, pfn, c.run.Frames)
+	}
+	it, err := c.getIter()
+	if err != nil {
+		return wrapRead(err, "iterator")
+	}
+	defer c.putIter(it)
+	kind, ref, ok, err := c.seekVersion(it, pfn)
+	if err != nil {
+		return err
+	}
+	if !ok || kind == versionZero {
+		clear(dst[:PageSize])
+		return nil
+	}
+	return c.readBlob(it, ref, dst)
+}
+
+// resolve builds the per-pfn map of the checkpoint once.
+func (c *Checkpoint) resolve() error {
+	c.resolveOnce.Do(func() {
+		c.refs = make([]uint64, c.run.Frames)
+		c.dataFrames = roaring.New()
+		it, err := c.getIter()
+		if err != nil {
+			c.resolveErr = wrapRead(err, "iterator")
+			return
+		}
+		defer c.putIter(it)
+		key := make([]byte, 0, versionKeyLen)
+		pfn := uint64(0)
+		for pfn < c.run.Frames {
+			key = appendVersionKey(key[:0], c.run.ID, pfn, c.index)
+			if !it.SeekGE(key) {
+				c.resolveErr = wrapRead(it.Error(), "versions")
+				return
+			}
+			run, p, _, ok := decodeVersionKey(it.Key())
+			if !ok || run != c.run.ID {
+				break
+			}
+			if p != pfn { // pfn has no version at or before the checkpoint
+				pfn = p
+				continue
+			}
+			v, err := it.ValueAndErr()
+			if err != nil {
+				c.resolveErr = wrapRead(err, keyString(it.Key()))
+				return
+			}
+			kind, ri, rp, err := decodeVersionValue(v)
+			if err != nil {
+				c.resolveErr = fmt.Errorf("%s: %w", keyString(it.Key()), err)
+				return
+			}
+			if kind == versionBlob {
+				if ri > c.index || rp >= c.run.Frames {
+					c.resolveErr = corruptf("%s refers to blob %d/%d", keyString(it.Key()), ri, rp)
+					return
+				}
+				c.refs[pfn] = uint64(ri+1)<<refPfnBits | rp
+				c.dataFrames.Add(uint32(pfn))
+			}
+			pfn++
+		}
+	})
+	return c.resolveErr
+}
+
+// DataFrames returns the frames that are not all zeros. Do not modify it.
+func (c *Checkpoint) DataFrames() (*roaring.Bitmap, error) {
+	if err := c.resolve(); err != nil {
+		return nil, err
+	}
+	return c.dataFrames, nil
+}
+
+// ReadFrames reads the contiguous frames first.. into dst, whose length is a
+// multiple of PageSize. It builds the frame map on first use.
+func (c *Checkpoint) ReadFrames(first uint64, dst []byte) error {
+	if len(dst)%PageSize != 0 || first+uint64(len(dst)/PageSize) > c.run.Frames {
+		return fmt.Errorf("%w: read of %d bytes at pfn %d beyond %d frames", ErrBadInput, len(dst), first, c.run.Frames)
+	}
+	if err := c.resolve(); err != nil {
+		return err
+	}
+	var it *pebble.Iterator
+	for i := 0; i < len(dst)/PageSize; i++ {
+		out := dst[i*PageSize : (i+1)*PageSize]
+		r := c.refs[first+uint64(i)]
+		if r == 0 {
+			clear(out)
+			continue
+		}
+		if it == nil {
+			var err error
+			if it, err = c.getIter(); err != nil {
+				return wrapRead(err, "iterator")
+			}
+			defer c.putIter(it)
+		}
+		if err := c.readBlob(it, decodeRef(r), out); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func decodeRef(r uint64) blobRef {
+	return blobRef{interval: uint32(r>>refPfnBits) - 1, pfn: r & (1<<refPfnBits - 1)}
+}
+
+// forEachFrame calls fn for every pfn of frames in the order that reads the
+// store sequentially (by blob key), with the frame's content. Zero frames get
+// zeroFrame. fn must not keep data.
+func (c *Checkpoint) forEachFrame(frames *roaring.Bitmap, fn func(pfn uint64, data []byte) error) error {
+	if err := c.resolve(); err != nil {
+		return err
+	}
+	type item struct{ ref, pfn uint64 }
+	items := make([]item, 0, frames.GetCardinality())
+	fi := frames.Iterator()
+	for fi.HasNext() {
+		p := uint64(fi.Next())
+		if p >= c.run.Frames {
+			return fmt.Errorf("%w: pfn %d beyond %d frames", ErrBadInput, p, c.run.Frames)
+		}
+		items = append(items, item{c.refs[p], p})
+	}
+	sort.Slice(items, func(a, b int) bool { return items[a].ref < items[b].ref })
+	it, err := c.getIter()
+	if err != nil {
+		return wrapRead(err, "iterator")
+	}
+	defer c.putIter(it)
+	buf := make([]byte, PageSize)
+	for _, x := range items {
+		if x.ref == 0 {
+			if err := fn(x.pfn, zeroFrame); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := c.readBlob(it, decodeRef(x.ref), buf); err != nil {
+			return err
+		}
+		if err := fn(x.pfn, buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WorkingSet returns W_i of run name: the frames interval i touched.
+func (s *Store) WorkingSet(name string, i int) (*roaring.Bitmap, error) {
+	id, err := s.runID(name)
+	if err != nil {
+		return nil, err
+	}
+	return s.workingSet(id, name, i)
+}
+
+func (s *Store) workingSet(id RunID, name string, i int) (*roaring.Bitmap, error) {
+	if i < 0 {
+		return nil, fmt.Errorf("%w: interval %d of %q", ErrNoWorkingSet, i, name)
+	}
+	key := appendIntervalKey(nil, kindWS, id, uint32(i))
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, fmt.Errorf("%w: interval %d of %q", ErrNoWorkingSet, i, name)
+	}
+	if err != nil {
+		return nil, wrapRead(err, keyString(key))
+	}
+	defer closer.Close()
+	if len(v) < wsHeaderLen || binary.LittleEndian.Uint64(v) != xxh3.Hash(v[wsHeaderLen:]) {
+		return nil, corruptf("%s: checksum mismatch", keyString(key))
+	}
+	bm := roaring.New()
+	if err := bm.UnmarshalBinary(v[wsHeaderLen:]); err != nil {
+		return nil, corruptf("%s: %v", keyString(key), err)
+	}
+	return bm, nil
+}
+
+// CheckpointStats returns the commit record of checkpoint i.
+func (s *Store) CheckpointStats(name string, i int) (CheckpointStats, error) {
+	id, err := s.runID(name)
+	if err != nil {
+		return CheckpointStats{}, err
+	}
+	return s.checkpointStats(id, name, i)
+}
+
+func (s *Store) checkpointStats(id RunID, name string, i int) (CheckpointStats, error) {
+	if i < 0 {
+		return CheckpointStats{}, fmt.Errorf("%w: %q has no checkpoint %d", ErrCheckpointMissing, name, i)
+	}
+	key := appendIntervalKey(nil, kindCommit, id, uint32(i))
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return CheckpointStats{}, fmt.Errorf("%w: %q has no checkpoint %d", ErrCheckpointMissing, name, i)
+	}
+	if err != nil {
+		return CheckpointStats{}, wrapRead(err, keyString(key))
+	}
+	defer closer.Close()
+	var st CheckpointStats
+	if err := json.Unmarshal(v, &st); err != nil {
+		return CheckpointStats{}, corruptf("%s: %v", keyString(key), err)
+	}
+	return st, nil
+}
+
+// IntervalStats describes interval i: what it touched and changed.
+type IntervalStats struct {
+	Interval         int    `json:"interval"`
+	WorkingSetFrames uint64 `json:"ws_frames"`
+	DirtyFrames      uint64 `json:"dirty_frames"` // |D_i| = versions of checkpoint i+1
+	NewFrames        uint64 `json:"new_frames"`   // content first stored at checkpoint i+1
+	BytesStored      uint64 `json:"bytes_stored"` // what checkpoint i+1 added
+	DowntimeNS       int64  `json:"downtime_ns"`  // pause that ended interval i
+	DeviceStateBytes uint64 `json:"device_state_bytes"`
+	// Checkpoint i itself (the start of the interval).
+	Checkpoint CheckpointStats `json:"checkpoint"`
+}
+
+// IntervalStats returns the stats of interval i; it needs checkpoint i+1.
+func (s *Store) IntervalStats(name string, i int) (IntervalStats, error) {
+	id, err := s.runID(name)
+	if err != nil {
+		return IntervalStats{}, err
+	}
+	cur, err := s.checkpointStats(id, name, i)
+	if err != nil {
+		return IntervalStats{}, err
+	}
+	out := IntervalStats{Interval: i, Checkpoint: cur, DeviceStateBytes: cur.DeviceStateBytes}
+	next, err := s.checkpointStats(id, name, i+1)
+	if errors.Is(err, ErrCheckpointMissing) {
+		return out, nil
+	}
+	if err != nil {
+		return IntervalStats{}, err
+	}
+	out.WorkingSetFrames = next.WorkingSetFrames
+	out.DirtyFrames = next.ChangedFrames
+	out.NewFrames = next.NewFrames
+	out.BytesStored = next.BytesStored
+	out.DowntimeNS = next.DowntimeNS
+	return out, nil
+}
+
+// DeviceState returns the device state recorded with checkpoint i.
+func (s *Store) DeviceState(name string, i int) ([]byte, error) {
+	id, err := s.runID(name)
+	if err != nil {
+		return nil, err
+	}
+	key := appendIntervalKey(nil, kindDevState, id, uint32(i))
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, fmt.Errorf("%w: checkpoint %d of %q", ErrNoDeviceState, i, name)
+	}
+	if err != nil {
+		return nil, wrapRead(err, keyString(key))
+	}
+	defer closer.Close()
+	return append([]byte(nil), v...), nil
+}

@@ -1,0 +1,405 @@
+package index
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"golang.org/x/sys/unix"
+)
+
+// PageSize is the frame size ckptfs stores. Guests with other page sizes are
+// not supported yet.
+const PageSize = 4096
+
+// Options configure a Store. The zero value is a good default.
+type Options struct {
+	// Create makes the store directory if it does not exist. Without it,
+	// opening a missing store fails with ErrNoStore.
+	Create bool
+	// InMemory keeps the whole store in memory (Pebble's vfs.NewMem); for tests.
+	InMemory bool
+	// FS overrides the filesystem (tests inject errors with it).
+	FS vfs.FS
+	// Compression of frame data: "snappy" (default), "minlz", "zstd", "none".
+	Compression string
+	// NoDedup stores every changed frame even when an identical frame of the
+	// same run is already stored (for the space benchmark).
+	NoDedup bool
+	// CacheSize is Pebble's block cache in bytes (default 64 MiB).
+	CacheSize int64
+	// Logger receives the store's log lines (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Store is an open ckptfs store. It is safe for concurrent use. One process
+// owns a store at a time; a second Open of the same directory fails with
+// ErrStoreBusy.
+type Store struct {
+	dir    string
+	fs     vfs.FS
+	db     *pebble.DB
+	opts   Options
+	popts  *pebble.Options
+	log    *slog.Logger
+	lockFD int
+
+	// generation counts commits and deletions so that readers (the mount)
+	// can tell cheaply whether anything changed.
+	generation atomic.Uint64
+
+	mu struct {
+		sync.Mutex
+		writers map[string]bool // runs being written by a RunWriter
+	}
+}
+
+// Open opens (or, with Options.Create, creates) the store in dir.
+func Open(dir string, opts Options) (*Store, error) {
+	s := &Store{dir: dir, opts: opts, lockFD: -1}
+	s.log = opts.Logger
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	switch {
+	case opts.FS != nil:
+		s.fs = opts.FS
+	case opts.InMemory:
+		s.fs = vfs.NewMem()
+	default:
+		s.fs = vfs.Default
+	}
+	comp, err := compressionProfile(opts.Compression)
+	if err != nil {
+		return nil, err
+	}
+	if !opts.InMemory && opts.FS == nil {
+		if err := s.lockDir(opts.Create); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.fs.MkdirAll(s.tmpDir(), 0o700); err != nil {
+		s.unlock()
+		return nil, fmt.Errorf("creating %s: %w", s.tmpDir(), err)
+	}
+	s.cleanTmp()
+
+	cacheSize := opts.CacheSize
+	if cacheSize <= 0 {
+		cacheSize = 64 << 20
+	}
+	cache := pebble.NewCache(cacheSize)
+	defer cache.Unref()
+	po := &pebble.Options{
+		FS:                 s.fs,
+		Cache:              cache,
+		FormatMajorVersion: pebble.FormatNewest,
+		MemTableSize:       64 << 20,
+		// Checkpoints arrive as ingested tables; a deeper L0 before stalling
+		// keeps a fast recorder from waiting on compactions of tiny tables.
+		L0CompactionThreshold: 8,
+		L0StopWritesThreshold: 64,
+		Logger:                quietLogger{s.log},
+	}
+	for i := range po.Levels {
+		po.Levels[i].Compression = func() *sstable.CompressionProfile { return comp }
+		po.Levels[i].BlockSize = 32 << 10
+	}
+	po.EnsureDefaults()
+	s.popts = po
+	db, err := pebble.Open(dir, po)
+	if err != nil {
+		s.unlock()
+		if pebble.IsCorruptionError(err) {
+			return nil, fmt.Errorf("%w: opening %s: %v", ErrCorrupt, dir, err)
+		}
+		return nil, fmt.Errorf("opening store %s: %w", dir, err)
+	}
+	s.db = db
+	s.mu.writers = map[string]bool{}
+	return s, nil
+}
+
+// Dir returns the store directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Generation increases whenever a checkpoint is committed or a run removed.
+func (s *Store) Generation() uint64 { return s.generation.Load() }
+
+// Close closes the store and releases its lock.
+func (s *Store) Close() error {
+	err := s.db.Close()
+	s.unlock()
+	return err
+}
+
+func (s *Store) tmpDir() string { return s.fs.PathJoin(s.dir, "tmp") }
+
+func (s *Store) cleanTmp() {
+	names, _ := s.fs.List(s.tmpDir())
+	for _, n := range names {
+		_ = s.fs.Remove(s.fs.PathJoin(s.tmpDir(), n))
+	}
+}
+
+// LockPath is the file whose flock marks the owner of a store directory.
+func LockPath(dir string) string { return filepath.Join(dir, "ckptfs.lock") }
+
+// lockDir takes an exclusive flock on the store directory so that a second
+// process gets a clear ErrStoreBusy instead of Pebble's lock error.
+func (s *Store) lockDir(create bool) error {
+	if _, err := os.Stat(filepath.Join(s.dir, "CURRENT")); err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("store %s: %w", s.dir, err)
+		}
+		if !create {
+			return fmt.Errorf("%w at %s (create one with `ckptfs import` or `ckptfs record`)", ErrNoStore, s.dir)
+		}
+	}
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return fmt.Errorf("creating store %s: %w", s.dir, err)
+	}
+	fd, err := unix.Open(LockPath(s.dir), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("store %s: %w", s.dir, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		owner := readOwner(fd)
+		unix.Close(fd)
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("%w (%s, %s)", ErrStoreBusy, s.dir, owner)
+		}
+		return fmt.Errorf("locking store %s: %w", s.dir, err)
+	}
+	_ = unix.Ftruncate(fd, 0)
+	_, _ = unix.Pwrite(fd, []byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	s.lockFD = fd
+	return nil
+}
+
+func readOwner(fd int) string {
+	buf := make([]byte, 32)
+	n, _ := unix.Pread(fd, buf, 0)
+	pid := strings.TrimSpace(string(buf[:max(n, 0)]))
+	if pid == "" {
+		return "owner unknown"
+	}
+	return "pid " + pid
+}
+
+func (s *Store) unlock() {
+	if s.lockFD >= 0 {
+		unix.Close(s.lockFD)
+		s.lockFD = -1
+	}
+}
+
+// RunInfo describes a run.
+type RunInfo struct {
+	Name     string            `json:"name"`
+	ID       RunID             `json:"id"`
+	RAMSize  uint64            `json:"ram_size"`
+	PageSize uint32            `json:"page_size"`
+	Frames   uint64            `json:"frames"`
+	Recorder string            `json:"recorder"`
+	Tracker  string            `json:"tracker"`
+	Created  time.Time         `json:"created"`
+	Meta     map[string]string `json:"meta,omitempty"`
+	// Checkpoints is the number of committed checkpoints (0..Checkpoints-1).
+	Checkpoints int `json:"checkpoints"`
+	// Intervals is the number of intervals whose working set is known; for
+	// them <i>.ram exists in the mount.
+	Intervals int `json:"intervals"`
+}
+
+// runRecord is the stored part of RunInfo (the 'm' value).
+type runRecord struct {
+	Name     string            `json:"name"`
+	RAMSize  uint64            `json:"ram_size"`
+	PageSize uint32            `json:"page_size"`
+	Recorder string            `json:"recorder"`
+	Tracker  string            `json:"tracker"`
+	Created  time.Time         `json:"created"`
+	Meta     map[string]string `json:"meta,omitempty"`
+}
+
+// Runs lists every run, by name.
+func (s *Store) Runs() ([]RunInfo, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{byte(kindName)}, UpperBound: []byte{byte(kindName) + 1}})
+	if err != nil {
+		return nil, wrapRead(err, "run names")
+	}
+	var names []string
+	for it.First(); it.Valid(); it.Next() {
+		names = append(names, string(it.Key()[1:]))
+	}
+	if err := it.Close(); err != nil {
+		return nil, wrapRead(err, "run names")
+	}
+	runs := make([]RunInfo, 0, len(names))
+	for _, n := range names {
+		ri, err := s.Run(n)
+		if err != nil {
+			return nil, err
+		}
+		runs = append(runs, ri)
+	}
+	return runs, nil
+}
+
+// Run returns the run called name.
+func (s *Store) Run(name string) (RunInfo, error) {
+	if err := ValidRunName(name); err != nil {
+		return RunInfo{}, err
+	}
+	id, err := s.runID(name)
+	if err != nil {
+		return RunInfo{}, err
+	}
+	return s.runInfo(id)
+}
+
+func (s *Store) runID(name string) (RunID, error) {
+	v, closer, err := s.db.Get(appendNameKey(nil, name))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, fmt.Errorf("%w: %q", ErrRunNotFound, name)
+	}
+	if err != nil {
+		return 0, wrapRead(err, "run name "+name)
+	}
+	defer closer.Close()
+	if len(v) != 4 {
+		return 0, corruptf("name record of run %q has %d bytes", name, len(v))
+	}
+	return RunID(binary.BigEndian.Uint32(v)), nil
+}
+
+func (s *Store) runInfo(id RunID) (RunInfo, error) {
+	v, closer, err := s.db.Get(appendRunKey(nil, kindRun, id))
+	if err != nil {
+		if errors.Is(err, pebble.ErrNotFound) {
+			return RunInfo{}, corruptf("run %d has a name but no record", id)
+		}
+		return RunInfo{}, wrapRead(err, "run record")
+	}
+	var rec runRecord
+	err = json.Unmarshal(v, &rec)
+	closer.Close()
+	if err != nil {
+		return RunInfo{}, corruptf("run %d record: %v", id, err)
+	}
+	ri := RunInfo{Name: rec.Name, ID: id, RAMSize: rec.RAMSize, PageSize: rec.PageSize, Frames: rec.RAMSize / PageSize,
+		Recorder: rec.Recorder, Tracker: rec.Tracker, Created: rec.Created, Meta: rec.Meta}
+	if ri.Checkpoints, err = s.countIntervalKeys(kindCommit, id); err != nil {
+		return RunInfo{}, err
+	}
+	if ri.Intervals, err = s.countIntervalKeys(kindWS, id); err != nil {
+		return RunInfo{}, err
+	}
+	return ri, nil
+}
+
+// countIntervalKeys returns 1 + the last interval with a key of kind, relying
+// on commits (and working sets) being contiguous from 0.
+func (s *Store) countIntervalKeys(kind keyKind, id RunID) (int, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: appendRunKey(nil, kind, id), UpperBound: runPrefixEnd(kind, id)})
+	if err != nil {
+		return 0, wrapRead(err, "interval keys")
+	}
+	n := 0
+	if it.Last() {
+		k := it.Key()
+		if len(k) != 9 {
+			it.Close()
+			return 0, corruptf("key %s", keyString(k))
+		}
+		n = int(binary.BigEndian.Uint32(k[5:])) + 1
+	}
+	if err := it.Close(); err != nil {
+		return 0, wrapRead(err, "interval keys")
+	}
+	return n, nil
+}
+
+// DeleteRun removes a run and everything stored for it, atomically.
+func (s *Store) DeleteRun(name string) error {
+	if err := ValidRunName(name); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	busy := s.mu.writers[name]
+	s.mu.Unlock()
+	if busy {
+		return fmt.Errorf("run %q is being written; stop the recording first", name)
+	}
+	id, err := s.runID(name)
+	if err != nil {
+		return err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	_ = b.Delete(appendNameKey(nil, name), nil)
+	for _, k := range []keyKind{kindBlob, kindCommit, kindDevState, kindRun, kindVersion, kindWS} {
+		_ = b.DeleteRange(appendRunKey(nil, k, id), runPrefixEnd(k, id), nil)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("removing run %q: %w", name, err)
+	}
+	s.generation.Add(1)
+	// Reclaim the space in the background; the deletion is already durable.
+	go func() {
+		_ = s.db.Compact(nil, appendRunKey(nil, kindBlob, id), runPrefixEnd(kindBlob, id), false)
+	}()
+	return nil
+}
+
+// DiskUsage returns the bytes of the store's files (Pebble's view).
+func (s *Store) DiskUsage() uint64 { return s.db.Metrics().DiskSpaceUsage() }
+
+// Flush flushes memtables and waits for nothing else; benchmarks call it so
+// that the space they report is on disk.
+func (s *Store) Flush() error { return s.db.Flush() }
+
+// quietLogger sends Pebble's informational lines to slog at debug level.
+type quietLogger struct{ l *slog.Logger }
+
+func (q quietLogger) Infof(format string, args ...any) {
+	q.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (q quietLogger) Errorf(format string, args ...any) {
+	q.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (q quietLogger) Fatalf(format string, args ...any) {
+	q.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	fmt.Fprintf(os.Stderr, "ckptfs: fatal store error: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+func compressionProfile(name string) (*sstable.CompressionProfile, error) {
+	switch strings.ToLower(name) {
+	case "", "snappy":
+		return sstable.SnappyCompression, nil
+	case "minlz":
+		return sstable.MinLZCompression, nil
+	case "zstd":
+		return sstable.ZstdCompression, nil
+	case "none":
+		return sstable.NoCompression, nil
+	}
+	return nil, fmt.Errorf("%w: unknown compression %q (snappy, minlz, zstd, none)", ErrBadInput, name)
+}
+
+var _ io.Closer = (*Store)(nil)
