@@ -1,6 +1,7 @@
 package index
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -56,6 +57,10 @@ type Store struct {
 	popts  *pebble.Options
 	log    *slog.Logger
 	lockFD int
+
+	bg       sync.WaitGroup // background compactions; Close waits for them
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
 
 	// generation counts commits and deletions so that readers (the mount)
 	// can tell cheaply whether anything changed.
@@ -129,6 +134,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("opening store %s: %w", dir, err)
 	}
 	s.db = db
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	s.mu.writers = map[string]bool{}
 	return s, nil
 }
@@ -141,6 +147,8 @@ func (s *Store) Generation() uint64 { return s.generation.Load() }
 
 // Close closes the store and releases its lock.
 func (s *Store) Close() error {
+	s.bgCancel()
+	s.bg.Wait()
 	err := s.db.Close()
 	s.unlock()
 	return err
@@ -161,9 +169,9 @@ func LockPath(dir string) string { return filepath.Join(dir, "ckptfs.lock") }
 // lockDir takes an exclusive flock on the store directory so that a second
 // process gets a clear ErrStoreBusy instead of Pebble's lock error.
 func (s *Store) lockDir(create bool) error {
-	if _, err := os.Stat(filepath.Join(s.dir, "CURRENT")); err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("store %s: %w", s.dir, err)
+	if !isStoreDir(s.dir) {
+		if fi, err := os.Stat(s.dir); err == nil && !fi.IsDir() {
+			return fmt.Errorf("%w: %s is not a directory", ErrNoStore, s.dir)
 		}
 		if !create {
 			return fmt.Errorf("%w at %s (create one with `ckptfs import` or `ckptfs record`)", ErrNoStore, s.dir)
@@ -188,6 +196,12 @@ func (s *Store) lockDir(create bool) error {
 	_, _ = unix.Pwrite(fd, []byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	s.lockFD = fd
 	return nil
+}
+
+// isStoreDir reports whether dir holds a Pebble database.
+func isStoreDir(dir string) bool {
+	names, _ := filepath.Glob(filepath.Join(dir, "MANIFEST-*"))
+	return len(names) > 0
 }
 
 func readOwner(fd int) string {
@@ -360,8 +374,10 @@ func (s *Store) DeleteRun(name string) error {
 	}
 	s.generation.Add(1)
 	// Reclaim the space in the background; the deletion is already durable.
+	s.bg.Add(1)
 	go func() {
-		_ = s.db.Compact(nil, appendRunKey(nil, kindBlob, id), runPrefixEnd(kindBlob, id), false)
+		defer s.bg.Done()
+		_ = s.db.Compact(s.bgCtx, appendRunKey(nil, kindBlob, id), runPrefixEnd(kindBlob, id), false)
 	}()
 	return nil
 }

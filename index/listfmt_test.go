@@ -1,0 +1,100 @@
+package index
+
+import (
+	"bytes"
+	"context"
+	"testing"
+
+	"github.com/RoaringBitmap/roaring/v2"
+)
+
+func TestParseList(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []uint32
+		bad  bool
+	}{
+		{in: "", want: nil},
+		{in: "\n", want: nil},
+		{in: "0-3,7,9-10\n", want: []uint32{0, 1, 2, 3, 7, 9, 10}},
+		{in: "5", want: []uint32{5}},
+		{in: "3-1", bad: true},
+		{in: "1,,2", bad: true},
+		{in: "-1", bad: true},
+		{in: "1-", bad: true},
+		{in: " 1", bad: true},
+		{in: "1,2,x", bad: true},
+		{in: "100", bad: true}, // beyond the limit
+		{in: "99999999999999999999999", bad: true},
+	} {
+		got, err := ParseList([]byte(tc.in), 100)
+		if tc.bad {
+			if err == nil {
+				t.Errorf("%q: accepted", tc.in)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.in, err)
+			continue
+		}
+		if !got.Equals(roaring.BitmapOf(tc.want...)) {
+			t.Errorf("%q: got %v want %v", tc.in, got.ToArray(), tc.want)
+		}
+	}
+	if s := FormatList(roaring.BitmapOf(0, 1, 2, 3, 7, 9, 10)); s != "0-3,7,9-10\n" {
+		t.Errorf("FormatList = %q", s)
+	}
+	if s := FormatList(roaring.New()); s != "\n" {
+		t.Errorf("FormatList(empty) = %q", s)
+	}
+}
+
+// FuzzParseList checks that every accepted list round-trips through
+// FormatList and that nothing panics.
+func FuzzParseList(f *testing.F) {
+	for _, s := range []string{"", "\n", "0-511,1024,2048-4095\n", "1", "3-1", "1,,2", "4294967295", "0-0,0-0"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		bm, err := ParseList(data, 1<<32)
+		if err != nil {
+			return
+		}
+		again, err := ParseList([]byte(FormatList(bm)), 1<<32)
+		if err != nil || !again.Equals(bm) {
+			t.Fatalf("round trip of %q failed: %v", data, err)
+		}
+	})
+}
+
+// FuzzReadDump checks that ReadDump yields exactly the input's frames, in
+// order, or rejects input that is not a whole number of frames.
+func FuzzReadDump(f *testing.F) {
+	f.Add([]byte{}, uint8(1))
+	f.Add(make([]byte, PageSize), uint8(1))
+	f.Add(make([]byte, PageSize+1), uint8(2))
+	f.Add(bytes.Repeat([]byte{1, 2, 3}, PageSize), uint8(1))
+	f.Fuzz(func(t *testing.T, data []byte, bufPages uint8) {
+		buf := make([]byte, (int(bufPages%4)+1)*PageSize)
+		var got []byte
+		next := uint64(0)
+		n, err := ReadDump(context.Background(), bytes.NewReader(data), buf, func(pfn uint64, frame []byte) error {
+			if pfn != next {
+				t.Fatalf("pfn %d, want %d", pfn, next)
+			}
+			next++
+			got = append(got, frame...)
+			return nil
+		}, nil)
+		if len(data)%PageSize != 0 {
+			if err == nil {
+				t.Fatalf("%d bytes accepted", len(data))
+			}
+			return
+		}
+		if err != nil || n != uint64(len(data)) || !bytes.Equal(got, data) {
+			t.Fatalf("ReadDump of %d bytes: n=%d err=%v", len(data), n, err)
+		}
+	})
+}

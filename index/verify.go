@@ -1,0 +1,178 @@
+package index
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/zeebo/xxh3"
+)
+
+// VerifyReport sums up what Verify checked.
+type VerifyReport struct {
+	Runs        int    `json:"runs"`
+	Checkpoints int    `json:"checkpoints"`
+	Versions    uint64 `json:"versions"`
+	Blobs       uint64 `json:"blobs"`
+	BlobBytes   uint64 `json:"blob_bytes"`
+	// Problems lists every inconsistency found; empty means the store is sound.
+	Problems []string `json:"problems,omitempty"`
+}
+
+const maxProblems = 50
+
+func (r *VerifyReport) add(format string, args ...any) {
+	if len(r.Problems) < maxProblems {
+		r.Problems = append(r.Problems, fmt.Sprintf(format, args...))
+	}
+}
+
+// Verify reads every record of one run (or of all runs when name is "") and
+// checks checksums, references and ordering. Reading every block also makes
+// Pebble check its own block checksums. Problems found are in the report; the
+// error is non-nil for problems too, and for I/O failures.
+func (s *Store) Verify(ctx context.Context, name string, progress Progress) (VerifyReport, error) {
+	var rep VerifyReport
+	var runs []RunInfo
+	if name != "" {
+		ri, err := s.Run(name)
+		if err != nil {
+			return rep, err
+		}
+		runs = []RunInfo{ri}
+	} else {
+		var err error
+		if runs, err = s.Runs(); err != nil {
+			return rep, err
+		}
+	}
+	var total, done uint64
+	for _, ri := range runs {
+		total += s.approxRunBytes(ri.ID)
+	}
+	for _, ri := range runs {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		rep.Runs++
+		rep.Checkpoints += ri.Checkpoints
+		if err := s.verifyRun(ctx, ri, &rep, func(n uint64) {
+			done += n
+			if progress != nil {
+				progress(min(done, total), total)
+			}
+		}); err != nil {
+			return rep, err
+		}
+	}
+	if len(rep.Problems) > 0 {
+		return rep, fmt.Errorf("%w: %d problem(s), first: %s", ErrCorrupt, len(rep.Problems), rep.Problems[0])
+	}
+	return rep, nil
+}
+
+func (s *Store) approxRunBytes(id RunID) uint64 {
+	n, _ := s.db.EstimateDiskUsage(appendRunKey(nil, kindBlob, id), runPrefixEnd(kindBlob, id))
+	return n
+}
+
+func (s *Store) verifyRun(ctx context.Context, ri RunInfo, rep *VerifyReport, progress func(uint64)) error {
+	id, name := ri.ID, ri.Name
+	// Commit records: contiguous from 0 and decodable.
+	if err := s.scanKeys(kindCommit, id, func(k, v []byte) {
+		i := binary.BigEndian.Uint32(k[5:])
+		var st CheckpointStats
+		if err := json.Unmarshal(v, &st); err != nil || st.Checkpoint != int(i) {
+			rep.add("run %q: commit record of checkpoint %d is unreadable", name, i)
+		}
+	}); err != nil {
+		return fmt.Errorf("run %q: %w", name, err)
+	}
+	for i := 0; i < ri.Checkpoints; i++ {
+		if _, err := s.checkpointStats(id, name, i); err != nil {
+			rep.add("run %q: checkpoint %d: %v", name, i, err)
+		}
+	}
+	for i := 0; i < ri.Intervals; i++ {
+		if _, err := s.workingSet(id, name, i); err != nil {
+			rep.add("run %q: working set %d: %v", name, i, err)
+		}
+	}
+	// Blobs: checksum, bounds, committed interval.
+	blobs := map[uint32]map[uint64]bool{}
+	if err := s.scanKeys(kindBlob, id, func(k, v []byte) {
+		_, i, pfn, ok := decodeBlobKey(k)
+		switch {
+		case !ok:
+			rep.add("run %q: malformed key %s", name, keyString(k))
+			return
+		case int(i) >= ri.Checkpoints:
+			rep.add("run %q: %s belongs to no committed checkpoint", name, keyString(k))
+		case pfn >= ri.Frames:
+			rep.add("run %q: %s beyond %d frames", name, keyString(k), ri.Frames)
+		case len(v) != blobHeaderLen+PageSize:
+			rep.add("run %q: %s has %d bytes", name, keyString(k), len(v))
+			return
+		case binary.LittleEndian.Uint64(v) != xxh3.Hash(v[blobHeaderLen:]):
+			rep.add("run %q: %s: checksum mismatch", name, keyString(k))
+		}
+		rep.Blobs++
+		rep.BlobBytes += PageSize
+		if blobs[i] == nil {
+			blobs[i] = map[uint64]bool{}
+		}
+		blobs[i][pfn] = true
+		if rep.Blobs%256 == 0 {
+			progress(256 * PageSize)
+		}
+	}); err != nil {
+		return fmt.Errorf("run %q: %w", name, err)
+	}
+	// Versions: committed, well-formed, referring to an existing older blob.
+	if err := s.scanKeys(kindVersion, id, func(k, v []byte) {
+		_, pfn, i, ok := decodeVersionKey(k)
+		if !ok {
+			rep.add("run %q: malformed key %s", name, keyString(k))
+			return
+		}
+		rep.Versions++
+		kind, ri2, rp, err := decodeVersionValue(v)
+		switch {
+		case err != nil:
+			rep.add("run %q: %s: %v", name, keyString(k), err)
+		case int(i) >= ri.Checkpoints:
+			rep.add("run %q: %s belongs to no committed checkpoint", name, keyString(k))
+		case pfn >= ri.Frames:
+			rep.add("run %q: %s beyond %d frames", name, keyString(k), ri.Frames)
+		case kind == versionBlob && (ri2 > i || !blobs[ri2][rp]):
+			rep.add("run %q: %s refers to missing blob %d/%d", name, keyString(k), ri2, rp)
+		}
+	}); err != nil {
+		return fmt.Errorf("run %q: %w", name, err)
+	}
+	return nil
+}
+
+// scanKeys calls fn for every key of kind for run, surfacing read errors
+// (including Pebble's block checksum failures) as corruption.
+func (s *Store) scanKeys(kind keyKind, id RunID, fn func(k, v []byte)) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: appendRunKey(nil, kind, id), UpperBound: runPrefixEnd(kind, id)})
+	if err != nil {
+		return wrapRead(err, "store")
+	}
+	for it.First(); it.Valid(); it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			it.Close()
+			return wrapRead(err, keyString(it.Key()))
+		}
+		fn(it.Key(), v)
+	}
+	if err := it.Close(); err != nil {
+		return wrapRead(err, fmt.Sprintf("%c keys", kind))
+	}
+	return nil
+}
+
