@@ -3,6 +3,7 @@ package index
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -39,7 +40,17 @@ func wrapRead(err error, what string) error {
 		return nil
 	}
 	if pebble.IsCorruptionError(err) && !errors.Is(err, ErrCorrupt) {
-		return fmt.Errorf("%w: reading %s: %v", ErrCorrupt, what, err)
+		return fmt.Errorf("%w: reading %s: %s", ErrCorrupt, what, firstLine(err))
 	}
 	return fmt.Errorf("reading %s: %w", what, err)
+}
+
+// firstLine returns the first line of err's message: Pebble's errors carry
+// multi-line details that do not belong in a one-line report.
+func firstLine(err error) string {
+	msg := err.Error()
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		return msg[:i]
+	}
+	return msg
 }

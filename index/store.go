@@ -118,6 +118,16 @@ func Open(dir string, opts Options) (*Store, error) {
 		L0CompactionThreshold: 8,
 		L0StopWritesThreshold: 64,
 		Logger:                quietLogger{s.log},
+		EventListener: &pebble.EventListener{
+			// Pebble's default is Fatalf: a corrupt block must fail the
+			// read that found it, not the process.
+			DataCorruption: func(info pebble.DataCorruptionInfo) {
+				s.log.Error("store: on-disk corruption", "file", info.Path, "err", firstLine(info.Details))
+			},
+			BackgroundError: func(err error) {
+				s.log.Error("store: background error", "err", err)
+			},
+		},
 	}
 	for i := range po.Levels {
 		po.Levels[i].Compression = func() *sstable.CompressionProfile { return comp }
@@ -129,9 +139,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		s.unlock()
 		if pebble.IsCorruptionError(err) {
-			return nil, fmt.Errorf("%w: opening %s: %v", ErrCorrupt, dir, err)
+			return nil, fmt.Errorf("%w: opening %s: %s", ErrCorrupt, dir, firstLine(err))
 		}
-		return nil, fmt.Errorf("opening store %s: %w", dir, err)
+		return nil, fmt.Errorf("opening store %s: %s", dir, firstLine(err))
 	}
 	s.db = db
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
@@ -149,7 +159,12 @@ func (s *Store) Generation() uint64 { return s.generation.Load() }
 func (s *Store) Close() error {
 	s.bgCancel()
 	s.bg.Wait()
+	// Leave nothing in the WAL: the tables are what verify checks.
+	ferr := s.db.Flush()
 	err := s.db.Close()
+	if err == nil {
+		err = ferr
+	}
 	s.unlock()
 	return err
 }
