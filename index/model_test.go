@@ -275,4 +275,6 @@ func TestOpenMissingAndBusy(t *testing.T) {
 	}
 }
 
-func isBusy(err error) bool { return err != nil && bytes.Contains([]byte(err.Error()), []byte("in use")) }
+func isBusy(err error) bool {
+	return err != nil && bytes.Contains([]byte(err.Error()), []byte("in use"))
+}

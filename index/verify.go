@@ -175,4 +175,3 @@ func (s *Store) scanKeys(kind keyKind, id RunID, fn func(k, v []byte)) error {
 	}
 	return nil
 }
-
