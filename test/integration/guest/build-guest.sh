@@ -23,6 +23,11 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
+# One build at a time per OUTDIR (test binaries of several packages may call
+# this at once).
+exec 9>"$OUT/.lock"
+flock 9
+
 # The stamp covers this script and the init script, so editing either rebuilds.
 want_stamp=$(cat "$HERE/build-guest.sh" "$HERE/init.sh" | sha256sum | cut -d' ' -f1)
 if [ -f "$OUT/.stamp" ] && [ "$(cat "$OUT/.stamp")" = "$want_stamp" ] &&
@@ -67,6 +72,7 @@ if [ ! -s "$OUT/vmlinuz" ] || [ ! -f "$OUT/.stamp" ] || [ "$(cat "$OUT/.stamp")"
 	mkdir -p "$OUT/dl"
 	if ! ls "$OUT/dl/${kpkg}_"*.deb >/dev/null 2>&1; then
 		log "downloading $kpkg"
+		rm -f "$OUT"/dl/linux-image-*.deb
 		# apt-get download as root warns that _apt cannot write here; harmless.
 		(cd "$OUT/dl" && apt-get download -qq "$kpkg" 2>&1 | grep -v -e 'unsandboxed' -e '^$' >&2 || true)
 	fi

@@ -115,12 +115,12 @@ func (q *qmp) setIgnoreShared(on bool) error {
 }
 
 type migrateInfo struct {
-	Status     string `json:"status"`
-	ErrorDesc  string `json:"error-desc"`
-	TotalTime  int64  `json:"total-time"` // ms
-	Downtime   int64  `json:"downtime"`   // ms
-	SetupTime  int64  `json:"setup-time"` // ms
-	RAM        *struct {
+	Status    string `json:"status"`
+	ErrorDesc string `json:"error-desc"`
+	TotalTime int64  `json:"total-time"` // ms
+	Downtime  int64  `json:"downtime"`   // ms
+	SetupTime int64  `json:"setup-time"` // ms
+	RAM       *struct {
 		Transferred int64 `json:"transferred"`
 		Total       int64 `json:"total"`
 		Normal      int64 `json:"normal"`

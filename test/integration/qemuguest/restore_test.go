@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -77,6 +78,20 @@ func TestRestoreFromCopiedRAM(t *testing.T) {
 	if ckB.lastTick <= ckA.lastTick {
 		t.Fatalf("checkpoint B tick %d <= A tick %d", ckB.lastTick, ckA.lastTick)
 	}
+	// Checkpoint C: exec: again, to tell the cost of exec: from that of the
+	// first migration of a process.
+	if _, err := q.exec("cont", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WaitTicks(ctx, src.SerialPath, ckB.lastTick+2); err != nil {
+		t.Fatal(err)
+	}
+	takeCheckpoint(t, q, src, dir, "C", false)
+	if hmp, err := q.exec("human-monitor-command", map[string]any{"command-line": "info ramblock"}); err == nil {
+		var text string
+		_ = json.Unmarshal(hmp, &text)
+		t.Logf("FINDING RAM blocks (ram0 is skipped by x-ignore-shared, the others are in the stream):\n%s", text)
+	}
 	if _, err := q.exec("quit", nil); err != nil && !strings.Contains(err.Error(), "EOF") {
 		t.Logf("quit: %v", err)
 	}
@@ -120,6 +135,82 @@ func TestRestoreFromCopiedRAM(t *testing.T) {
 			t.Fatalf("incoming migration: %v\nqemu: %s", r.migErr, r.g.Output())
 		}
 		r.checkContinues(ctx, t, ckB)
+
+		// x-ignore-shared skips only share=on blocks: this share=off QEMU
+		// puts all of ram0 into its stream.
+		out := filepath.Join(dir, "rB2-out.dev")
+		f, err := os.Create(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := r.q.setIgnoreShared(true); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.q.execFD("getfd", map[string]any{"fdname": "out"}, int(f.Fd())); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.q.exec("stop", nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.q.exec("migrate", map[string]any{"uri": "fd:out"}); err != nil {
+			t.Fatal(err)
+		}
+		mi, err := r.q.waitMigration(30 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := f.Stat()
+		if fi.Size() < 4*ckB.devSize {
+			t.Errorf("share=off QEMU with x-ignore-shared: stream %d bytes, want ram0 in it", fi.Size())
+		}
+		t.Logf("FINDING a share=off QEMU migrates with x-ignore-shared into a %d-byte stream (ram transferred %d, normal pages %d): x-ignore-shared needs share=on on the saving side",
+			fi.Size(), mi.RAM.Transferred, mi.RAM.Normal)
+	})
+
+	// share=on on the restoring side restores too, but the guest then
+	// writes into the checkpoint file: share=off keeps checkpoints intact.
+	t.Run("dest-share-on-writes-file", func(t *testing.T) {
+		cp := filepath.Join(dir, "B-shared.ram")
+		if err := copySparse(ckB.ram, cp); err != nil {
+			t.Fatal(err)
+		}
+		sum := fileSHA(t, cp)
+		r := restore(ctx, t, base, dir, ckB, restoreOpts{name: "rBs", ram: cp, share: true})
+		if r.migErr != nil {
+			t.Fatalf("incoming migration: %v\nqemu: %s", r.migErr, r.g.Output())
+		}
+		r.checkContinues(ctx, t, ckB)
+		r.g.Kill()
+		if fileSHA(t, cp) == sum {
+			t.Errorf("share=on restore left its mem-path file unchanged")
+		}
+		t.Logf("FINDING share=on on the restoring side restores as well, and writes the guest's changes into mem-path")
+	})
+
+	// readonly=on makes QEMU open mem-path O_RDONLY and map it PROT_READ;
+	// the restore completes, but guest writes to RAM are dropped and the
+	// guest makes no progress: it is no way to restore from a read-only file.
+	t.Run("readonly-on-is-useless", func(t *testing.T) {
+		r := restore(ctx, t, base, dir, ckA, restoreOpts{name: "roon", readOnly: true})
+		if r.migErr != nil {
+			t.Fatalf("incoming migration with readonly=on: %v\nqemu: %s", r.migErr, r.g.Output())
+		}
+		flags, perms := memPathUse(t, r.g.Pid(), ckA.ram)
+		if flags != "O_RDONLY" || !strings.HasPrefix(perms, "r-") {
+			t.Errorf("readonly=on: mem-path open %s, mapped %s; want O_RDONLY, r--p", flags, perms)
+		}
+		if _, err := r.q.exec("cont", nil); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+		ticks, _ := Ticks(r.serial)
+		if len(ticks) > 1 {
+			t.Fatalf("readonly=on: the guest progresses: ticks %v", ticks)
+		}
+		st, _ := r.q.status()
+		t.Logf("FINDING readonly=on,share=off: open %s, mapped %s, restore completes, status %q, but ticks after 2 s: %v (guest RAM writes are dropped)",
+			flags, perms, st, ticks)
 	})
 
 	t.Run("requires-ignore-shared-on-dest", func(t *testing.T) {
@@ -127,7 +218,7 @@ func TestRestoreFromCopiedRAM(t *testing.T) {
 		if r.migErr == nil {
 			t.Fatalf("incoming migration without x-ignore-shared succeeded")
 		}
-		t.Logf("FINDING without x-ignore-shared on the incoming side: %v; %s", r.migErr, lastLine(r.g.Output()))
+		t.Logf("FINDING without x-ignore-shared on the incoming side: %v; %s", r.migErr, strings.TrimSpace(r.g.Output()))
 	})
 
 	t.Run("requires-same-mem-size", func(t *testing.T) {
@@ -137,7 +228,7 @@ func TestRestoreFromCopiedRAM(t *testing.T) {
 		if r.migErr == nil {
 			t.Fatalf("incoming migration with -m 512M succeeded")
 		}
-		t.Logf("FINDING -m 512M instead of 256M: %v; %s", r.migErr, lastLine(r.g.Output()))
+		t.Logf("FINDING -m 512M instead of 256M: %v; %s", r.migErr, strings.TrimSpace(r.g.Output()))
 	})
 
 	// The kernel and initrd live in guest RAM after boot (the linuxboot
@@ -265,8 +356,9 @@ func takeCheckpoint(t *testing.T, q *qmp, src Config, dir, name string, viaFD bo
 		t.Fatalf("save %s: %v", name, err)
 	}
 	saveTotal, migTime := time.Since(tStop), time.Since(tMig)
-	if st, _ := q.status(); st != "postmigrate" && st != "paused" {
-		t.Errorf("source status after migrate: %q", st)
+	st, _ := q.status()
+	if st != "postmigrate" {
+		t.Errorf("source status after migrate: %q, want postmigrate", st)
 	}
 	tCopy := time.Now()
 	if err := copySparse(src.MemPath, ck.ram); err != nil {
@@ -293,10 +385,10 @@ func takeCheckpoint(t *testing.T, q *qmp, src Config, dir, name string, viaFD bo
 	if viaFD {
 		via = "fd (getfd)"
 	}
-	t.Logf("FINDING checkpoint %s via %s: tick %d, device state %d bytes (ram transferred %d), stop %v, migrate→completed %v, stop→completed %v (QEMU total-time %d ms, downtime %d ms), RAM copy %v",
+	t.Logf("FINDING checkpoint %s via %s: tick %d, device state %d bytes (ram transferred %d), stop %v, migrate→completed %v, stop→completed %v (QEMU total-time %d ms, downtime %d ms), RAM copy %v, then status %q",
 		name, via, ck.lastTick, ck.devSize, ramTransferred, stopped.Round(time.Microsecond),
 		migTime.Round(time.Microsecond), saveTotal.Round(time.Microsecond), mi.TotalTime, mi.Downtime,
-		copyTime.Round(time.Millisecond))
+		copyTime.Round(time.Millisecond), st)
 	return ck
 }
 
@@ -307,6 +399,8 @@ type restoreOpts struct {
 	noIgnoreShared bool
 	memMiB         int
 	noKernel       bool
+	readOnly       bool
+	share          bool
 }
 
 type restored struct {
@@ -331,7 +425,8 @@ func restore(ctx context.Context, t *testing.T, base Config, dir string, ck chec
 	if o.noKernel {
 		cfg.Kernel, cfg.Initrd = "", ""
 	}
-	cfg.Share = false
+	cfg.Share = o.share
+	cfg.ReadOnly = o.readOnly
 	cfg.Incoming = true
 	cfg.QMPSocket = filepath.Join(dir, o.name+".qmp")
 	cfg.SerialPath = filepath.Join(dir, o.name+".serial")
