@@ -1,0 +1,93 @@
+package main
+
+import (
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// permuteArgs moves a command's flags in front of its positional arguments,
+// so that `ckptfs mount MNT --prefetch none` and `ckptfs info R I --json`
+// work as DESIGN.md writes them: urfave/cli v2 stops parsing flags at the
+// first positional argument. Everything after "--" is left alone.
+func permuteArgs(app *cli.App, args []string) []string {
+	if len(args) < 2 {
+		return args
+	}
+	out := []string{args[0]}
+	i := 1
+	// Global flags before the command.
+	for i < len(args) && strings.HasPrefix(args[i], "-") && args[i] != "--" {
+		out = append(out, args[i])
+		if takesValue(app.Flags, args[i]) && i+1 < len(args) {
+			out = append(out, args[i+1])
+			i++
+		}
+		i++
+	}
+	if i >= len(args) {
+		return out
+	}
+	cmd := findCommand(app.Commands, args[i])
+	out = append(out, args[i])
+	i++
+	for cmd != nil && len(cmd.Subcommands) > 0 && i < len(args) {
+		sub := findCommand(cmd.Subcommands, args[i])
+		if sub == nil {
+			break
+		}
+		out = append(out, args[i])
+		cmd = sub
+		i++
+	}
+	if cmd == nil {
+		return append(out, args[i:]...)
+	}
+	var flags, positional, rest []string
+	for ; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			rest = args[i:]
+			break
+		}
+		if strings.HasPrefix(a, "-") && len(a) > 1 {
+			flags = append(flags, a)
+			if takesValue(cmd.Flags, a) && i+1 < len(args) {
+				flags = append(flags, args[i+1])
+				i++
+			}
+			continue
+		}
+		positional = append(positional, a)
+	}
+	out = append(out, flags...)
+	out = append(out, positional...)
+	return append(out, rest...)
+}
+
+func findCommand(cmds []*cli.Command, name string) *cli.Command {
+	for _, c := range cmds {
+		if c.HasName(name) {
+			return c
+		}
+	}
+	return nil
+}
+
+// takesValue reports whether the flag token a (without "=value") names a
+// flag that consumes the next argument.
+func takesValue(flags []cli.Flag, a string) bool {
+	if strings.Contains(a, "=") {
+		return false
+	}
+	name := strings.TrimLeft(a, "-")
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n == name {
+				_, isBool := f.(*cli.BoolFlag)
+				return !isBool
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ckptfs/ckptfs/index"
+	"github.com/urfave/cli/v2"
+)
+
+func importCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "import",
+		Usage:     "import raw RAM images as checkpoints 0..n of a new run",
+		ArgsUsage: "DUMP0 DUMP1 ...",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "run", Usage: "name of the new run"},
+			&cli.StringFlag{Name: "ws-dir", Usage: "directory with <i>.ws working sets (list format) for i < n"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.String("run") == "" {
+				return usageErrorf("import: --run is required")
+			}
+			if c.NArg() == 0 {
+				return usageErrorf("import: give at least one dump")
+			}
+			if err := index.ValidRunName(c.String("run")); err != nil {
+				return usageErrorf("import: %v", err)
+			}
+			dumps := make([]string, c.NArg())
+			for i, d := range c.Args().Slice() {
+				dumps[i] = absPath(c, d)
+			}
+			return withStore(c, true, func(st *index.Store) error {
+				progress, done := progressFor(c, "import")
+				start := time.Now()
+				ri, err := st.Import(c.Context, index.ImportSpec{Run: c.String("run"), Dumps: dumps,
+					WSDir: absPath(c, c.String("ws-dir")), Progress: progress})
+				done()
+				if err != nil {
+					return err
+				}
+				secs := time.Since(start).Seconds()
+				fmt.Fprintf(c.App.Writer, "imported %s: %d checkpoints of %s in %.1fs (%.0f MiB/s)\n", ri.Name, ri.Checkpoints,
+					humanBytes(ri.RAMSize), secs, float64(ri.RAMSize)*float64(ri.Checkpoints)/secs/(1<<20))
+				return nil
+			})
+		},
+	}
+}
+
+func exportCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "export",
+		Usage:     "write checkpoint I of a run as a raw image (holes stay holes)",
+		ArgsUsage: "OUT",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "run"},
+			&cli.StringFlag{Name: "interval", Usage: "checkpoint number"},
+			&cli.BoolFlag{Name: "sparse", Usage: "only the working set W_i is data"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.String("run") == "" || c.String("interval") == "" || c.NArg() != 1 {
+				return usageErrorf("export: want --run R --interval I OUT")
+			}
+			i, err := parseInterval(c.String("interval"))
+			if err != nil {
+				return err
+			}
+			return withStore(c, false, func(st *index.Store) error {
+				progress, done := progressFor(c, "export")
+				defer done()
+				return st.Export(c.Context, index.ExportSpec{Run: c.String("run"), Interval: i, Sparse: c.Bool("sparse"),
+					Out: absPath(c, c.Args().First()), Progress: progress})
+			})
+		},
+	}
+}
+
+func parseInterval(s string) (int, error) {
+	i, err := strconv.Atoi(s)
+	if err != nil || i < 0 {
+		return 0, usageErrorf("interval %q is not a non-negative integer", s)
+	}
+	return i, nil
+}
+
+func lsCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "ls",
+		Usage:     "list runs, or the checkpoints of run R",
+		ArgsUsage: "[R]",
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 1 {
+				return usageErrorf("ls: at most one run")
+			}
+			return withStore(c, false, func(st *index.Store) error {
+				tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+				defer tw.Flush()
+				if c.NArg() == 0 {
+					runs, err := st.Runs()
+					if err != nil {
+						return err
+					}
+					fmt.Fprintln(tw, "RUN\tRAM\tCHECKPOINTS\tINTERVALS\tTRACKER\tCREATED")
+					for _, r := range runs {
+						fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", r.Name, humanBytes(r.RAMSize), r.Checkpoints, r.Intervals, r.Tracker, r.Created.Local().Format(time.DateTime))
+					}
+					return nil
+				}
+				ri, err := st.Run(c.Args().First())
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(tw, "CHECKPOINT\tCHANGED\tNEW\tSTORED\tWS(i)\tDIRTY(i)\tDOWNTIME")
+				for i := 0; i < ri.Checkpoints; i++ {
+					is, err := st.IntervalStats(ri.Name, i)
+					if err != nil {
+						return err
+					}
+					ws, dirty := "-", "-"
+					if i < ri.Intervals {
+						ws = strconv.FormatUint(is.WorkingSetFrames, 10)
+					}
+					if i+1 < ri.Checkpoints {
+						dirty = strconv.FormatUint(is.DirtyFrames, 10)
+					}
+					fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%s\t%s\n", i, is.Checkpoint.ChangedFrames, is.Checkpoint.NewFrames,
+						humanBytes(is.Checkpoint.BytesStored), ws, dirty, time.Duration(is.Checkpoint.DowntimeNS).Round(10*time.Microsecond))
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func infoCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "info",
+		Usage:     "show a run, or interval I of it",
+		ArgsUsage: "R [I]",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+		Action: func(c *cli.Context) error {
+			if c.NArg() < 1 || c.NArg() > 2 {
+				return usageErrorf("info: want R [I]")
+			}
+			return withStore(c, false, func(st *index.Store) error {
+				var v any
+				var err error
+				if c.NArg() == 2 {
+					i, perr := parseInterval(c.Args().Get(1))
+					if perr != nil {
+						return perr
+					}
+					v, err = st.IntervalStats(c.Args().First(), i)
+				} else {
+					v, err = st.Run(c.Args().First())
+				}
+				if err != nil {
+					return err
+				}
+				if c.Bool("json") {
+					enc := json.NewEncoder(c.App.Writer)
+					enc.SetIndent("", "  ")
+					return enc.Encode(v)
+				}
+				switch x := v.(type) {
+				case index.RunInfo:
+					fmt.Fprintf(c.App.Writer, "run:         %s\nram:         %s (%d frames of %d bytes)\ncheckpoints: %d\nintervals:   %d (with working sets)\nrecorder:    %s\ntracker:     %s\ncreated:     %s\n",
+						x.Name, humanBytes(x.RAMSize), x.Frames, x.PageSize, x.Checkpoints, x.Intervals, x.Recorder, x.Tracker, x.Created.Local().Format(time.RFC3339))
+				case index.IntervalStats:
+					fmt.Fprintf(c.App.Writer, "interval:      %d\nws frames:     %d\ndirty frames:  %d\nnew frames:    %d\nbytes stored:  %s\ndowntime:      %s\ndevice state:  %s\n",
+						x.Interval, x.WorkingSetFrames, x.DirtyFrames, x.NewFrames, humanBytes(x.BytesStored), time.Duration(x.DowntimeNS), humanBytes(x.DeviceStateBytes))
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func verifyCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "verify",
+		Usage:     "check every record of the store (or of run R)",
+		ArgsUsage: "[R]",
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 1 {
+				return usageErrorf("verify: at most one run")
+			}
+			return withStore(c, false, func(st *index.Store) error {
+				progress, done := progressFor(c, "verify")
+				rep, err := st.Verify(c.Context, c.Args().First(), progress)
+				done()
+				if err != nil {
+					return fmt.Errorf("verify failed: %w", err)
+				}
+				fmt.Fprintf(c.App.Writer, "ok: %d runs, %d checkpoints, %d versions, %d frames (%s) verified\n",
+					rep.Runs, rep.Checkpoints, rep.Versions, rep.Blobs, humanBytes(rep.BlobBytes))
+				return nil
+			})
+		},
+	}
+}
+
+func rmCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "rm",
+		Usage:     "remove run R and everything stored for it",
+		ArgsUsage: "R",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usageErrorf("rm: want one run")
+			}
+			return withStore(c, false, func(st *index.Store) error {
+				return st.DeleteRun(c.Args().First())
+			})
+		},
+	}
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
