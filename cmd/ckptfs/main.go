@@ -102,7 +102,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) *cli.A
 		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
 			return usageErrorf("%v (see ckptfs --help)", err)
 		},
-		ExitErrHandler: func(*cli.Context, error) {}, // run() reports errors
+		ExitErrHandler:  func(*cli.Context, error) {}, // run() reports errors
 		HideHelpCommand: true,
 		Commands: []*cli.Command{
 			importCommand(), exportCommand(), lsCommand(), infoCommand(), verifyCommand(), rmCommand(),

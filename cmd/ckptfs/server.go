@@ -253,4 +253,3 @@ func forwardCommand(ctx context.Context, dir string, args []string, stdout, stde
 	}
 	return 0, errors.New("owner closed the connection before the command finished")
 }
-
