@@ -56,7 +56,7 @@
 // # Findings (measured by restore_test.go on this machine, 2 cores)
 //
 //   - Boot: the QMP greeting comes 0.07-0.2 s after exec; the first tick
-//     3.5-6 s after exec. A restore is ready in well under a second: start
+//     3.3-6.2 s after exec. A restore is ready in well under a second: start
 //     ~0.1 s, incoming migration 5 ms (fd) to 40-90 ms (exec:), and the
 //     guest ticks at its normal rate right after cont.
 //   - Device-state stream: 319,748 bytes for a 256 MiB guest, the same for
@@ -65,8 +65,8 @@
 //     /rom@etc/acpi/tables (128 KiB used), /rom@etc/table-loader and
 //     /rom@etc/acpi/rsdp (4 KiB each). The devices proper are ~110 KiB.
 //   - Save time (stop → query-migrate "completed", seen by polling every
-//     1 ms): ~5 ms through a getfd fd (QEMU's total-time 3-4 ms, downtime
-//     1-2 ms); 20-40 ms through "exec:cat > FILE" (fork of sh and cat),
+//     1 ms): 5-9 ms through a getfd fd (QEMU's total-time 3-5 ms, downtime
+//     1-2 ms); 20-60 ms through "exec:cat > FILE" (fork of sh and cat),
 //     on the first migration of a process and on later ones alike. stop
 //     itself takes ~1 ms. A recorder should pass an fd.
 //   - x-ignore-shared skips exactly the RAM blocks that are share=on: a
