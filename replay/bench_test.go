@@ -1,0 +1,186 @@
+package replay_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ckptfs/ckptfs/replay"
+	"github.com/ckptfs/ckptfs/replay/replaytest"
+)
+
+func TestMain(m *testing.M) {
+	replay.MaybeRunChild()
+	os.Exit(m.Run())
+}
+
+const mib = 1 << 20
+
+// within reports whether got is within frac of want.
+func within(got, want uint64, frac float64) bool {
+	return math.Abs(float64(got)-float64(want)) <= frac*float64(want)
+}
+
+// TestBenchSynthetic runs all four modes on a synthetic run whose working
+// sets are 20 % of RAM, cold, and checks the footprints against the known
+// sizes: (b) and (c) hold W_i, (a) holds all of RAM. The directory is not a
+// FUSE mount, so (c) emulates the mount's prefetch.
+func TestBenchSynthetic(t *testing.T) {
+	mount := t.TempDir()
+	const ram = 64 * mib
+	syn, err := replaytest.WriteRun(mount, "syn", replaytest.Config{RAMSize: ram, Intervals: 3, WSFrac: 0.2, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rep, err := replay.Bench(ctx, replay.BenchConfig{
+		Mount: mount, Run: "syn",
+		// The plain directory has no prefetch either way; passing it as
+		// the no-prefetch mount exercises mode (d).
+		NoPrefetchMount: mount,
+		Concurrency:     []int{1, 4},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tbl bytes.Buffer
+	if err := rep.Table(&tbl); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", tbl.String())
+
+	ws := uint64(syn.MeanWSFrac * ram)
+	if !rep.PrefetchEmulated {
+		t.Errorf("prefetch not emulated on a plain directory")
+	}
+	if !within(rep.MeanWSBytes, ws, 0.001) {
+		t.Errorf("report mean W %d, written %d", rep.MeanWSBytes, ws)
+	}
+	if len(rep.Intervals) != 3 || rep.Intervals[0].DirtyFrames == 0 || !rep.Intervals[0].HasStats {
+		t.Errorf("intervals %+v", rep.Intervals)
+	}
+	for _, k := range []int{1, 4} {
+		for _, m := range replay.AllModes() {
+			x, ok := rep.Result(m, k)
+			if !ok || x.Skipped != "" {
+				t.Fatalf("(%s) K=%d missing or skipped: %+v", m.Letter(), k, x)
+			}
+			want := ws
+			if m == replay.ModeFull {
+				want = ram
+			}
+			if m == replay.ModeLazyNoPrefetch {
+				// Without prefetch the kernel's read-around on faults
+				// caches holes next to W_i too: at least W_i, at most RAM.
+				if x.FootprintMean < ws*9/10 || x.FootprintMean > ram {
+					t.Errorf("(d) K=%d: footprint %s per replay, want between W %s and RAM",
+						k, mb(x.FootprintMean), mb(ws))
+				}
+				continue
+			}
+			if !within(x.FootprintMean, want, 0.10) {
+				t.Errorf("(%s) %s K=%d: footprint %s per replay, want %s ± 10 %%",
+					m.Letter(), m.Describe(), k, mb(x.FootprintMean), mb(want))
+			}
+			if x.Replays < 3 || x.Replays%k != 0 || x.LoadMean <= 0 {
+				t.Errorf("(%s) K=%d: %d replays, load %v", m.Letter(), k, x.Replays, x.LoadMean)
+			}
+			if m != replay.ModeFull && (x.FootprintReduction == nil || *x.FootprintReduction < 0.7) {
+				t.Errorf("(%s) K=%d: footprint reduction %v", m.Letter(), k, x.FootprintReduction)
+			}
+		}
+		// Eager copies add up; K replays of distinct intervals too.
+		full, _ := rep.Result(replay.ModeFull, k)
+		if !within(full.TotalFootprint, uint64(k)*ram, 0.10) {
+			t.Errorf("(a) K=%d: total footprint %s, want %s", k, mb(full.TotalFootprint), mb(uint64(k)*ram))
+		}
+	}
+	for _, s := range rep.Results[0].Samples {
+		if s.Frames != ram/4096 || s.BytesRead != ram {
+			t.Errorf("(a) sample %+v: want every frame read", s)
+		}
+	}
+
+	data, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back replay.BenchReport
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Results) != len(rep.Results) || back.Results[1].FootprintMean != rep.Results[1].FootprintMean {
+		t.Errorf("JSON round trip lost results")
+	}
+
+	for _, name := range []string{"bench.png", "bench.svg"} {
+		p := filepath.Join(t.TempDir(), name)
+		if err := rep.WritePlot(p); err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "bench.png" && !bytes.HasPrefix(data, []byte("\x89PNG")) ||
+			name == "bench.svg" && !bytes.Contains(data[:min(len(data), 512)], []byte("<svg")) {
+			t.Errorf("%s: not a %s file (%d bytes)", name, filepath.Ext(name), len(data))
+		}
+	}
+	if err := rep.WritePlot(filepath.Join(t.TempDir(), "bench.txt")); !errors.Is(err, replay.ErrBadConfig) {
+		t.Errorf("WritePlot(.txt) = %v, want ErrBadConfig", err)
+	}
+}
+
+func mb(n uint64) string { return fmt.Sprintf("%.1f MiB", float64(n)/mib) }
+
+func TestBenchErrors(t *testing.T) {
+	mount := t.TempDir()
+	if _, err := replaytest.WriteRun(mount, "r", replaytest.Config{RAMSize: 4 * mib, Intervals: 1}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cases := []struct {
+		name string
+		cfg  replay.BenchConfig
+		want error
+	}{
+		{"no run", replay.BenchConfig{Mount: mount, Run: "nope"}, replay.ErrRunNotFound},
+		{"bad run name", replay.BenchConfig{Mount: mount, Run: "../r"}, replay.ErrBadConfig},
+		{"interval without ws", replay.BenchConfig{Mount: mount, Run: "r", Intervals: []int{1}}, replay.ErrNoWorkingSet},
+		{"bad concurrency", replay.BenchConfig{Mount: mount, Run: "r", Concurrency: []int{0}}, replay.ErrBadConfig},
+		{"bad mode", replay.BenchConfig{Mount: mount, Run: "r", Modes: []replay.Mode{"eager"}}, replay.ErrBadConfig},
+		// A binary that does not call MaybeRunChild gives no handshake.
+		{"no handshake", replay.BenchConfig{Mount: mount, Run: "r", Executable: "/bin/true",
+			Concurrency: []int{1}, Modes: []replay.Mode{replay.ModeSparse}}, replay.ErrChild},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := replay.Bench(ctx, c.cfg)
+			if !errors.Is(err, c.want) {
+				t.Fatalf("err = %v, want %v", err, c.want)
+			}
+			t.Logf("%v", err)
+		})
+	}
+}
+
+func TestParseMode(t *testing.T) {
+	for in, want := range map[string]replay.Mode{"a": replay.ModeFull, "sparse": replay.ModeSparse,
+		"C": replay.ModeLazy, "lazy-noprefetch": replay.ModeLazyNoPrefetch} {
+		if got, err := replay.ParseMode(in); err != nil || got != want {
+			t.Errorf("ParseMode(%q) = %q, %v", in, got, err)
+		}
+	}
+	if _, err := replay.ParseMode("e"); !errors.Is(err, replay.ErrBadConfig) {
+		t.Errorf("ParseMode(e) = %v", err)
+	}
+}
