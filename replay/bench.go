@@ -137,10 +137,10 @@ type BenchReport struct {
 	Cache string `json:"cache"`
 	// PrefetchEmulated is set when mode (c) emulated the mount's prefetch.
 	PrefetchEmulated bool          `json:"prefetch_emulated"`
-	Results []ModeResult  `json:"results"`
-	Notes   []string      `json:"notes,omitempty"`
-	Started time.Time     `json:"started"`
-	Elapsed time.Duration `json:"elapsed_ns"`
+	Results          []ModeResult  `json:"results"`
+	Notes            []string      `json:"notes,omitempty"`
+	Started          time.Time     `json:"started"`
+	Elapsed          time.Duration `json:"elapsed_ns"`
 }
 
 // IntervalInfo describes one interval.

@@ -71,9 +71,9 @@ type childResult struct {
 	// (mincore over a mapping of the whole file).
 	CacheBytes uint64 `json:"cache_bytes"`
 	// Deltas of the child's /proc/self/status over the load.
-	RSSDelta  int64 `json:"rss_delta"`
-	AnonDelta int64 `json:"anon_delta"`
-	FileDelta int64 `json:"file_delta"` // RssFile + RssShmem
+	RSSDelta  int64  `json:"rss_delta"`
+	AnonDelta int64  `json:"anon_delta"`
+	FileDelta int64  `json:"file_delta"` // RssFile + RssShmem
 	BytesRead uint64 `json:"bytes_read"`
 	Frames    uint64 `json:"frames"` // frames loaded or touched
 	MajFlt    int64  `json:"majflt"`

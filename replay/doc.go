@@ -1,3 +1,118 @@
-// Package replay restores checkpoints of a ckptfs mount into a VMM and
-// measures what sparse checkpoints buy.
+// Package replay restores checkpoints of a ckptfs mount into a VMM, and
+// measures what sparse checkpoints buy: load time and memory footprint of
+// full, sparse and lazy loading (issue 5). It reads the mount's files like
+// any VMM would, so it works on any directory with the mount's layout
+// (DESIGN.md "The mount"; package replaytest writes such directories). It
+// imports index only for the list format and the JSON types, and never fs,
+// kvmrec or the CLI.
+//
+// # Replay in QEMU
+//
+// QEMU starts qemu-system-x86_64 with the recording's arguments and
+//
+//	-accel tcg -m SIZE
+//	-object memory-backend-file,id=ram0,size=BYTES,mem-path=MNT/RUN/full/I.ram,share=off
+//	-qmp unix:SOCK,server=on,wait=off -serial file:SERIAL -S -incoming defer
+//
+// (mem-path=MNT/RUN/I.ram with Sparse), then over QMP: query-status must say
+// "inmigrate"; migrate-set-capabilities x-ignore-shared=true (the incoming
+// side must set it too, or QEMU 7.2 refuses the stream); getfd with an fd of
+// I.dev and migrate-incoming "fd:NAME" (or "exec:cat 'I.dev'" with
+// DevViaExec); query-migrate until "completed"; cont. share=off maps the
+// checkpoint MAP_PRIVATE: the guest's writes stay in QEMU and the file never
+// changes. QEMU 7.2 opens mem-path O_RDWR even so, which the mount allows.
+// test/integration/qemuguest/doc.go has the findings behind each step; on
+// this machine (TCG, 256 MiB guest) the replayed guest runs ~150 ms after
+// exec, of which the incoming migration is ~5 ms by fd and ~40 ms by exec.
+//
+// The restore needs the recording's machine type, device set and backend id
+// (the RAM block name), as any QEMU migration does. They come from
+// RecordedArgs, by default run.json's meta "qemu_args" (a JSON array of
+// strings; white-space separated words also parse, but cannot hold an
+// -append with spaces), with what belongs to the recording process dropped:
+// its RAM backend, -m, -mem-path, the accelerator (also accel= inside
+// -machine), -qmp, -monitor, -incoming, -S, -pidfile, -daemonize, -loadvm.
+// Its -serial outputs become "null" (the device stays, so the device set is
+// unchanged), except the first, which becomes SerialPath when one is given.
+// The user's Args come last and unchanged. -m anywhere must equal ram_size.
+//
+// A sparse replay maps I.ram: frames outside W_I read as zeros, and the
+// mount counts each such read as a working-set miss. It continues correctly
+// only while the guest stays inside the recorded working set.
+//
+// # The bench: four loaders
+//
+// Bench replays each interval i (default: every interval with a working
+// set) with four loaders, in child processes:
+//
+//	(a) full eager   read all of full/i.ram into anonymous memory (pread, 4 MiB)
+//	(b) sparse eager read i.ws, then only W_i's runs of i.ram into anonymous memory
+//	(c) lazy         open and mmap i.ram (MAP_PRIVATE, PROT_READ) and touch one
+//	                 byte of every W_i frame; the mount prefetches W_i on open
+//	(d) lazy, no prefetch: as (c) on NoPrefetchMount (--prefetch none);
+//	                 skipped with a note when that mount is not given
+//
+// Load time is the time from the start signal to the last frame loaded or
+// touched, including open, mmap and, for (b), reading and parsing i.ws. The
+// lazy modes read i.ws before the clock starts: they stand in for a guest
+// that touches W_i, which needs no list.
+//
+// In a directory that is not a FUSE file system nobody prefetches, so (c)
+// emulates the mount (PrefetchAuto): right after open it asks for W_i with
+// posix_fadvise(WILLNEED) per run, inside the timed load. The report says so.
+//
+// # What is measured
+//
+//   - Footprint per replay: what the replay needs resident. For (a) and (b)
+//     the private copy: the Rss of the anonymous mapping, from
+//     /proc/self/smaps (exact per mapping, free of the Go runtime's noise;
+//     transparent huge pages are off for it, so it counts 4 KiB frames).
+//     For (c) and (d) the page cache of the mapped file, from mincore(2):
+//     it backs the mapping, and it includes what the kernel read around a
+//     fault. Without prefetch, read-around caches holes next to W_i too (on
+//     a mount, each such hole read is a working-set miss), so (d) can be
+//     much larger than W_i; with W_i already cached, faults hit and nothing
+//     is read around.
+//   - Also per replay: the page cache an eager load leaves behind
+//     (reclaimable, not counted as footprint), the child's VmRSS growth,
+//     bytes read and major faults.
+//   - Concurrency K (default 1, 4, 16): batches of K children start their
+//     loads together, child j of batch b replaying interval
+//     ivs[(b*K+j) mod n], so every interval is replayed at least once and
+//     every batch is full. All children of a batch stay alive until the last
+//     one has measured, so their memory is resident at the same time. The
+//     report gives per-replay means (over all replays, hence over intervals)
+//     and the mean total footprint of a batch: the sum of the private copies,
+//     plus the page cache of each distinct file once (mappings of one file
+//     share it). Reductions are 1 - x/(a) at the same K.
+//   - A (mode, K) whose estimate (K × RAM for (a), K × the largest W_i
+//     otherwise) exceeds MemoryLimit (default 80 % of MemAvailable) is
+//     skipped with a note rather than pushing the machine into the OOM
+//     killer.
+//
+// # Cold starts
+//
+// Unless Warm is set, every batch starts cold: the parent writes 3 to
+// /proc/sys/vm/drop_caches before each batch (root only; it drops all clean
+// page cache, dentries and inodes of the machine, including the mount's
+// FUSE pages and its store's files, and is not preceded by sync), and every
+// child drops its file's page cache with posix_fadvise(DONTNEED) when it
+// exits. Without root only the latter happens, the report says "cold
+// (fadvise only)" and the first batch may find warm files. tmpfs cannot be
+// dropped: a run on tmpfs is always warm. The parent never opens a .ram
+// file, since on the mount an open starts the working-set prefetch.
+//
+// # Child processes
+//
+// No measurement runs in the calling process, which may be the process that
+// serves the mount: a process that mmaps a file of its own FUSE mount can
+// deadlock, and its own memory would blur the figures. Bench re-executes
+// os.Executable() (or BenchConfig.Executable) with the job in the
+// environment variable CKPTFS_REPLAY_CHILD; MaybeRunChild, called first in
+// main and in TestMain, recognises it, runs the job and exits. The child
+// prints a ready line, loads when the parent writes "go", prints its result
+// as one JSON line, and holds its memory until the parent closes its stdin.
+// A binary that does not call MaybeRunChild never prints the ready line and
+// Bench fails with ErrChild. Children die with the parent (PR_SET_PDEATHSIG).
+// The parent itself only stats files and reads run.json, i.ws and i.json.
 package replay
