@@ -456,9 +456,10 @@ func (b *bench) measure(ctx context.Context, m Mode, k int, ivs []int, wsMaxByte
 		if !b.cfg.Warm && b.dropOK {
 			_ = b.tryDropCaches()
 		}
-		out, wall, err := b.runBatch(ctx, jobs)
+		label := fmt.Sprintf("(%s) %s, K=%d, batch %d", m.Letter(), m.Describe(), k, bi)
+		out, wall, err := b.runBatch(ctx, label, jobs)
 		if err != nil {
-			return res, fmt.Errorf("(%s) %s, K=%d, batch %d: %w", m.Letter(), m.Describe(), k, bi, err)
+			return res, err
 		}
 		wallSum += wall
 		var total uint64
@@ -521,7 +522,7 @@ type child struct {
 // runBatch starts one child per job, waits until all are ready, starts all
 // loads at once, collects the results, and then lets all children exit
 // together. wall is the time from the start signal to the last result.
-func (b *bench) runBatch(ctx context.Context, jobs []childJob) ([]childResult, time.Duration, error) {
+func (b *bench) runBatch(ctx context.Context, label string, jobs []childJob) ([]childResult, time.Duration, error) {
 	timeout := b.cfg.BatchTimeout
 	if timeout <= 0 {
 		timeout = 10 * time.Minute
@@ -540,21 +541,21 @@ func (b *bench) runBatch(ctx context.Context, jobs []childJob) ([]childResult, t
 	for _, job := range jobs {
 		c, err := b.startChild(ctx, job)
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, fmt.Errorf("%w: %s: %v", ErrChild, label, err)
 		}
 		children = append(children, c)
 	}
 	for _, c := range children {
 		line, err := c.next(ctx)
 		if err != nil || line != childReady {
-			return nil, 0, fmt.Errorf("%w: no handshake from %s (got %q, %v): does its main call replay.MaybeRunChild() first?%s",
-				ErrChild, b.exe, truncate(line, 200), err, c.stderrTail())
+			return nil, 0, fmt.Errorf("%w: %s: no handshake from %s (got %q, %v): does its main call replay.MaybeRunChild() first?%s",
+				ErrChild, label, b.exe, truncate(line, 200), err, c.stderrTail())
 		}
 	}
 	t0 := time.Now()
 	for _, c := range children {
 		if _, err := io.WriteString(c.stdin, childGo+"\n"); err != nil {
-			return nil, 0, fmt.Errorf("%w: %v%s", ErrChild, err, c.stderrTail())
+			return nil, 0, fmt.Errorf("%w: %s: %v%s", ErrChild, label, err, c.stderrTail())
 		}
 	}
 	out := make([]childResult, len(children))
@@ -577,7 +578,7 @@ func (b *bench) runBatch(ctx context.Context, jobs []childJob) ([]childResult, t
 			defer mu.Unlock()
 			wall = max(wall, time.Since(t0))
 			if err != nil && firstErr == nil {
-				firstErr = fmt.Errorf("%w: %s: %v%s", ErrChild, jobs[j].RAM, err, c.stderrTail())
+				firstErr = fmt.Errorf("%w: %s: %s: %v%s", ErrChild, label, jobs[j].RAM, err, c.stderrTail())
 			}
 		}()
 	}
@@ -605,7 +606,7 @@ func (b *bench) startChild(ctx context.Context, job childJob) (*child, error) {
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("%w: start %s: %v", ErrChild, b.exe, err)
+		return nil, fmt.Errorf("start %s: %v", b.exe, err)
 	}
 	go func() {
 		defer close(c.lines)
