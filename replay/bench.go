@@ -76,7 +76,8 @@ func ParseMode(s string) (Mode, error) {
 	return "", fmt.Errorf("%w: unknown mode %q (want full, sparse, lazy, lazy-noprefetch or a-d)", ErrBadConfig, s)
 }
 
-// Prefetch says who puts W_i into the page cache in mode (c).
+// Prefetch says who puts W_i into the page cache when modes (b) and (c)
+// open <i>.ram.
 type Prefetch string
 
 const (
@@ -103,7 +104,8 @@ type BenchConfig struct {
 	Concurrency []int
 	// Modes to measure; default AllModes().
 	Modes []Mode
-	// Prefetch says who prefetches W_i in mode (c); default PrefetchAuto.
+	// Prefetch says who prefetches W_i in modes (b) and (c); default
+	// PrefetchAuto.
 	Prefetch Prefetch
 	// Warm skips dropping caches between batches (see doc.go, "Cold
 	// starts"). The default is cold.
@@ -135,7 +137,8 @@ type BenchReport struct {
 	// Cache says how each batch started: "cold (drop_caches + fadvise)",
 	// "cold (fadvise only)" or "warm".
 	Cache string `json:"cache"`
-	// PrefetchEmulated is set when mode (c) emulated the mount's prefetch.
+	// PrefetchEmulated is set when modes (b) and (c) emulated the mount's
+	// prefetch on open.
 	PrefetchEmulated bool          `json:"prefetch_emulated"`
 	Results          []ModeResult  `json:"results"`
 	Notes            []string      `json:"notes,omitempty"`
@@ -335,8 +338,8 @@ func Bench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 	default:
 		return nil, fmt.Errorf("%w: prefetch %q (want mount or emulate)", ErrBadConfig, cfg.Prefetch)
 	}
-	if rep.PrefetchEmulated && containsMode(modes, ModeLazy) {
-		rep.note("(c) %s is not a FUSE mount: its working-set prefetch is emulated by the replay (posix_fadvise WILLNEED over W_i right after open, timed)", rd.dir)
+	if rep.PrefetchEmulated && (containsMode(modes, ModeLazy) || containsMode(modes, ModeSparse)) {
+		rep.note("%s is not a FUSE mount: for (b) and (c) the replay emulates the mount's working-set prefetch on open (posix_fadvise WILLNEED over W_i, timed)", rd.dir)
 	}
 	if containsMode(modes, ModeLazyNoPrefetch) && rdNP == nil {
 		rep.note("(d) lazy without prefetch skipped: give a second mount of the store with --prefetch none (BenchConfig.NoPrefetchMount)")
@@ -451,7 +454,8 @@ func (b *bench) measure(ctx context.Context, m Mode, k int, ivs []int, wsMaxByte
 			if m == ModeFull {
 				jobs[j].RAM = rd.fullPath(i)
 			}
-			jobs[j].EmulatePrefetch = m == ModeLazy && b.rep.PrefetchEmulated
+			// (b) and (c) open <i>.ram on the prefetching mount.
+			jobs[j].EmulatePrefetch = (m == ModeSparse || m == ModeLazy) && b.rep.PrefetchEmulated
 		}
 		if !b.cfg.Warm && b.dropOK {
 			_ = b.tryDropCaches()

@@ -179,13 +179,21 @@ func (l *loader) load() error {
 		}
 		return l.readRuns([]frameRun{{0, l.frames}})
 	case ModeSparse:
+		// Open first: on the mount that starts the prefetch of W_i, which
+		// then overlaps with reading the list.
+		if l.f, err = os.Open(l.job.RAM); err != nil {
+			return err
+		}
 		runs, _, err := readRuns(l.job.WS, l.frames)
 		if err != nil {
 			return err
 		}
-		if l.f, err = os.Open(l.job.RAM); err != nil {
+		if err := l.emulatePrefetch(runs); err != nil {
 			return err
 		}
+		// Read exactly W_i: no readahead past a run into the holes (on
+		// the mount those reads would count as working-set misses).
+		_ = unix.Fadvise(int(l.f.Fd()), 0, 0, unix.FADV_RANDOM)
 		if err := l.allocAnon(); err != nil {
 			return err
 		}
@@ -195,14 +203,8 @@ func (l *loader) load() error {
 		if l.f, err = os.Open(l.job.RAM); err != nil {
 			return err
 		}
-		if l.job.EmulatePrefetch {
-			ps := l.job.PageSize
-			for _, r := range l.runs {
-				if err := unix.Fadvise(int(l.f.Fd()), int64(r.Start)*ps, int64(r.Count)*ps,
-					unix.FADV_WILLNEED); err != nil {
-					return fmt.Errorf("fadvise WILLNEED %s: %w", l.job.RAM, err)
-				}
-			}
+		if err := l.emulatePrefetch(l.runs); err != nil {
+			return err
 		}
 		if l.region, err = unix.Mmap(int(l.f.Fd()), 0, int(l.job.RAMSize),
 			unix.PROT_READ, unix.MAP_PRIVATE); err != nil {
@@ -220,6 +222,22 @@ func (l *loader) load() error {
 		return nil
 	}
 	return fmt.Errorf("unknown mode %q", l.job.Mode)
+}
+
+// emulatePrefetch does what the mount does when <i>.ram is opened, when the
+// job asks for it: ask for W_i's pages (posix_fadvise WILLNEED per run).
+func (l *loader) emulatePrefetch(runs []frameRun) error {
+	if !l.job.EmulatePrefetch {
+		return nil
+	}
+	ps := l.job.PageSize
+	for _, r := range runs {
+		if err := unix.Fadvise(int(l.f.Fd()), int64(r.Start)*ps, int64(r.Count)*ps,
+			unix.FADV_WILLNEED); err != nil {
+			return fmt.Errorf("fadvise WILLNEED %s: %w", l.job.RAM, err)
+		}
+	}
+	return nil
 }
 
 // allocAnon maps the anonymous memory an eager loader fills, without

@@ -46,7 +46,8 @@
 // set) with four loaders, in child processes:
 //
 //	(a) full eager   read all of full/i.ram into anonymous memory (pread, 4 MiB)
-//	(b) sparse eager read i.ws, then only W_i's runs of i.ram into anonymous memory
+//	(b) sparse eager open i.ram, read i.ws, then only W_i's runs of i.ram into
+//	                 anonymous memory (FADV_RANDOM: no readahead into the holes)
 //	(c) lazy         open and mmap i.ram (MAP_PRIVATE, PROT_READ) and touch one
 //	                 byte of every W_i frame; the mount prefetches W_i on open
 //	(d) lazy, no prefetch: as (c) on NoPrefetchMount (--prefetch none);
@@ -57,8 +58,10 @@
 // lazy modes read i.ws before the clock starts: they stand in for a guest
 // that touches W_i, which needs no list.
 //
-// In a directory that is not a FUSE file system nobody prefetches, so (c)
-// emulates the mount (PrefetchAuto): right after open it asks for W_i with
+// On the mount, opening i.ram starts the prefetch of W_i, for (b) as much
+// as for (c); full/i.ram is not prefetched. In a directory that is not a
+// FUSE file system nobody prefetches, so (b) and (c) emulate the mount
+// (PrefetchAuto): right after open they ask for W_i with
 // posix_fadvise(WILLNEED) per run, inside the timed load. The report says so.
 //
 // # What is measured
