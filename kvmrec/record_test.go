@@ -1,0 +1,336 @@
+package kvmrec
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/RoaringBitmap/roaring/v2"
+	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/qmp"
+	"github.com/ckptfs/ckptfs/kvmrec/synthguest"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TestRecordSynthetic records synthetic guests and checks every checkpoint
+// against the guest's own account: the full image equals the RAM at that
+// pause, the dirty set equals the changed frames, and the working set
+// contains every accessed frame (recall 100 %); it reports the precision.
+func TestRecordSynthetic(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		tracker string
+		dev     bool
+		guest   synthguest.Config
+	}{
+		{name: "pagemap-local", tracker: TrackerPagemap,
+			guest: synthguest.Config{WSFraction: 0.05, DirtyFraction: 0.02, Locality: 0.25}},
+		// Random single frames, spread over time so that stops cut plans.
+		{name: "pagemap-random-interrupted", tracker: TrackerPagemap,
+			guest: synthguest.Config{WSFraction: 0.10, DirtyFraction: 0.05, Locality: 0,
+				TickInterval: 3 * time.Millisecond, TickFrames: 32}},
+		{name: "pagemap-device-state", tracker: TrackerPagemap, dev: true,
+			guest: synthguest.Config{WSFraction: 0.02, DirtyFraction: 0.01, Locality: 1}},
+		{name: "hash", tracker: TrackerHash,
+			guest: synthguest.Config{WSFraction: 0.05, DirtyFraction: 0.03, Locality: 0.5}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			gcfg := tc.guest
+			gcfg.RAMSize = 32 << 20
+			gcfg.Seed = 42
+			gcfg.TruthDir = t.TempDir()
+			g := startGuest(t, gcfg)
+			st := openStore(t, "")
+			defer st.Close()
+
+			reg := prometheus.NewRegistry()
+			var mu sync.Mutex
+			var stats []CheckpointStats
+			const count = 8
+			sum, err := Record(context.Background(), st, Config{
+				Run: "r", QMPSocket: g.cfg.QMPSocket, MemPath: g.cfg.MemPath,
+				Interval: 60 * time.Millisecond, Count: count, Tracker: tc.tracker, DeviceState: tc.dev,
+				Logger: quietLogger(), Registerer: reg,
+				OnCheckpoint: func(cs CheckpointStats) {
+					mu.Lock()
+					stats = append(stats, cs)
+					mu.Unlock()
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sum.Checkpoints != count || sum.Stopped != "count" || len(stats) != count {
+				t.Fatalf("summary %+v, %d stats", sum, len(stats))
+			}
+			if s := g.status(t); s != "running" {
+				t.Errorf("guest is %q after the recording, want running", s)
+			}
+			ri, err := st.Run("r")
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantIntervals := count - 1
+			if tc.tracker == TrackerHash {
+				wantIntervals = 0
+			}
+			if ri.Checkpoints != count || ri.Intervals != wantIntervals || ri.Tracker != tc.tracker || ri.Recorder != Recorder || ri.RAMSize != gcfg.RAMSize {
+				t.Fatalf("run info %+v", ri)
+			}
+			checkImages(t, st, "r", gcfg.TruthDir)
+
+			frames := gcfg.RAMSize / PageSize
+			var accessed, present uint64
+			for i, cs := range stats {
+				if cs.Checkpoint != i {
+					t.Fatalf("stats %d is checkpoint %d", i, cs.Checkpoint)
+				}
+				if i == 0 {
+					continue
+				}
+				acc, chg, err := synthguest.ReadIntervalTruth(gcfg.TruthDir, i-1, frames)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !cs.Dirty.Equals(chg) {
+					t.Errorf("checkpoint %d: dirty set is not the changed set: %s", i, bitmapDiff(cs.Dirty, chg))
+				}
+				if cs.ChangedFrames != chg.GetCardinality() {
+					t.Errorf("checkpoint %d: store counts %d changed frames, truth %d", i, cs.ChangedFrames, chg.GetCardinality())
+				}
+				if tc.tracker == TrackerHash {
+					if cs.WorkingSet != nil {
+						t.Errorf("hash tracker recorded a working set")
+					}
+					continue
+				}
+				if missed := roaring.AndNot(acc, cs.WorkingSet); !missed.IsEmpty() {
+					t.Errorf("checkpoint %d: W_%d misses %d accessed frames: %s", i, i-1, missed.GetCardinality(), trunc(index.FormatList(missed)))
+				}
+				ws, err := st.WorkingSet("r", i-1)
+				if err != nil || !ws.Equals(cs.WorkingSet) {
+					t.Errorf("stored W_%d differs from the recorded one (%v)", i-1, err)
+				}
+				accessed += acc.GetCardinality()
+				present += cs.WorkingSet.GetCardinality()
+				if tc.dev {
+					dev, err := st.DeviceState("r", i)
+					if err != nil || !bytes.Equal(dev, synthguest.DeviceState(gcfg.Seed, i)) {
+						t.Errorf("checkpoint %d: device state %.60q, %v", i, dev, err)
+					}
+				}
+			}
+			if present > 0 {
+				t.Logf("%s: W precision %.1f %% (%d accessed of %d recorded), recall 100 %%; median downtime %v",
+					tc.name, 100*float64(accessed)/float64(present), accessed, present, sum.MedianDowntime)
+			}
+			if n := counterValue(t, reg, "ckptfs_kvmrec_checkpoints_total"); n != count {
+				t.Errorf("checkpoints_total = %v", n)
+			}
+		})
+	}
+}
+
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
+}
+
+// TestRefusals: Record refuses clearly, and before it touches the VM.
+func TestRefusals(t *testing.T) {
+	t.Parallel()
+	truth := t.TempDir()
+	g := startGuest(t, synthguest.Config{RAMSize: 4 << 20, WSFraction: 0.1, DirtyFraction: 0.05, Seed: 1, TruthDir: truth})
+	st := openStore(t, "")
+	defer st.Close()
+	ctx := context.Background()
+	base := Config{Run: "x", QMPSocket: g.cfg.QMPSocket, MemPath: g.cfg.MemPath, Interval: 20 * time.Millisecond,
+		Count: 1, Logger: quietLogger()}
+
+	// Not QMP: a server that answers like HTTP.
+	dir := shmDir(t)
+	httpSock := filepath.Join(dir, "http.sock")
+	ln, err := net.Listen("unix", httpSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("HTTP/1.1 400 Bad Request\r\n\r\n"))
+			c.Close()
+		}
+	}()
+	other := filepath.Join(dir, "other.ram")
+	if err := os.WriteFile(other, make([]byte, 4<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+		want error
+	}{
+		{"not-qmp", func(c *Config) { c.QMPSocket = httpSock }, qmp.ErrNotQMP},
+		{"not-mapped", func(c *Config) { c.MemPath = other }, ErrNotMapped},
+		{"bad-name", func(c *Config) { c.Run = "../x" }, index.ErrBadRunName},
+		{"bad-tracker", func(c *Config) { c.Tracker = "dirty-bits" }, ErrBadConfig},
+		{"no-interval", func(c *Config) { c.Interval = 0 }, ErrBadConfig},
+	} {
+		cfg := base
+		tc.edit(&cfg)
+		_, err := Record(ctx, st, cfg)
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%s: want %v, got %v", tc.name, tc.want, err)
+		} else {
+			t.Logf("%s: %v", tc.name, err)
+		}
+	}
+
+	// A run that exists.
+	if _, err := Record(ctx, st, base); err != nil {
+		t.Fatal(err)
+	}
+	pausesBefore := countPauses(t, truth)
+	if _, err := Record(ctx, st, base); !errors.Is(err, index.ErrRunExists) {
+		t.Errorf("existing run: %v", err)
+	} else {
+		t.Logf("run-exists: %v", err)
+	}
+
+	// A RAM file whose size no longer matches the mapping.
+	if err := os.Truncate(g.cfg.MemPath, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	cfg := base
+	cfg.Run = "y"
+	if _, err := Record(ctx, st, cfg); !errors.Is(err, ErrRAMSizeMismatch) {
+		t.Errorf("size mismatch: %v", err)
+	} else {
+		t.Logf("size-mismatch: %v", err)
+	}
+	if n := countPauses(t, truth); n != pausesBefore {
+		t.Errorf("a refused recording paused the guest (%d pauses, %d before)", n, pausesBefore)
+	}
+	if s := g.status(t); s != "running" {
+		t.Errorf("guest %q after refusals", s)
+	}
+	if _, err := st.Run("y"); !errors.Is(err, index.ErrRunNotFound) {
+		t.Errorf("a refused recording left a run: %v", err)
+	}
+}
+
+func countPauses(t *testing.T, dir string) int {
+	m, err := filepath.Glob(filepath.Join(dir, "pause-*.hashes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(m)
+}
+
+// TestCancelAndVMExit: Ctrl-C commits what was taken and leaves the VM
+// running; a VM that dies gives ErrVMGone with the committed data intact.
+func TestCancelAndVMExit(t *testing.T) {
+	t.Parallel()
+	t.Run("cancel", func(t *testing.T) {
+		gcfg := synthguest.Config{RAMSize: 16 << 20, WSFraction: 0.05, DirtyFraction: 0.02, Locality: 0.3, Seed: 3, TruthDir: t.TempDir()}
+		g := startGuest(t, gcfg)
+		st := openStore(t, "")
+		defer st.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		sum, err := Record(ctx, st, Config{Run: "c", QMPSocket: g.cfg.QMPSocket, MemPath: g.cfg.MemPath,
+			Interval: 30 * time.Millisecond, Logger: quietLogger(), DeviceState: true,
+			OnCheckpoint: func(cs CheckpointStats) {
+				if cs.Checkpoint == 3 {
+					cancel()
+				}
+			}})
+		if err != nil || sum.Stopped != "canceled" || sum.Checkpoints < 4 {
+			t.Fatalf("cancel: %+v %v", sum, err)
+		}
+		if n := checkImages(t, st, "c", gcfg.TruthDir); n != sum.Checkpoints {
+			t.Fatalf("%d checkpoints readable, summary says %d", n, sum.Checkpoints)
+		}
+		if s := g.status(t); s != "running" {
+			t.Fatalf("guest %q after cancel", s)
+		}
+	})
+	t.Run("vm-exit", func(t *testing.T) {
+		gcfg := synthguest.Config{RAMSize: 16 << 20, WSFraction: 0.05, DirtyFraction: 0.02, Seed: 4, TruthDir: t.TempDir()}
+		g := startGuest(t, gcfg)
+		st := openStore(t, "")
+		defer st.Close()
+		sum, err := Record(context.Background(), st, Config{Run: "e", QMPSocket: g.cfg.QMPSocket, MemPath: g.cfg.MemPath,
+			Interval: 30 * time.Millisecond, Logger: quietLogger(),
+			OnCheckpoint: func(cs CheckpointStats) {
+				if cs.Checkpoint == 2 {
+					_ = g.cmd.Process.Kill()
+				}
+			}})
+		if !errors.Is(err, ErrVMGone) {
+			t.Fatalf("want ErrVMGone, got %+v %v", sum, err)
+		}
+		t.Logf("vm-exit: %v (%d checkpoints committed)", err, sum.Checkpoints)
+		if n := checkImages(t, st, "e", gcfg.TruthDir); n != sum.Checkpoints || n < 3 {
+			t.Fatalf("%d checkpoints readable, summary says %d", n, sum.Checkpoints)
+		}
+	})
+}
+
+// TestSpans covers the span helpers.
+func TestSpans(t *testing.T) {
+	a := []span{{0, 2}, {5, 7}, {10, 11}}
+	b := []span{{1, 3}, {7, 8}, {20, 21}}
+	got := fmt.Sprint(unionSpans(a, b))
+	if got != "[{0 3} {5 8} {10 11} {20 21}]" {
+		t.Errorf("union %s", got)
+	}
+	if got := fmt.Sprint(complementSpans(a, 12)); got != "[{2 5} {7 10} {11 12}]" {
+		t.Errorf("complement %s", got)
+	}
+	f, err := os.CreateTemp(shmDir(t), "holes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_ = f.Truncate(64 * PageSize)
+	_, _ = f.WriteAt([]byte{1}, 3*PageSize+5)
+	_, _ = f.WriteAt(make([]byte, 2*PageSize), 10*PageSize)
+	d, err := dataSpans(f, 64)
+	if err != nil || fmt.Sprint(d) != "[{3 4} {10 12}]" {
+		t.Errorf("dataSpans %v %v", d, err)
+	}
+}
+
+func TestParseMapsLine(t *testing.T) {
+	v, ok := parseMapsLine("7f1c40000000-7f1c50000000 rw-s 00000000 00:1a 1234                       /dev/shm/ram (deleted)")
+	if !ok || v.start != 0x7f1c40000000 || v.end != 0x7f1c50000000 || !v.shared || v.major != 0 || v.minor != 0x1a || v.ino != 1234 {
+		t.Errorf("%+v %v", v, ok)
+	}
+	if _, ok := parseMapsLine("garbage"); ok {
+		t.Error("garbage parsed")
+	}
+}
