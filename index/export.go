@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
+	"sync/atomic"
 
 	"github.com/RoaringBitmap/roaring/v2"
 )
@@ -34,61 +36,87 @@ func (s *Store) Export(ctx context.Context, spec ExportSpec) error {
 	} else if frames, err = c.DataFrames(); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(spec.Out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := os.OpenFile(spec.Out, os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
+	regular := false
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+		regular = true
+		if err := f.Truncate(0); err != nil {
+			f.Close()
+			return fmt.Errorf("writing %s: %w", spec.Out, err)
+		}
+	}
 	if err := c.export(ctx, f, frames, spec.Progress); err != nil {
 		f.Close()
-		os.Remove(spec.Out)
+		if regular {
+			os.Remove(spec.Out)
+		}
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
+	if err := f.Close(); err != nil {
 		return fmt.Errorf("writing %s: %w", spec.Out, err)
 	}
-	return f.Close()
+	return nil
 }
 
 func (c *Checkpoint) export(ctx context.Context, f *os.File, frames *roaring.Bitmap, progress Progress) error {
-	if err := f.Truncate(int64(c.Size())); err != nil {
-		return fmt.Errorf("writing %s: %w", f.Name(), err)
-	}
-	// Coalesce frames that are adjacent both in read order and in the file
-	// into one write.
-	const maxRun = 1 << 20
-	run := make([]byte, 0, maxRun)
-	var runStart uint64
-	total := frames.GetCardinality() * PageSize
-	var done uint64
-	flush := func() error {
-		if len(run) == 0 {
-			return nil
-		}
-		if _, err := f.WriteAt(run, int64(runStart*PageSize)); err != nil {
+	// A regular file gets the RAM size with holes; a device (/dev/null, a
+	// block device) is written as it is.
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+		if err := f.Truncate(int64(c.Size())); err != nil {
 			return fmt.Errorf("writing %s: %w", f.Name(), err)
 		}
-		done += uint64(len(run))
-		if progress != nil {
-			progress(done, total)
-		}
-		run = run[:0]
-		return ctx.Err()
 	}
-	err := c.forEachFrame(frames, func(pfn uint64, data []byte) error {
-		if len(run) > 0 && (pfn != runStart+uint64(len(run)/PageSize) || len(run) == maxRun) {
-			if err := flush(); err != nil {
+	// Each worker coalesces frames that are adjacent both in its read order
+	// and in the file into one write of up to 1 MiB.
+	const maxRun = 1 << 20
+	type runBuf struct {
+		data  []byte
+		start uint64
+	}
+	workers := runtime.GOMAXPROCS(0)
+	runs := make([]runBuf, workers)
+	for i := range runs {
+		runs[i].data = make([]byte, 0, maxRun)
+	}
+	total := frames.GetCardinality() * PageSize
+	var done atomic.Uint64
+	flush := func(r *runBuf) error {
+		if len(r.data) == 0 {
+			return nil
+		}
+		if _, err := f.WriteAt(r.data, int64(r.start*PageSize)); err != nil {
+			return fmt.Errorf("writing %s: %w", f.Name(), err)
+		}
+		n := done.Add(uint64(len(r.data)))
+		if progress != nil {
+			progress(n, total)
+		}
+		r.data = r.data[:0]
+		return nil
+	}
+	err := c.forEachFrame(ctx, frames, workers, func(w int, pfn uint64, data []byte) error {
+		r := &runs[w]
+		if len(r.data) > 0 && (pfn != r.start+uint64(len(r.data)/PageSize) || len(r.data) == maxRun) {
+			if err := flush(r); err != nil {
 				return err
 			}
 		}
-		if len(run) == 0 {
-			runStart = pfn
+		if len(r.data) == 0 {
+			r.start = pfn
 		}
-		run = append(run, data...)
+		r.data = append(r.data, data...)
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	return flush()
+	for i := range runs {
+		if err := flush(&runs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }

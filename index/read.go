@@ -1,11 +1,15 @@
 package index
 
 import (
+	"cmp"
+	"context"
+	"slices"
+
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
+	"golang.org/x/sync/errgroup"
 	"sync"
 
 	"github.com/RoaringBitmap/roaring/v2"
@@ -39,7 +43,11 @@ func (s *Store) OpenCheckpoint(name string, i int) (*Checkpoint, error) {
 	if i < 0 || i >= ri.Checkpoints {
 		return nil, fmt.Errorf("%w: run %q has checkpoints 0..%d, not %d", ErrCheckpointMissing, name, ri.Checkpoints-1, i)
 	}
-	return &Checkpoint{s: s, run: ri, index: uint32(i), iters: make(chan *pebble.Iterator, 8)}, nil
+	c := &Checkpoint{s: s, run: ri, index: uint32(i), iters: make(chan *pebble.Iterator, 8)}
+	s.mu.Lock()
+	s.mu.checkpoints[c] = struct{}{}
+	s.mu.Unlock()
+	return c, nil
 }
 
 // Run describes the checkpoint's run as of opening.
@@ -72,8 +80,12 @@ func (c *Checkpoint) putIter(it *pebble.Iterator) {
 	}
 }
 
-// Close releases the handle.
+// Close releases the handle. Reads after Close still work but open new
+// iterators each time.
 func (c *Checkpoint) Close() error {
+	c.s.mu.Lock()
+	delete(c.s.mu.checkpoints, c)
+	c.s.mu.Unlock()
 	for {
 		select {
 		case it := <-c.iters:
@@ -248,10 +260,12 @@ func decodeRef(r uint64) blobRef {
 	return blobRef{interval: uint32(r>>refPfnBits) - 1, pfn: r & (1<<refPfnBits - 1)}
 }
 
-// forEachFrame calls fn for every pfn of frames in the order that reads the
-// store sequentially (by blob key), with the frame's content. Zero frames get
-// zeroFrame. fn must not keep data.
-func (c *Checkpoint) forEachFrame(frames *roaring.Bitmap, fn func(pfn uint64, data []byte) error) error {
+// forEachFrame calls fn for every pfn of frames with the frame's content;
+// zero frames get zeroFrame. The frames are split into workers contiguous
+// shares in blob-key order, each read sequentially by its own goroutine and
+// iterator, so fn is called concurrently with distinct worker numbers; within
+// one worker, calls are in blob-key order. fn must not keep data.
+func (c *Checkpoint) forEachFrame(ctx context.Context, frames *roaring.Bitmap, workers int, fn func(worker int, pfn uint64, data []byte) error) error {
 	if err := c.resolve(); err != nil {
 		return err
 	}
@@ -265,28 +279,38 @@ func (c *Checkpoint) forEachFrame(frames *roaring.Bitmap, fn func(pfn uint64, da
 		}
 		items = append(items, item{c.refs[p], p})
 	}
-	sort.Slice(items, func(a, b int) bool { return items[a].ref < items[b].ref })
-	it, err := c.getIter()
-	if err != nil {
-		return wrapRead(err, "iterator")
-	}
-	defer c.putIter(it)
-	buf := make([]byte, PageSize)
-	for _, x := range items {
-		if x.ref == 0 {
-			if err := fn(x.pfn, zeroFrame); err != nil {
-				return err
+	slices.SortFunc(items, func(a, b item) int { return cmp.Compare(a.ref, b.ref) })
+	workers = max(1, min(workers, len(items)/1024))
+	g, ctx := errgroup.WithContext(ctx)
+	share := (len(items) + workers - 1) / workers
+	for w := 0; w < workers; w++ {
+		part := items[min(w*share, len(items)):min((w+1)*share, len(items))]
+		g.Go(func() error {
+			it, err := c.getIter()
+			if err != nil {
+				return wrapRead(err, "iterator")
 			}
-			continue
-		}
-		if err := c.readBlob(it, decodeRef(x.ref), buf); err != nil {
-			return err
-		}
-		if err := fn(x.pfn, buf); err != nil {
-			return err
-		}
+			defer c.putIter(it)
+			buf := make([]byte, PageSize)
+			for n, x := range part {
+				if n%4096 == 0 && ctx.Err() != nil {
+					return ctx.Err()
+				}
+				data := zeroFrame
+				if x.ref != 0 {
+					if err := c.readBlob(it, decodeRef(x.ref), buf); err != nil {
+						return err
+					}
+					data = buf
+				}
+				if err := fn(w, x.pfn, data); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	}
-	return nil
+	return g.Wait()
 }
 
 // WorkingSet returns W_i of run name: the frames interval i touched.

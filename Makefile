@@ -1,0 +1,52 @@
+# ckptfs — the two commands a new user needs:
+#   make demo   record a guest, mount it, show what sparse checkpoints buy
+#   make test   every test, installing what they need
+# Both install their Debian packages (apt-get) and Go modules themselves.
+
+export PATH := /usr/local/go/bin:$(PATH)
+GO       ?= go
+BIN      := bin/ckptfs
+APT_PKGS := fuse3 qemu-system-x86 busybox-static cpio
+GUEST_DIR ?= /var/cache/ckptfs-guest
+export CKPTFS_GUEST_DIR ?= $(GUEST_DIR)
+FUZZTIME ?= 5s
+
+.PHONY: all build deps guest test fuzz bench demo clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/ckptfs
+
+# Debian packages only when missing (apt-get update is slow), then modules.
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(GO) mod download
+
+# The QEMU test guest: Debian's cloud kernel and a busybox initramfs.
+guest: deps
+	bash test/integration/guest/build-guest.sh $(GUEST_DIR)
+
+test: deps guest build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) --no-print-directory fuzz
+
+# A short fuzzing pass on top of the seed corpora (which `go test` runs).
+fuzz:
+	$(GO) test ./index -run '^$$' -fuzz '^FuzzParseList$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./index -run '^$$' -fuzz '^FuzzReadDump$$' -fuzztime $(FUZZTIME)
+
+# Benchmarks report ratios against baselines measured in the same run.
+bench: deps guest build
+	$(GO) run ./test/integration/benchtable
+
+demo: deps guest build
+	./$(BIN) demo
+
+clean:
+	rm -rf bin
