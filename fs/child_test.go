@@ -1,0 +1,215 @@
+package fs
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckptfs/ckptfs/index"
+)
+
+// childMain runs a child mode; its exit code is the child's.
+func childMain(mode string, args []string) int {
+	var err error
+	switch mode {
+	case "cmpmap":
+		err = childCmpMap(args[0], args[1])
+	case "privwrite":
+		err = childPrivWrite(args[0])
+	case "touch":
+		err = childTouch(args)
+	case "serve":
+		err = childServe(args[0], args[1])
+	default:
+		err = fmt.Errorf("unknown child mode %q", mode)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, mode+":", err)
+		return 1
+	}
+	return 0
+}
+
+func mmapFile(path string, flags int, prot int) ([]byte, *os.File, error) {
+	f, err := os.OpenFile(path, flags, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if st.Size() == 0 {
+		return nil, f, nil
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), prot, unix.MAP_PRIVATE)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return m, f, nil
+}
+
+// childCmpMap maps file privately and compares every page with expected.
+func childCmpMap(file, expected string) error {
+	want, err := os.ReadFile(expected)
+	if err != nil {
+		return err
+	}
+	m, f, err := mmapFile(file, os.O_RDONLY, unix.PROT_READ)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	defer unix.Munmap(m)
+	if len(m) != len(want) {
+		return fmt.Errorf("%s has %d bytes, want %d", file, len(m), len(want))
+	}
+	for off := 0; off < len(m); off += pageSize {
+		if !bytes.Equal(m[off:off+pageSize], want[off:off+pageSize]) {
+			return fmt.Errorf("%s: frame %d differs", file, off/pageSize)
+		}
+	}
+	fmt.Println("ok")
+	return nil
+}
+
+// privWriteResult is what childPrivWrite reports.
+type privWriteResult struct {
+	OpenRDWR   string `json:"open_rdwr"`
+	WriteErrno string `json:"write_errno"`
+	Private    bool   `json:"private"`
+	Before     []byte `json:"before"`
+}
+
+// childPrivWrite opens file O_RDWR, checks that write(2) fails, maps it
+// privately and writes to the mapping.
+func childPrivWrite(file string) error {
+	var res privWriteResult
+	f, err := os.OpenFile(file, os.O_RDWR, 0)
+	if err != nil {
+		res.OpenRDWR = err.Error()
+		return json.NewEncoder(os.Stdout).Encode(res)
+	}
+	res.OpenRDWR = "ok"
+	if _, err := unix.Pwrite(int(f.Fd()), []byte("x"), 0); err != nil {
+		res.WriteErrno = err.(syscall.Errno).Error()
+	} else {
+		res.WriteErrno = "none"
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
+	if err != nil {
+		return fmt.Errorf("mmap: %w", err)
+	}
+	res.Before = bytes.Clone(m[:16])
+	last := len(m) - pageSize
+	for _, off := range []int{0, pageSize, last} {
+		copy(m[off:], "private write!")
+	}
+	res.Private = bytes.Equal(m[last:last+14], []byte("private write!")) && bytes.Equal(m[:14], []byte("private write!"))
+	if err := unix.Munmap(m); err != nil {
+		return err
+	}
+	f.Close()
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// touchResult is what childTouch reports.
+type touchResult struct {
+	Total time.Duration   `json:"total"`
+	Lat   []time.Duration `json:"lat,omitempty"`
+	Sum   uint64          `json:"sum"`
+}
+
+// childTouch opens file, maps it privately and reads one byte of every
+// frame listed in the pfn file (little-endian uint32s), in order. With
+// "lat" it times every touch. The total includes open and mmap, so a
+// mount's prefetch on open is part of it.
+func childTouch(args []string) error {
+	file, list := args[0], args[1]
+	withLat := len(args) > 2 && args[2] == "lat"
+	raw, err := os.ReadFile(list)
+	if err != nil {
+		return err
+	}
+	pfns := make([]uint32, len(raw)/4)
+	for i := range pfns {
+		pfns[i] = binary.LittleEndian.Uint32(raw[4*i:])
+	}
+	var res touchResult
+	if withLat {
+		res.Lat = make([]time.Duration, 0, len(pfns))
+	}
+	start := time.Now()
+	m, f, err := mmapFile(file, os.O_RDONLY, unix.PROT_READ)
+	if err != nil {
+		return err
+	}
+	var sum uint64
+	for _, p := range pfns {
+		if withLat {
+			t0 := time.Now()
+			sum += uint64(m[uint64(p)*pageSize+8])
+			res.Lat = append(res.Lat, time.Since(t0))
+		} else {
+			sum += uint64(m[uint64(p)*pageSize+8])
+		}
+	}
+	res.Total = time.Since(start)
+	res.Sum = sum
+	unix.Munmap(m)
+	f.Close()
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// childServe mounts the store at mnt, says "ready" and serves until killed.
+func childServe(store, mnt string) error {
+	st, err := index.Open(store, index.Options{})
+	if err != nil {
+		return err
+	}
+	srv, err := Mount(mnt, FromIndex(st), MountOptions{})
+	if err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT)
+	<-ch
+	srv.Unmount()
+	return st.Close()
+}
+
+// pfnFile writes pfns as little-endian uint32s.
+func pfnBytes(pfns []uint32) []byte {
+	b := make([]byte, 4*len(pfns))
+	for i, p := range pfns {
+		binary.LittleEndian.PutUint32(b[4*i:], p)
+	}
+	return b
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(a, b int) bool { return s[a] < s[b] })
+	return s[min(len(s)-1, int(p*float64(len(s))))]
+}
+
+var _ = strconv.Itoa

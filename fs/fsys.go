@@ -1,0 +1,292 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/RoaringBitmap/roaring/v2"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/ckptfs/ckptfs/index"
+)
+
+const pageSize = index.PageSize
+
+// maxIdleCheckpoints is how many checkpoint handles stay open after the
+// last file using them was forgotten, so that `ls -l` and repeated opens do
+// not rebuild frame maps.
+const maxIdleCheckpoints = 16
+
+// fsys is the state shared by every node of one mount.
+type fsys struct {
+	src      Source
+	log      *slog.Logger
+	m        *metrics
+	st       status
+	prefetch bool
+	uid, gid uint32
+	started  time.Time
+	root     *rootNode
+
+	// ctx ends with the mount; prefetch goroutines watch it.
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	sem       chan struct{} // bounds concurrent open prefetches
+	windowSem chan struct{} // bounds concurrent pushes of readahead windows
+
+	sf singleflight.Group // collapses identical concurrent frame loads
+
+	mu struct {
+		sync.Mutex
+		ckpts    map[ckptKey]*ckpt
+		counters map[ckptKey]*intervalCounters
+	}
+}
+
+// ckptKey names a checkpoint independently of the run's name: a run that is
+// removed and recorded again under the same name gets a new ID.
+type ckptKey struct {
+	run index.RunID
+	i   int
+}
+
+func newFsys(src Source, opts MountOptions) (*fsys, error) {
+	switch opts.Prefetch {
+	case "", "ws", "none":
+	default:
+		return nil, fmt.Errorf("ckptfs: unknown prefetch policy %q (ws, none)", opts.Prefetch)
+	}
+	m, err := newMetrics(opts.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("ckptfs: registering metrics: %w", err)
+	}
+	f := &fsys{
+		src:       src,
+		log:       opts.Logger,
+		m:         m,
+		prefetch:  opts.Prefetch != "none",
+		started:   time.Now(),
+		sem:       make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2)),
+		windowSem: make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),
+	}
+	if f.log == nil {
+		f.log = slog.Default()
+	}
+	f.ctx, f.cancel = context.WithCancel(context.Background())
+	f.mu.ckpts = map[ckptKey]*ckpt{}
+	f.mu.counters = map[ckptKey]*intervalCounters{}
+	return f, nil
+}
+
+// close stops prefetching and closes every checkpoint handle.
+func (f *fsys) close() {
+	f.cancel()
+	f.wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k, c := range f.mu.ckpts {
+		c.closeFrames()
+		delete(f.mu.ckpts, k)
+	}
+}
+
+func (f *fsys) counters(k ckptKey) *intervalCounters {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.mu.counters[k]
+	if c == nil {
+		c = &intervalCounters{}
+		f.mu.counters[k] = c
+	}
+	return c
+}
+
+// ckpt is a shared, reference-counted handle on one checkpoint with the data
+// maps the files need. Committed checkpoints never change, so everything in
+// it is computed once.
+type ckpt struct {
+	key  ckptKey
+	run  string
+	ctrs *intervalCounters
+
+	refs    int       // guarded by fsys.mu
+	lastUse time.Time // guarded by fsys.mu
+
+	openOnce sync.Once
+	frames   Frames
+	openErr  error
+
+	dataOnce sync.Once
+	data     extents // non-zero frames
+	dataErr  error
+
+	wsOnce sync.Once
+	ws     extents // W_i
+	wsBM   *roaring.Bitmap
+	wsErr  error
+}
+
+// acquire returns the shared handle of checkpoint i of run; release it.
+func (f *fsys) acquire(run index.RunInfo, i int) *ckpt {
+	k := ckptKey{run.ID, i}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.mu.ckpts[k]
+	if c == nil {
+		c = &ckpt{key: k, run: run.Name}
+		f.mu.ckpts[k] = c
+		c.ctrs = f.mu.counters[k]
+		if c.ctrs == nil {
+			c.ctrs = &intervalCounters{}
+			f.mu.counters[k] = c.ctrs
+		}
+	}
+	c.refs++
+	return c
+}
+
+func (f *fsys) release(c *ckpt) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c.refs--
+	c.lastUse = time.Now()
+	f.trimLocked()
+}
+
+// trimLocked closes the least recently used idle handles beyond
+// maxIdleCheckpoints.
+func (f *fsys) trimLocked() {
+	var idle []*ckpt
+	for _, c := range f.mu.ckpts {
+		if c.refs == 0 {
+			idle = append(idle, c)
+		}
+	}
+	if len(idle) <= maxIdleCheckpoints {
+		return
+	}
+	sort.Slice(idle, func(a, b int) bool { return idle[a].lastUse.Before(idle[b].lastUse) })
+	for _, c := range idle[:len(idle)-maxIdleCheckpoints] {
+		delete(f.mu.ckpts, c.key)
+		c.closeFrames()
+	}
+}
+
+func (c *ckpt) closeFrames() {
+	if c.frames != nil {
+		_ = c.frames.Close()
+	}
+}
+
+func (f *fsys) openFrames(c *ckpt) (Frames, error) {
+	c.openOnce.Do(func() {
+		c.frames, c.openErr = f.src.OpenCheckpoint(c.run, c.key.i)
+	})
+	return c.frames, c.openErr
+}
+
+// dataExtents returns the non-zero frames of the checkpoint.
+func (f *fsys) dataExtents(c *ckpt) (extents, error) {
+	c.dataOnce.Do(func() {
+		fr, err := f.openFrames(c)
+		if err != nil {
+			c.dataErr = err
+			return
+		}
+		bm, err := fr.DataFrames()
+		if err != nil {
+			c.dataErr = err
+			return
+		}
+		c.data = extentsOf(bm)
+	})
+	return c.data, c.dataErr
+}
+
+// wsExtents returns W_i.
+func (f *fsys) wsExtents(c *ckpt) (extents, *roaring.Bitmap, error) {
+	c.wsOnce.Do(func() {
+		bm, err := f.src.WorkingSet(c.run, c.key.i)
+		if err != nil {
+			c.wsErr = err
+			return
+		}
+		c.wsBM = bm
+		c.ws = extentsOf(bm)
+	})
+	return c.ws, c.wsBM, c.wsErr
+}
+
+// readFrames loads frames [first, first+len(dst)/pageSize) of the
+// checkpoint. Identical concurrent loads of the same checkpoint (the same
+// fault on <i>.ram and full/<i>.ram, or two mounts' files of one interval)
+// are collapsed into one store read.
+func (f *fsys) readFrames(c *ckpt, first uint64, dst []byte) error {
+	fr, err := f.openFrames(c)
+	if err != nil {
+		return err
+	}
+	if len(dst) > 64<<10 {
+		// Large loads come from readahead of distinct ranges; sharing
+		// them would only add a copy.
+		return fr.ReadFrames(first, dst)
+	}
+	key := fmt.Sprintf("%d/%d/%d+%d", c.key.run, c.key.i, first, len(dst))
+	v, err, shared := f.sf.Do(key, func() (any, error) {
+		buf := make([]byte, len(dst))
+		if err := fr.ReadFrames(first, buf); err != nil {
+			return nil, err
+		}
+		return buf, nil
+	})
+	if err != nil {
+		return err
+	}
+	_ = shared
+	copy(dst, v.([]byte))
+	return nil
+}
+
+// errno maps an error from the source to the one errno a FUSE operation
+// returns. Only this function (and readErr) decides errnos.
+func errno(err error) syscall.Errno {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, index.ErrRunNotFound), errors.Is(err, index.ErrCheckpointMissing),
+		errors.Is(err, index.ErrNoWorkingSet), errors.Is(err, index.ErrNoDeviceState):
+		return syscall.ENOENT
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
+	}
+	return syscall.EIO
+}
+
+// fail records a failed operation once: one log line with context, the
+// error counters, and the errno for the kernel.
+func (f *fsys) fail(c *ckpt, op, file string, off int64, size int, err error) syscall.Errno {
+	e := errno(err)
+	if e != syscall.EIO {
+		return e
+	}
+	f.m.errors.Inc()
+	if c != nil {
+		c.ctrs.errors.Add(1)
+	}
+	msg := fmt.Sprintf("%s %s at %d+%d: %v", op, file, off, size, err)
+	f.st.setError(msg)
+	f.log.Error("ckptfs: "+op+" failed", "file", file, "offset", off, "size", size,
+		"corrupt", index.IsCorruption(err), "err", err)
+	return e
+}
+
+// owner fills the ownership of an attribute.
+func (f *fsys) owner(uid, gid *uint32) { *uid, *gid = f.uid, f.gid }

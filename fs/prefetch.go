@@ -1,0 +1,250 @@
+package fs
+
+import (
+	"context"
+	"sort"
+	"syscall"
+)
+
+// pushBatch is how many bytes of frames one store read gathers before they
+// are pushed, one notify-store per contiguous run of frames. Small enough
+// that a jump to a faulting address takes effect within a few batches.
+const pushBatch = 1 << 20
+
+// pieceFrames is the unit of work of a push: runs longer than this are
+// split, so that the push can jump to where a process faults.
+const pieceFrames = pushBatch / pageSize
+
+// segment is a run of frames inside a batch.
+type segment struct{ pfn, n uint64 }
+
+type batch struct {
+	buf  []byte
+	segs []segment
+}
+
+// pusher is a running push into the page cache of one file. A READ that
+// the kernel sends while it runs tells it where a process faults (hint), and
+// the push continues from there: the process then trails the push and finds
+// its pages in the cache, instead of overtaking it and paying a round trip
+// per page. The skipped part is pushed after the end is reached.
+type pusher struct {
+	hint chan uint64
+}
+
+// hintAt tells the push that frame pfn was just wanted; never blocks.
+func (p *pusher) hintAt(pfn uint64) {
+	select {
+	case p.hint <- pfn:
+	default:
+	}
+}
+
+// startPrefetch pushes W_i of n into the page cache from a goroutine.
+func (f *fsys) startPrefetch(n *ramFile, ck *ckpt) {
+	ws, _, err := f.wsExtents(ck)
+	p := &pusher{hint: make(chan uint64, 1)}
+	if err == nil && f.goPush(func() {
+		defer n.prefetchDone()
+		select {
+		case f.sem <- struct{}{}:
+		case <-f.ctx.Done():
+			return
+		}
+		defer func() { <-f.sem }()
+		f.push(n, ck, ws, p)
+	}) {
+		n.mu.Lock()
+		n.mu.pusher = p
+		n.mu.Unlock()
+		return
+	}
+	n.prefetchDone()
+}
+
+func (n *ramFile) prefetchDone() {
+	n.mu.Lock()
+	n.mu.prefetching = false
+	n.mu.pusher = nil
+	n.mu.Unlock()
+}
+
+// pushWindow pushes the working-set frames of a refused readahead window,
+// unless as many pushes as cores are already running (it is only a hint).
+func (f *fsys) pushWindow(n *ramFile, ck *ckpt, first, last uint64) {
+	select {
+	case f.windowSem <- struct{}{}:
+	default:
+		return
+	}
+	ws, _, _ := f.wsExtents(ck)
+	var part extents
+	_ = ws.overlap(first, last, func(a, b uint64) error { part = append(part, extent{a, b}); return nil })
+	if !f.goPush(func() {
+		defer func() { <-f.windowSem }()
+		f.push(n, ck, part, nil)
+	}) {
+		<-f.windowSem
+	}
+}
+
+// goPush runs fn on a goroutine that the mount waits for when it ends;
+// false if the mount is ending.
+func (f *fsys) goPush(fn func()) bool {
+	f.mu.Lock()
+	if f.ctx.Err() != nil {
+		f.mu.Unlock()
+		return false
+	}
+	f.wg.Add(1)
+	f.mu.Unlock()
+	f.st.prefetching.Add(1)
+	go func() {
+		defer f.wg.Done()
+		defer f.st.prefetching.Add(-1)
+		fn()
+	}()
+	return true
+}
+
+// pieces splits ext into runs of at most pieceFrames frames.
+func pieces(ext extents) extents {
+	var out extents
+	for _, e := range ext {
+		for p := e.start; p < e.end; p += pieceFrames {
+			out = append(out, extent{p, min(e.end, p+pieceFrames)})
+		}
+	}
+	return out
+}
+
+// push reads the frames of ext from the store and stores them in the
+// kernel's page cache of n with notify-store, in ascending order, jumping
+// ahead when p (if not nil) gets a hint. The store reads run on one
+// goroutine and the notifications on this one, so that reading a batch
+// overlaps the kernel's copy of the previous one.
+//
+// Never call it from a READ handler: notify-store locks the pages it fills,
+// and the kernel holds a page locked while it waits for a READ's answer.
+func (f *fsys) push(n *ramFile, ck *ckpt, ext extents, p *pusher) {
+	work := pieces(ext)
+	if len(work) == 0 {
+		return
+	}
+	fr, err := f.openFrames(ck)
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(f.ctx)
+	defer cancel()
+
+	size := min(ext.frames()*pageSize, pushBatch)
+	nbuf := 3
+	if ext.frames()*pageSize <= pushBatch {
+		nbuf = 1
+	}
+	free := make(chan []byte, nbuf)
+	for range nbuf {
+		free <- make([]byte, 0, size)
+	}
+	ready := make(chan batch, nbuf)
+	go func() {
+		defer close(ready)
+		var hint chan uint64
+		if p != nil {
+			hint = p.hint
+		}
+		done := make([]bool, len(work))
+		left, cur := len(work), 0
+		var b batch
+		send := func() bool {
+			if len(b.segs) == 0 {
+				return true
+			}
+			select {
+			case ready <- b:
+				b = batch{}
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		for left > 0 {
+			select {
+			case pfn := <-hint:
+				// Continue where the process faults.
+				cur = sort.Search(len(work), func(i int) bool { return work[i].end > pfn }) % len(work)
+			default:
+			}
+			for done[cur] {
+				cur = (cur + 1) % len(work)
+			}
+			w := work[cur]
+			done[cur] = true
+			left--
+			cur = (cur + 1) % len(work)
+			if b.buf == nil {
+				select {
+				case b.buf = <-free:
+					b.buf = b.buf[:0]
+				case <-ctx.Done():
+					return
+				}
+			}
+			if uint64(cap(b.buf)-len(b.buf)) < (w.end-w.start)*pageSize {
+				if !send() {
+					return
+				}
+				select {
+				case b.buf = <-free:
+					b.buf = b.buf[:0]
+				case <-ctx.Done():
+					return
+				}
+			}
+			at := len(b.buf)
+			b.buf = b.buf[:at+int((w.end-w.start)*pageSize)]
+			if err := fr.ReadFrames(w.start, b.buf[at:]); err != nil {
+				// Leave these frames to the READ path, which
+				// reports the error for the frames a process
+				// actually touches.
+				b.buf = b.buf[:at]
+				f.log.Debug("ckptfs: push skipped frames", "file", n.path(), "pfn", w.start, "frames", w.end-w.start, "err", err)
+				continue
+			}
+			if k := len(b.segs); k > 0 && b.segs[k-1].pfn+b.segs[k-1].n == w.start {
+				b.segs[k-1].n += w.end - w.start
+			} else {
+				b.segs = append(b.segs, segment{w.start, w.end - w.start})
+			}
+		}
+		send()
+	}()
+
+	inode := n.EmbeddedInode()
+	stopped := false
+	for b := range ready {
+		off := 0
+		for _, s := range b.segs {
+			if stopped {
+				break
+			}
+			data := b.buf[off : off+int(s.n*pageSize)]
+			off += len(data)
+			if errno := inode.WriteCache(int64(s.pfn*pageSize), data); errno != 0 {
+				// ENOENT: the kernel forgot the inode; ENOSYS:
+				// not mounted (node tests).
+				if errno != syscall.ENOENT && errno != syscall.ENOSYS {
+					f.log.Debug("ckptfs: push stopped", "file", n.path(), "err", errno)
+				}
+				stopped = true
+				cancel()
+				break
+			}
+			f.m.prefetch.Add(float64(len(data)))
+			f.st.prefetchBytes.Add(uint64(len(data)))
+			ck.ctrs.prefetchBytes.Add(uint64(len(data)))
+		}
+		free <- b.buf
+	}
+}
