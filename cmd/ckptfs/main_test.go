@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ckptfs/ckptfs/index"
+)
+
+// ckptfs runs one command line in-process and returns exit code and output.
+func ckptfs(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), append([]string{"ckptfs"}, args...), strings.NewReader(""), &out, &errb, nil)
+	return code, out.String(), errb.String()
+}
+
+func writeDumps(t *testing.T, dir string, n int, frames int) []string {
+	t.Helper()
+	img := make([]byte, frames*index.PageSize)
+	rand.Read(img[:len(img)/2])
+	var paths []string
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			rand.Read(img[i*index.PageSize : (i+3)*index.PageSize])
+		}
+		p := filepath.Join(dir, "dump"+string(rune('0'+i)))
+		if err := os.WriteFile(p, img, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	return paths
+}
+
+func TestStoreCommands(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	dumps := writeDumps(t, dir, 3, 64)
+	wsDir := filepath.Join(dir, "ws")
+	os.Mkdir(wsDir, 0o700)
+	os.WriteFile(filepath.Join(wsDir, "0.ws"), []byte("0-9,40\n"), 0o600)
+	os.WriteFile(filepath.Join(wsDir, "1.ws"), []byte("1-5\n"), 0o600)
+
+	if code, _, errs := ckptfs(t, "--store", store, "import", "--run", "r1", "--ws-dir", wsDir, dumps[0], dumps[1], dumps[2]); code != 0 {
+		t.Fatalf("import: %d %s", code, errs)
+	}
+	code, out, _ := ckptfs(t, "--store", store, "ls")
+	if code != 0 || !strings.Contains(out, "r1") {
+		t.Fatalf("ls: %d %q", code, out)
+	}
+	code, out, _ = ckptfs(t, "--store", store, "info", "r1", "1", "--json")
+	if code != 0 || !strings.Contains(out, `"ws_frames": 5`) {
+		t.Fatalf("info --json: %d %q", code, out)
+	}
+	for i, d := range dumps {
+		out := filepath.Join(dir, "out")
+		if code, _, errs := ckptfs(t, "--store", store, "export", "--run", "r1", "--interval", string(rune('0'+i)), out); code != 0 {
+			t.Fatalf("export: %s", errs)
+		}
+		a, _ := os.ReadFile(out)
+		b, _ := os.ReadFile(d)
+		if !bytes.Equal(a, b) {
+			t.Fatalf("export of checkpoint %d differs from its dump", i)
+		}
+	}
+	if code, out, errs := ckptfs(t, "--store", store, "verify"); code != 0 || !strings.HasPrefix(out, "ok:") {
+		t.Fatalf("verify: %d %q %q", code, out, errs)
+	}
+	if code, _, _ := ckptfs(t, "--store", store, "rm", "r1"); code != 0 {
+		t.Fatal("rm failed")
+	}
+	if code, _, _ := ckptfs(t, "--store", store, "info", "r1"); code == 0 {
+		t.Fatal("info of a removed run succeeded")
+	}
+}
+
+// TestBadInput: every mistake is one line on stderr and a non-zero exit,
+// 2 for usage.
+func TestBadInput(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	dumps := writeDumps(t, dir, 2, 16)
+	short := filepath.Join(dir, "short")
+	os.WriteFile(short, make([]byte, 5000), 0o600)
+	other := filepath.Join(dir, "other")
+	os.WriteFile(other, make([]byte, 8*index.PageSize), 0o600)
+	badWS := filepath.Join(dir, "badws")
+	os.Mkdir(badWS, 0o700)
+	os.WriteFile(filepath.Join(badWS, "0.ws"), []byte("3-x\n"), 0o600)
+	ckptfs(t, "--store", store, "import", "--run", "exists", dumps[0])
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"frobnicate"}, 2, "no command"},
+		{[]string{"import", dumps[0]}, 2, "--run"},
+		{[]string{"import", "--run", "a/b", dumps[0]}, 2, "bad run name"},
+		{[]string{"import", "--run", "x", short}, 1, "not a positive multiple"},
+		{[]string{"import", "--run", "x", dumps[0], other}, 1, "bytes, but"},
+		{[]string{"import", "--run", "x", filepath.Join(dir, "missing")}, 1, "no such file"},
+		{[]string{"import", "--run", "x", "--ws-dir", badWS, dumps[0], dumps[1]}, 1, "not a decimal"},
+		{[]string{"import", "--run", "exists", dumps[0]}, 1, "run exists"},
+		{[]string{"export", "--run", "exists", "--interval", "7", filepath.Join(dir, "o")}, 1, "not committed"},
+		{[]string{"export", "--run", "exists", "--interval", "-1", filepath.Join(dir, "o")}, 2, "interval"},
+		{[]string{"ls", "--nope"}, 2, "flag provided but not defined"},
+		{[]string{"--store", filepath.Join(dir, "nostore"), "ls"}, 1, "no store"},
+	} {
+		args := tc.args
+		if args[0] != "--store" {
+			args = append([]string{"--store", store}, args...)
+		}
+		code, _, errs := ckptfs(t, args...)
+		if code != tc.code || !strings.Contains(errs, tc.msg) || strings.Count(errs, "\n") != 1 {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d and one line with %q", tc.args, code, errs, tc.code, tc.msg)
+		}
+	}
+	// Nothing of the failed imports became visible.
+	code, out, _ := ckptfs(t, "--store", store, "ls")
+	if code != 0 || strings.Contains(out, "\nx ") {
+		t.Fatalf("a failed import left a run: %q", out)
+	}
+}
+
+// TestForwardToOwner: while another holder owns the store, commands go
+// through its socket and see (and change) the owner's store.
+func TestForwardToOwner(t *testing.T) {
+	dir := t.TempDir()
+	// A deep directory exercises the /proc/self/fd socket path.
+	store := filepath.Join(dir, strings.Repeat("d", 60), strings.Repeat("e", 60), "store")
+	dumps := writeDumps(t, dir, 2, 32)
+	st, err := index.Open(store, index.Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	srv, err := serveStore(st, &ownedStore{st: st, what: "test owner"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if code, _, errs := ckptfs(t, "--store", store, "import", "--run", "fwd", dumps[0], dumps[1]); code != 0 {
+		t.Fatalf("forwarded import: %d %s", code, errs)
+	}
+	ri, err := st.Run("fwd")
+	if err != nil || ri.Checkpoints != 2 {
+		t.Fatalf("owner does not see the forwarded import: %+v %v", ri, err)
+	}
+	code, out, _ := ckptfs(t, "--store", store, "ls")
+	if code != 0 || !strings.Contains(out, "fwd") {
+		t.Fatalf("forwarded ls: %d %q", code, out)
+	}
+	code, _, errs := ckptfs(t, "--store", store, "info", "nope")
+	if code != 1 || !strings.Contains(errs, "not found") || strings.Count(errs, "\n") != 1 {
+		t.Fatalf("forwarded error: %d %q", code, errs)
+	}
+	out2 := filepath.Join(dir, "out")
+	if code, _, errs := ckptfs(t, "--store", store, "export", "--run", "fwd", "--interval", "1", out2); code != 0 {
+		t.Fatalf("forwarded export: %s", errs)
+	}
+	a, _ := os.ReadFile(out2)
+	b, _ := os.ReadFile(dumps[1])
+	if !bytes.Equal(a, b) {
+		t.Fatal("forwarded export differs")
+	}
+}
