@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -90,6 +91,24 @@ const (
 	// (posix_fadvise WILLNEED over each run), timed as part of the load.
 	PrefetchEmulate Prefetch = "emulate"
 )
+
+// ParseConcurrency parses a list of concurrencies such as "1,4,16" (a
+// --concurrency flag); "" gives nil, which Bench takes as 1, 4, 16.
+func ParseConcurrency(s string) ([]int, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, nil
+	}
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		k, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || k < 1 || k > 1024 {
+			return nil, fmt.Errorf("%w: concurrency %q (want numbers 1..1024, comma separated)", ErrBadConfig, f)
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}
 
 // BenchConfig configures Bench. Mount and Run are required.
 type BenchConfig struct {

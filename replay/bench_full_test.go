@@ -1,8 +1,8 @@
 package replay_test
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -36,8 +36,11 @@ func TestBenchSyntheticFull(t *testing.T) {
 	}
 	t.Logf("\n%s", rep)
 	if out := os.Getenv("CKPTFS_BENCH_OUT"); out != "" {
-		data, _ := jsonMarshalIndent(rep)
-		if err := os.WriteFile(filepath.Join(out, "bench.json"), data, 0o644); err != nil {
+		var buf bytes.Buffer
+		if err := rep.WriteJSON(&buf); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(out, "bench.json"), buf.Bytes(), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		if err := rep.WritePlot(filepath.Join(out, "bench.png")); err != nil {
@@ -45,5 +48,3 @@ func TestBenchSyntheticFull(t *testing.T) {
 		}
 	}
 }
-
-func jsonMarshalIndent(v any) ([]byte, error) { return json.MarshalIndent(v, "", "  ") }

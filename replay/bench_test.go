@@ -207,6 +207,17 @@ func TestBenchErrors(t *testing.T) {
 	}
 }
 
+func TestParseConcurrency(t *testing.T) {
+	if got, err := replay.ParseConcurrency("1, 4,16"); err != nil || fmt.Sprint(got) != "[1 4 16]" {
+		t.Errorf("ParseConcurrency = %v, %v", got, err)
+	}
+	for _, bad := range []string{"0", "1,,2", "x", "2000"} {
+		if _, err := replay.ParseConcurrency(bad); !errors.Is(err, replay.ErrBadConfig) {
+			t.Errorf("ParseConcurrency(%q) = %v", bad, err)
+		}
+	}
+}
+
 func TestParseMode(t *testing.T) {
 	for in, want := range map[string]replay.Mode{"a": replay.ModeFull, "sparse": replay.ModeSparse,
 		"C": replay.ModeLazy, "lazy-noprefetch": replay.ModeLazyNoPrefetch} {
