@@ -2,11 +2,14 @@ package kvmrec
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,6 +69,9 @@ type Config struct {
 	// PauseTimeout bounds one pause (stop to cont, device state included);
 	// default 30 s. The VM is resumed even when it expires.
 	PauseTimeout time.Duration
+	// Meta is stored with the run (run.json "meta"); "qemu_args" is filled
+	// from the VMM's command line unless given.
+	Meta map[string]string
 }
 
 // Phases are the parts of one pause. Pageout runs concurrently with Scan;
@@ -176,6 +182,17 @@ func Record(ctx context.Context, st *index.Store, cfg Config) (Summary, error) {
 		"mem_path":     absPath(cfg.MemPath),
 		"device_state": strconv.FormatBool(cfg.DeviceState),
 		"vmm":          r.vmmVersion,
+	}
+	// The VMM's command line lets `replay qemu` rebuild the same machine.
+	if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", r.pid)); err == nil {
+		if args := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00"); len(args) > 1 {
+			if j, err := json.Marshal(args[1:]); err == nil {
+				meta["qemu_args"] = string(j)
+			}
+		}
+	}
+	for k, v := range cfg.Meta {
+		meta[k] = v
 	}
 	w, err := st.CreateRun(index.RunSpec{Name: cfg.Run, RAMSize: r.m.size, Recorder: Recorder, Tracker: cfg.Tracker, Meta: meta})
 	if err != nil {
