@@ -297,7 +297,7 @@ func (l *loader) cacheBytes() (uint64, error) {
 		}
 		defer unix.Munmap(m)
 	}
-	return mincoreBytes(m, l.job.PageSize)
+	return mincoreBytes(m)
 }
 
 func (l *loader) close() {
@@ -313,7 +313,7 @@ func (l *loader) close() {
 	}
 }
 
-func mincoreBytes(m []byte, pageSize int64) (uint64, error) {
+func mincoreBytes(m []byte) (uint64, error) {
 	if len(m) == 0 {
 		return 0, nil
 	}

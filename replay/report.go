@@ -170,6 +170,9 @@ func (r *BenchReport) plots() ([]*plot.Plot, error) {
 		return nil, err
 	}
 	ws.Y.Min = 0
+	for _, xy := range wsXY {
+		ws.Y.Max = max(ws.Y.Max, xy.Y*1.35) // room for the legend
+	}
 	ws.Legend.Top = true
 
 	var modes []Mode
@@ -196,11 +199,13 @@ func (r *BenchReport) plots() ([]*plot.Plot, error) {
 		p.Y.Label.Text = ylabel
 		p.NominalX(names...)
 		w := vg.Points(float64(60) / float64(len(ks)))
+		top := 0.0
 		for ki, k := range ks {
 			vals := make(plotter.Values, len(modes))
 			for mi, m := range modes {
 				if x, ok := r.Result(m, k); ok && x.Skipped == "" {
 					vals[mi] = val(x)
+					top = max(top, vals[mi])
 				}
 			}
 			b, err := plotter.NewBarChart(vals, w)
@@ -215,6 +220,7 @@ func (r *BenchReport) plots() ([]*plot.Plot, error) {
 		}
 		p.Legend.Top = true
 		p.Y.Min = 0
+		p.Y.Max = top * 1.35 // room for the legend
 		p.Add(plotter.NewGrid())
 		return p, nil
 	}
