@@ -110,6 +110,24 @@ func ParseConcurrency(s string) ([]int, error) {
 	return out, nil
 }
 
+// DropPolicy says which caches Bench drops so that each batch starts cold.
+type DropPolicy string
+
+const (
+	// DropAll writes /proc/sys/vm/drop_caches before each batch (root
+	// only; else it falls back to DropFiles) and drops each replayed
+	// file's page cache when its child exits. The whole machine's clean
+	// caches go, the mount's store included.
+	DropAll DropPolicy = ""
+	// DropFiles only drops each replayed file's page cache when its child
+	// exits (posix_fadvise DONTNEED): no effect on the rest of the
+	// machine, but the store behind a mount stays warm, and so does the
+	// first batch.
+	DropFiles DropPolicy = "files"
+	// DropNone leaves all caches warm.
+	DropNone DropPolicy = "none"
+)
+
 // BenchConfig configures Bench. Mount and Run are required.
 type BenchConfig struct {
 	Mount string // the mount (or a directory with the same layout)
@@ -126,9 +144,9 @@ type BenchConfig struct {
 	// Prefetch says who prefetches W_i in modes (b) and (c); default
 	// PrefetchAuto.
 	Prefetch Prefetch
-	// Warm skips dropping caches between batches (see doc.go, "Cold
-	// starts"). The default is cold.
-	Warm bool
+	// Drop says how each batch starts cold; default DropAll (doc.go,
+	// "Cold starts").
+	Drop DropPolicy
 	// Logger receives progress; nil means none.
 	Logger *slog.Logger
 	// Executable is the program re-executed for children; default
@@ -154,7 +172,7 @@ type BenchReport struct {
 	MeanWSBytes uint64  `json:"mean_ws_bytes"`
 	WSFraction  float64 `json:"ws_fraction"` // MeanWSBytes / RAMSize
 	// Cache says how each batch started: "cold (drop_caches + fadvise)",
-	// "cold (fadvise only)" or "warm".
+	// "cold per file (fadvise only)" or "warm".
 	Cache string `json:"cache"`
 	// PrefetchEmulated is set when modes (b) and (c) emulated the mount's
 	// prefetch on open.
@@ -336,14 +354,20 @@ func Bench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 			b.memLimit = avail / 10 * 8
 		}
 	}
-	switch {
-	case cfg.Warm:
+	switch cfg.Drop {
+	case DropNone:
 		rep.Cache = "warm"
-	case b.tryDropCaches() == nil:
-		rep.Cache = "cold (drop_caches + fadvise)"
-	default:
-		rep.Cache = "cold (fadvise only)"
+	case DropFiles:
+		rep.Cache = "cold per file (fadvise only)"
+	case DropAll:
+		if b.tryDropCaches() == nil {
+			rep.Cache = "cold (drop_caches + fadvise)"
+			break
+		}
+		rep.Cache = "cold per file (fadvise only)"
 		rep.note("cannot write /proc/sys/vm/drop_caches (%v): only the files' own page cache is dropped (fadvise DONTNEED after each replay); the mount's store is not cold", b.dropErr)
+	default:
+		return nil, fmt.Errorf("%w: drop %q (want files or none)", ErrBadConfig, cfg.Drop)
 	}
 	switch cfg.Prefetch {
 	case PrefetchAuto:
@@ -469,14 +493,14 @@ func (b *bench) measure(ctx context.Context, m Mode, k int, ivs []int, wsMaxByte
 		for j := range jobs {
 			i := ivs[(bi*k+j)%len(ivs)]
 			jobs[j] = childJob{Mode: m, RAM: rd.ramPath(i), WS: rd.wsPath(i),
-				RAMSize: b.rep.RAMSize, PageSize: b.rep.PageSize, Cold: !b.cfg.Warm}
+				RAMSize: b.rep.RAMSize, PageSize: b.rep.PageSize, Cold: b.cfg.Drop != DropNone}
 			if m == ModeFull {
 				jobs[j].RAM = rd.fullPath(i)
 			}
 			// (b) and (c) open <i>.ram on the prefetching mount.
 			jobs[j].EmulatePrefetch = (m == ModeSparse || m == ModeLazy) && b.rep.PrefetchEmulated
 		}
-		if !b.cfg.Warm && b.dropOK {
+		if b.dropOK {
 			_ = b.tryDropCaches()
 		}
 		label := fmt.Sprintf("(%s) %s, K=%d, batch %d", m.Letter(), m.Describe(), k, bi)

@@ -31,9 +31,11 @@ func within(got, want uint64, frac float64) bool {
 // TestBenchSynthetic runs all four modes on a synthetic run whose working
 // sets are 20 % of RAM and checks the footprints against the known sizes:
 // (b) and (c) hold W_i, (a) holds all of RAM. The directory is not a FUSE
-// mount, so (c) emulates the mount's prefetch. It runs warm: dropping the
-// machine's caches a dozen times would hurt everybody else on it for a
-// result that does not depend on it (TestBenchCold covers the cold path).
+// mount, so (b) and (c) emulate the mount's prefetch. It drops only its own
+// files' page cache: dropping the machine's caches a dozen times would hurt
+// everybody else on it for a result that does not depend on it
+// (TestBenchCold covers drop_caches). Warm, a mode would find the pages
+// another mode read around, and mincore would count them.
 func TestBenchSynthetic(t *testing.T) {
 	mount := t.TempDir()
 	const ram = 64 * mib
@@ -49,7 +51,7 @@ func TestBenchSynthetic(t *testing.T) {
 		// the no-prefetch mount exercises mode (d).
 		NoPrefetchMount: mount,
 		Concurrency:     []int{1, 4},
-		Warm:            true,
+		Drop:            replay.DropFiles,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -61,6 +63,9 @@ func TestBenchSynthetic(t *testing.T) {
 	t.Logf("\n%s", tbl.String())
 
 	ws := uint64(syn.MeanWSFrac * ram)
+	if rep.Cache != "cold per file (fadvise only)" {
+		t.Errorf("cache %q", rep.Cache)
+	}
 	if !rep.PrefetchEmulated {
 		t.Errorf("prefetch not emulated on a plain directory")
 	}
@@ -192,6 +197,7 @@ func TestBenchErrors(t *testing.T) {
 		{"interval without ws", replay.BenchConfig{Mount: mount, Run: "r", Intervals: []int{1}}, replay.ErrNoWorkingSet},
 		{"bad concurrency", replay.BenchConfig{Mount: mount, Run: "r", Concurrency: []int{0}}, replay.ErrBadConfig},
 		{"bad mode", replay.BenchConfig{Mount: mount, Run: "r", Modes: []replay.Mode{"eager"}}, replay.ErrBadConfig},
+		{"bad drop", replay.BenchConfig{Mount: mount, Run: "r", Drop: "some"}, replay.ErrBadConfig},
 		// A binary that does not call MaybeRunChild gives no handshake.
 		{"no handshake", replay.BenchConfig{Mount: mount, Run: "r", Executable: "/bin/true",
 			Concurrency: []int{1}, Modes: []replay.Mode{replay.ModeSparse}}, replay.ErrChild},

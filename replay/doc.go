@@ -100,15 +100,21 @@
 //
 // # Cold starts
 //
-// Unless Warm is set, every batch starts cold: the parent writes 3 to
+// By default (DropAll) every batch starts cold: the parent writes 3 to
 // /proc/sys/vm/drop_caches before each batch (root only; it drops all clean
 // page cache, dentries and inodes of the machine, including the mount's
 // FUSE pages and its store's files, and is not preceded by sync), and every
 // child drops its file's page cache with posix_fadvise(DONTNEED) when it
-// exits. Without root only the latter happens, the report says "cold
-// (fadvise only)" and the first batch may find warm files. tmpfs cannot be
-// dropped: a run on tmpfs is always warm. The parent never opens a .ram
-// file, since on the mount an open starts the working-set prefetch.
+// exits. DropFiles (and DropAll without root, which the report notes) does
+// only the latter: kind to the rest of the machine, but the store behind a
+// mount stays warm and the first batch may find warm files; the report
+// says "cold per file". DropNone keeps everything warm, and then a mode
+// finds, and mincore counts, the pages an earlier mode read around. tmpfs
+// cannot be dropped: a run on tmpfs is always warm. The parent never opens
+// a .ram file, since on the mount an open starts the working-set prefetch.
+// Other processes that drop caches while a batch runs (benchmarks do) can
+// only lower the page-cache figures of unmapped pages; the private copies
+// and mapped pages are not affected.
 //
 // # Child processes
 //
