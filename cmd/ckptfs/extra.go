@@ -298,7 +298,6 @@ func replayCommand() *cli.Command {
 					&cli.StringFlag{Name: "no-prefetch-mount", Usage: "a second mount with --prefetch none, for mode (d)"},
 					&cli.StringFlag{Name: "concurrency", Value: "1,4,16", Usage: "replays at once, comma-separated"},
 					&cli.StringFlag{Name: "intervals", Usage: "comma-separated intervals (default: all with a working set)"},
-					&cli.BoolFlag{Name: "warm", Usage: "do not drop caches between measurements"},
 					&cli.StringFlag{Name: "json", Usage: "write the report as JSON to FILE"},
 					&cli.StringFlag{Name: "plot", Usage: "write a plot to FILE (.png or .svg)"},
 				},
@@ -366,7 +365,7 @@ func replayBench(c *cli.Context) error {
 	}
 	cfg := replay.BenchConfig{Mount: absPath(c, c.String("mount")), Run: c.String("run"),
 		NoPrefetchMount: absPath(c, c.String("no-prefetch-mount")), Concurrency: conc, Intervals: intervals,
-		Warm: c.Bool("warm"), Logger: slog.Default()}
+		Logger: slog.Default()}
 	return runBench(c, cfg, absPath(c, c.String("json")), absPath(c, c.String("plot")))
 }
 

@@ -1,0 +1,162 @@
+// Package integration holds the tests that drive the ckptfs binary as a user
+// would: real mounts, real recordings, real QEMU guests.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// ckptfsBin is the binary under test, built once by TestMain.
+var ckptfsBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ckptfs-it-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	ckptfsBin = filepath.Join(dir, "ckptfs")
+	out, err := exec.Command("go", "build", "-o", ckptfsBin, module+"/cmd/ckptfs").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building ckptfs: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// requireFUSE skips without a usable /dev/fuse, but fails when
+// CKPTFS_REQUIRE_FUSE=1 (as CI sets it).
+func requireFUSE(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err == nil {
+		f.Close()
+		if os.Geteuid() == 0 {
+			return
+		}
+		if _, err = exec.LookPath("fusermount3"); err == nil {
+			return
+		}
+	}
+	if os.Getenv("CKPTFS_REQUIRE_FUSE") == "1" {
+		t.Fatalf("FUSE is required (CKPTFS_REQUIRE_FUSE=1) but unusable: %v", err)
+	}
+	t.Skipf("no usable FUSE: %v", err)
+}
+
+// ckptfs runs the binary to completion.
+func ckptfs(t *testing.T, store string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(ckptfsBin, append([]string{"--store", store}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, out.String(), errb.String()
+}
+
+func mustCkptfs(t *testing.T, store string, args ...string) string {
+	t.Helper()
+	code, out, errs := ckptfs(t, store, args...)
+	if code != 0 {
+		t.Fatalf("ckptfs %v: exit %d: %s", args, code, errs)
+	}
+	return out
+}
+
+// daemon is a background ckptfs process (mount, record, a guest).
+type daemon struct {
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+	done   chan struct{}
+}
+
+func startDaemon(t *testing.T, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{cmd: exec.Command(ckptfsBin, args...), stderr: &lockedBuffer{}, done: make(chan struct{})}
+	d.cmd.Stderr = d.stderr
+	d.cmd.Stdout = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-d.done:
+		default:
+			d.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-d.done:
+			case <-time.After(10 * time.Second):
+				d.cmd.Process.Kill()
+				<-d.done
+			}
+		}
+	})
+	return d
+}
+
+// stop sends SIGINT and waits for a clean exit.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	d.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-d.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("daemon did not stop on SIGINT: %s", d.stderr.String())
+	}
+	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("daemon exited %d after SIGINT: %s", code, d.stderr.String())
+	}
+}
+
+// startMount starts `ckptfs mount` and waits until the mount answers.
+func startMount(t *testing.T, store, mnt string, extra ...string) *daemon {
+	t.Helper()
+	os.MkdirAll(mnt, 0o700)
+	d := startDaemon(t, append([]string{"--store", store, "mount", mnt}, extra...)...)
+	waitFor(t, 20*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(mnt, "."))
+		return isMounted(mnt) && err == nil && strings.Contains(d.stderr.String(), "serving")
+	}, "mount of "+mnt+": "+d.stderr.String())
+	return d
+}
+
+func isMounted(mnt string) bool {
+	data, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == mnt {
+			return true
+		}
+	}
+	return false
+}
+
+func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
