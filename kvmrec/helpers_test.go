@@ -55,6 +55,7 @@ func recorderChild(args []string) int {
 	}
 	defer st.Close()
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.OnCheckpoint = func(cs CheckpointStats) { fmt.Println("committed", cs.Checkpoint) }
 	if _, err := Record(context.Background(), st, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

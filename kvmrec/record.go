@@ -52,7 +52,9 @@ type Config struct {
 	QMPSocket string // QEMU's -qmp unix socket
 	MemPath   string // QEMU's memory-backend-file mem-path (share=on)
 
-	Interval time.Duration // time between checkpoints (boundary to boundary)
+	// Interval is how long the VM runs between two checkpoints (cont to
+	// the next stop), so that long pauses do not eat into it.
+	Interval time.Duration
 	Count    int           // stop after this many checkpoints; 0: no limit
 	Duration time.Duration // stop after this long (the boundary at Duration is the last); 0: no limit
 
@@ -317,7 +319,6 @@ loop:
 			timer.Stop()
 			break loop
 		}
-		boundary := time.Now()
 		lagging := s.inflight.Load() > 0
 		if lagging {
 			cfg.Logger.Warn("the store falls behind: the previous checkpoint is not committed yet", "run", cfg.Run, "checkpoint", i)
@@ -340,10 +341,9 @@ loop:
 			loopErr = err
 			break
 		}
-		next = boundary.Add(cfg.Interval)
-		if late := time.Since(next); late > 0 {
-			cfg.Logger.Warn("checkpoint took longer than the interval", "run", cfg.Run, "checkpoint", i, "late", late)
-			next = time.Now()
+		next = time.Now().Add(cfg.Interval)
+		if c != nil && c.stats.Downtime > cfg.Interval {
+			cfg.Logger.Warn("the pause took longer than the interval", "run", cfg.Run, "checkpoint", i, "downtime", c.stats.Downtime)
 		}
 	}
 	close(s.in)
