@@ -284,7 +284,7 @@ func replayCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "mount"}, &cli.StringFlag{Name: "run"}, &cli.StringFlag{Name: "interval"},
 					&cli.BoolFlag{Name: "sparse", Usage: "map <I>.ram (working set only) instead of full/<I>.ram"},
-					&cli.StringFlag{Name: "accel", Value: "tcg", Usage: "tcg or kvm"},
+					&cli.StringFlag{Name: "accel", Usage: "tcg (default) or kvm"},
 					&cli.StringFlag{Name: "serial", Usage: "write the guest's serial console to this file"},
 					&cli.StringFlag{Name: "qemu", Usage: "QEMU binary (default qemu-system-x86_64)"},
 				},
@@ -298,6 +298,7 @@ func replayCommand() *cli.Command {
 					&cli.StringFlag{Name: "no-prefetch-mount", Usage: "a second mount with --prefetch none, for mode (d)"},
 					&cli.StringFlag{Name: "concurrency", Value: "1,4,16", Usage: "replays at once, comma-separated"},
 					&cli.StringFlag{Name: "intervals", Usage: "comma-separated intervals (default: all with a working set)"},
+					&cli.BoolFlag{Name: "warm", Usage: "do not drop caches between measurements"},
 					&cli.StringFlag{Name: "json", Usage: "write the report as JSON to FILE"},
 					&cli.StringFlag{Name: "plot", Usage: "write a plot to FILE (.png or .svg)"},
 				},
@@ -366,6 +367,9 @@ func replayBench(c *cli.Context) error {
 	cfg := replay.BenchConfig{Mount: absPath(c, c.String("mount")), Run: c.String("run"),
 		NoPrefetchMount: absPath(c, c.String("no-prefetch-mount")), Concurrency: conc, Intervals: intervals,
 		Logger: slog.Default()}
+	if c.Bool("warm") {
+		cfg.Drop = replay.DropNone
+	}
 	return runBench(c, cfg, absPath(c, c.String("json")), absPath(c, c.String("plot")))
 }
 
