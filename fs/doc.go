@@ -1,0 +1,103 @@
+// Package fs is the ckptfs FUSE file system: a read-only view of a store in
+// which every checkpoint of a run is an ordinary file that a replay VMM can
+// mmap and fault in lazily. It is built on go-fuse's fs API and reads the
+// store through the small Source interface (FromIndex adapts an
+// *index.Store); it imports no other ckptfs package but index.
+//
+//	MNT/<run>/run.json          run metadata
+//	MNT/<run>/<i>.ram           sparse checkpoint i: W_i is data, the rest holes
+//	MNT/<run>/<i>.ws            W_i in Linux list format
+//	MNT/<run>/<i>.json          interval stats and this mount's counters
+//	MNT/<run>/<i>.dev           device state of checkpoint i, when recorded
+//	MNT/<run>/full/<i>.ram      complete checkpoint i
+//	MNT/.status                 the mount's counters and last error (not listed)
+//
+// # Files
+//
+// A .ram file has the guest RAM size. Its data frames are W_i (<i>.ram) or
+// the frames that are not all zeros (full/<i>.ram); st_blocks counts only
+// them, SEEK_DATA and SEEK_HOLE walk them exactly, and holes read as zeros.
+// A read of <i>.ram that returns a hole frame is a working-set miss, counted
+// per interval (<i>.json) and in the metrics.
+//
+// The mount is read-only, but it is not mounted "ro": QEMU before 8.2 opens
+// mem-path O_RDWR even for a private mapping, so open(O_RDWR) succeeds (the
+// .ram files are 0600; everything else 0400, directories 0500, all owned by
+// the mounting user, with default_permissions). write, truncate and
+// O_TRUNC get EROFS; MAP_PRIVATE writes stay in the writer's private copy.
+//
+// # Caching
+//
+// Committed checkpoints never change. Their files are opened with
+// FOPEN_KEEP_CACHE and the mount asks for explicit data cache control, so
+// the page cache of a .ram file survives opens and closes and is never
+// invalidated behind the VMM's back. Entries and attributes live one
+// second. Failed lookups are not cached and directories are listed afresh,
+// so runs and checkpoints committed while mounted appear at once; a
+// watcher drops the entries of removed runs when the store's Generation
+// changes. run.json, <i>.json and .status change and are opened with
+// direct I/O. Inode numbers are derived from (run ID, file kind, interval),
+// so a node looked up twice is one inode; run IDs are never reused.
+//
+// Checkpoint handles (with their frame maps) are shared by the files of one
+// checkpoint and reference-counted by the kernel's inodes; a few idle ones
+// stay open for the next `ls -l` or open.
+//
+// # Prefetch
+//
+// The first open of <i>.ram (MountOptions.Prefetch "ws", the default)
+// starts pushing W_i into the page cache with notify-store, in contiguous
+// runs of up to 1 MiB, so that the VMM's faults on its working set are
+// page-cache hits. One goroutine reads batches from the store while
+// another pushes the previous batch. The push follows the faults: every
+// READ of the file while it runs tells it where the process is, and it
+// continues from there (what it skipped comes after), so a VMM that faults
+// faster than the store reads trails the push instead of paying a round
+// trip per page.
+//
+// # Readahead
+//
+// The mount's kernel readahead is raised to 1 MiB (read_ahead_kb of its
+// bdi, when the process may write it) and reads are up to 1 MiB
+// (MaxWrite, MaxReadAhead), so a sequential read of full/<i>.ram is 1 MiB
+// requests. For <i>.ram that readahead would drag holes into the page
+// cache: a fault's read-around reads 1 MiB around the faulting page, and
+// the zero pages it caches are then mapped into the VMM by fault-around
+// without a fault, so misses would go unseen. So a READ of <i>.ram that
+// spans several frames and touches a hole is refused (EIO). The kernel
+// treats failed readahead as advisory and reads the page it needs on its
+// own, as a one-frame READ, which is served (and counted as a miss if it is
+// a hole). The W_i frames of the refused window are pushed from a goroutine
+// instead, so the working set keeps the benefit of readahead. O_DIRECT
+// reads are never refused. A folio-shaped read inside a recently refused
+// window is served, in case a kernel that caches FUSE files in large
+// folios retries a failed readahead with a whole folio (the kernels
+// measured here use single-page folios and retry page by page).
+//
+// # Errors
+//
+// Errors stay Go errors until the one place that maps them to an errno
+// (errno, fail). A frame that fails its checksum (index.IsCorruption)
+// makes the read that needs it fail with EIO — never wrong bytes — and
+// logs one line with the file, offset and error; a failed multi-frame
+// readahead is only a debug line, because the kernel then reads the pages
+// it needs one by one and those reads report the error. Errors are
+// counted (metrics, <i>.json, .status with the last error). A VMM that
+// maps such a frame gets SIGBUS at that page.
+//
+// # Deadlocks
+//
+// A process must never mmap (or fault in any other way) a file of a mount
+// it serves: the fault blocks an OS thread inside the kernel until a READ
+// is answered, and the Go runtime may need that thread, or the goroutine
+// waiting for it, to answer. Every test and benchmark that faults pages
+// does it in a child process (the test binary re-executed with
+// CKPTFS_FS_CHILD set) or with a tool (cmp, dd, cp).
+//
+// notify-store locks the page-cache pages it fills, and the kernel keeps a
+// page locked while it waits for the READ that fills it. So pushes run on
+// their own goroutines and never inside a READ handler, and no READ handler
+// waits for a push: a READ that arrives while a push runs only leaves a
+// hint. Identical concurrent small store reads (singleflight) share one
+// load; a load never waits on the kernel.
+package fs
