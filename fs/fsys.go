@@ -41,6 +41,7 @@ type fsys struct {
 	wg        sync.WaitGroup
 	sem       chan struct{} // bounds concurrent open prefetches
 	windowSem chan struct{} // bounds concurrent pushes of readahead windows
+	loaders   int           // store readers per prefetch
 
 	sf singleflight.Group // collapses identical concurrent frame loads
 
@@ -76,6 +77,7 @@ func newFsys(src Source, opts MountOptions) (*fsys, error) {
 		started:   time.Now(),
 		sem:       make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2)),
 		windowSem: make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),
+		loaders:   max(1, runtime.GOMAXPROCS(0)),
 	}
 	if f.log == nil {
 		f.log = slog.Default()
@@ -86,10 +88,17 @@ func newFsys(src Source, opts MountOptions) (*fsys, error) {
 	return f, nil
 }
 
-// close stops prefetching and closes every checkpoint handle.
-func (f *fsys) close() {
+// stopPushes cancels running pushes and waits for them; no new ones start.
+func (f *fsys) stopPushes() {
+	f.mu.Lock()
 	f.cancel()
+	f.mu.Unlock()
 	f.wg.Wait()
+}
+
+// close stops pushing and closes every checkpoint handle.
+func (f *fsys) close() {
+	f.stopPushes()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for k, c := range f.mu.ckpts {

@@ -52,6 +52,8 @@ var (
 	ErrStaleMount = errors.New("ckptfs: stale mount")
 	// ErrMounted means something is already mounted there.
 	ErrMounted = errors.New("ckptfs: already mounted")
+	// ErrBusy means Unmount found the mount in use and detached it lazily.
+	ErrBusy = errors.New("ckptfs: mount busy")
 )
 
 // Server serves a Source at a mount point until Unmount. A process must never
@@ -171,20 +173,29 @@ func (m *Server) Dir() string { return m.dir }
 func (m *Server) Status() Status { return m.f.st.snapshot() }
 
 // Unmount unmounts and stops serving. If processes still use the mount, the
-// kernel refuses; Unmount then detaches it lazily (the mount disappears from
-// the namespace and is served until its last user is gone) and says so in
-// the error.
+// kernel refuses; Unmount then detaches it lazily (it disappears from the
+// namespace, and its users keep it until they close their files or this
+// process exits) and returns an error wrapping ErrBusy.
 func (m *Server) Unmount() error {
 	err := m.server.Unmount()
-	if err != nil {
-		if derr := unix.Unmount(m.dir, unix.MNT_DETACH); derr == nil {
-			err = fmt.Errorf("ckptfs: %s was busy and was detached lazily: %w", m.dir, err)
-		} else if ferr := fusermount("-uz", m.dir); ferr == nil {
-			err = fmt.Errorf("ckptfs: %s was busy and was detached lazily: %w", m.dir, err)
-		}
+	if err == nil {
+		m.shutdown()
+		return nil
 	}
-	m.shutdown()
-	return err
+	if _, mounted := mountedAt(m.dir); !mounted {
+		m.shutdown()
+		return nil
+	}
+	derr := unix.Unmount(m.dir, unix.MNT_DETACH)
+	if derr != nil {
+		derr = fusermount("-uz", m.dir)
+	}
+	m.f.stopPushes()
+	if derr != nil {
+		return fmt.Errorf("ckptfs: unmounting %s: %s; lazy unmount: %v", m.dir, strings.Join(strings.Fields(err.Error()), " "), derr)
+	}
+	return fmt.Errorf("%w: %s is still in use and was detached lazily; its users keep it until they close it or this process exits",
+		ErrBusy, m.dir)
 }
 
 // Wait blocks until the mount ends (Unmount, or `fusermount3 -u` from

@@ -499,3 +499,42 @@ func TestStaleMount(t *testing.T) {
 		t.Error("still in mountinfo")
 	}
 }
+
+// TestUnmountBusy: Unmount of a mount in use detaches it lazily and says so.
+func TestUnmountBusy(t *testing.T) {
+	requireFUSE(t)
+	src, _ := memFixture("vm1", 64, 2, 14)
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	os.Mkdir(mnt, 0o755)
+	srv, err := Mount(mnt, src, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := exec.Command("sh", "-c", "exec 3<"+filepath.Join(mnt, "vm1", "0.ram")+"; echo open; exec sleep 30")
+	out, _ := holder.StdoutPipe()
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Wait()
+	defer holder.Process.Kill()
+	if line, _ := bufio.NewReader(out).ReadString('\n'); line != "open\n" {
+		t.Fatalf("holder: %q", line)
+	}
+	err = srv.Unmount()
+	if !errors.Is(err, ErrBusy) {
+		t.Fatalf("Unmount while in use: %v", err)
+	}
+	t.Log(err)
+	if _, ok := mountedAt(mnt); ok {
+		t.Error("still mounted after a lazy unmount")
+	}
+	holder.Process.Kill()
+	holder.Wait()
+	done := make(chan struct{})
+	go func() { srv.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("server still running after its last user left")
+	}
+}

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"sort"
+	"sync"
 	"syscall"
 )
 
@@ -118,11 +119,45 @@ func pieces(ext extents) extents {
 	return out
 }
 
+// workList hands out the pieces of a push: in ascending order from a
+// cursor that a hint moves, wrapping around to what was skipped.
+type workList struct {
+	mu   sync.Mutex
+	work extents
+	done []bool
+	left int
+	cur  int
+	hint chan uint64 // nil without hints
+}
+
+// next returns the next piece to push, or false when all are taken.
+func (l *workList) next() (extent, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.left == 0 {
+		return extent{}, false
+	}
+	select {
+	case pfn := <-l.hint:
+		// Continue where the process faults.
+		l.cur = sort.Search(len(l.work), func(i int) bool { return l.work[i].end > pfn }) % len(l.work)
+	default:
+	}
+	for l.done[l.cur] {
+		l.cur = (l.cur + 1) % len(l.work)
+	}
+	w := l.work[l.cur]
+	l.done[l.cur] = true
+	l.left--
+	l.cur = (l.cur + 1) % len(l.work)
+	return w, true
+}
+
 // push reads the frames of ext from the store and stores them in the
 // kernel's page cache of n with notify-store, in ascending order, jumping
-// ahead when p (if not nil) gets a hint. The store reads run on one
-// goroutine and the notifications on this one, so that reading a batch
-// overlaps the kernel's copy of the previous one.
+// ahead when p (if not nil) gets a hint. Loader goroutines read batches
+// from the store while this one pushes, so that the store reads overlap the
+// kernel's copies.
 //
 // Never call it from a READ handler: notify-store locks the pages it fills,
 // and the kernel holds a page locked while it waits for a READ's answer.
@@ -138,87 +173,33 @@ func (f *fsys) push(n *ramFile, ck *ckpt, ext extents, p *pusher) {
 	ctx, cancel := context.WithCancel(f.ctx)
 	defer cancel()
 
-	size := min(ext.frames()*pageSize, pushBatch)
-	nbuf := 3
-	if ext.frames()*pageSize <= pushBatch {
-		nbuf = 1
+	list := &workList{work: work, done: make([]bool, len(work)), left: len(work)}
+	if p != nil {
+		list.hint = p.hint
 	}
+	loaders := 1
+	if p != nil {
+		loaders = f.loaders
+	}
+	loaders = min(loaders, len(work))
+	size := min(ext.frames()*pageSize, pushBatch)
+	nbuf := min(loaders+2, len(work))
 	free := make(chan []byte, nbuf)
 	for range nbuf {
 		free <- make([]byte, 0, size)
 	}
 	ready := make(chan batch, nbuf)
+	var wg sync.WaitGroup
+	for range loaders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.loadBatches(ctx, n, fr, list, free, ready)
+		}()
+	}
 	go func() {
-		defer close(ready)
-		var hint chan uint64
-		if p != nil {
-			hint = p.hint
-		}
-		done := make([]bool, len(work))
-		left, cur := len(work), 0
-		var b batch
-		send := func() bool {
-			if len(b.segs) == 0 {
-				return true
-			}
-			select {
-			case ready <- b:
-				b = batch{}
-				return true
-			case <-ctx.Done():
-				return false
-			}
-		}
-		for left > 0 {
-			select {
-			case pfn := <-hint:
-				// Continue where the process faults.
-				cur = sort.Search(len(work), func(i int) bool { return work[i].end > pfn }) % len(work)
-			default:
-			}
-			for done[cur] {
-				cur = (cur + 1) % len(work)
-			}
-			w := work[cur]
-			done[cur] = true
-			left--
-			cur = (cur + 1) % len(work)
-			if b.buf == nil {
-				select {
-				case b.buf = <-free:
-					b.buf = b.buf[:0]
-				case <-ctx.Done():
-					return
-				}
-			}
-			if uint64(cap(b.buf)-len(b.buf)) < (w.end-w.start)*pageSize {
-				if !send() {
-					return
-				}
-				select {
-				case b.buf = <-free:
-					b.buf = b.buf[:0]
-				case <-ctx.Done():
-					return
-				}
-			}
-			at := len(b.buf)
-			b.buf = b.buf[:at+int((w.end-w.start)*pageSize)]
-			if err := fr.ReadFrames(w.start, b.buf[at:]); err != nil {
-				// Leave these frames to the READ path, which
-				// reports the error for the frames a process
-				// actually touches.
-				b.buf = b.buf[:at]
-				f.log.Debug("ckptfs: push skipped frames", "file", n.path(), "pfn", w.start, "frames", w.end-w.start, "err", err)
-				continue
-			}
-			if k := len(b.segs); k > 0 && b.segs[k-1].pfn+b.segs[k-1].n == w.start {
-				b.segs[k-1].n += w.end - w.start
-			} else {
-				b.segs = append(b.segs, segment{w.start, w.end - w.start})
-			}
-		}
-		send()
+		wg.Wait()
+		close(ready)
 	}()
 
 	inode := n.EmbeddedInode()
@@ -246,5 +227,59 @@ func (f *fsys) push(n *ramFile, ck *ckpt, ext extents, p *pusher) {
 			ck.ctrs.prefetchBytes.Add(uint64(len(data)))
 		}
 		free <- b.buf
+	}
+}
+
+// loadBatches fills batches with pieces from list until it is empty.
+func (f *fsys) loadBatches(ctx context.Context, n *ramFile, fr Frames, list *workList, free chan []byte, ready chan<- batch) {
+	var b batch
+	send := func() bool {
+		if len(b.segs) == 0 {
+			if b.buf != nil {
+				free <- b.buf
+				b.buf = nil
+			}
+			return true
+		}
+		select {
+		case ready <- b:
+			b = batch{}
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for {
+		w, ok := list.next()
+		if !ok {
+			send()
+			return
+		}
+		need := int((w.end - w.start) * pageSize)
+		if b.buf != nil && cap(b.buf)-len(b.buf) < need && !send() {
+			return
+		}
+		if b.buf == nil {
+			select {
+			case b.buf = <-free:
+				b.buf = b.buf[:0]
+			case <-ctx.Done():
+				return
+			}
+		}
+		at := len(b.buf)
+		b.buf = b.buf[:at+need]
+		if err := fr.ReadFrames(w.start, b.buf[at:]); err != nil {
+			// Leave these frames to the READ path, which reports
+			// the error for the frames a process actually touches.
+			b.buf = b.buf[:at]
+			f.log.Debug("ckptfs: push skipped frames", "file", n.path(), "pfn", w.start, "frames", w.end-w.start, "err", err)
+			continue
+		}
+		if k := len(b.segs); k > 0 && b.segs[k-1].pfn+b.segs[k-1].n == w.start {
+			b.segs[k-1].n += w.end - w.start
+		} else {
+			b.segs = append(b.segs, segment{w.start, w.end - w.start})
+		}
 	}
 }
