@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/ckptfs/ckptfs/index"
@@ -316,9 +317,11 @@ func dropCaches(b *testing.B) {
 
 func benchSeqRead(b *testing.B, cold bool) {
 	d := getBench(b)
-	srv, mnt := mountT(b, d.source("disk"), MountOptions{})
+	reg := prometheus.NewRegistry()
+	srv, mnt := mountT(b, d.source("disk"), MountOptions{Registry: reg})
 	file := filepath.Join(mnt, "disk", "full", "0.ram")
 	var fuseT, baseT []time.Duration
+	var reads uint64
 	dd(b, "if="+file) // builds the frame map once
 	b.ResetTimer()
 	for range b.N {
@@ -332,10 +335,25 @@ func benchSeqRead(b *testing.B, cold bool) {
 			baseT = append(baseT, dd(b, "if="+d.full))
 			dd(b, "if="+file)
 		}
+		r0 := srv.Status().Reads
 		b.StartTimer()
 		fuseT = append(fuseT, dd(b, "if="+file))
+		b.StopTimer()
+		reads += srv.Status().Reads - r0
 	}
 	b.StopTimer()
+	b.ReportMetric(float64(reads)/float64(b.N), "READs/op")
+	if mfs, err := reg.Gather(); err == nil {
+		for _, mf := range mfs {
+			if mf.GetName() == "ckptfs_fs_read_seconds" {
+				for _, m := range mf.GetMetric() {
+					if h := m.GetHistogram(); h.GetSampleCount() > 0 {
+						b.ReportMetric(h.GetSampleSum()/float64(h.GetSampleCount())*1e3, "ms/READ")
+					}
+				}
+			}
+		}
+	}
 	size := float64(d.frames * pageSize)
 	b.ReportMetric(size/median(fuseT).Seconds()/1e6, "fuse-MB/s")
 	b.ReportMetric(size/median(baseT).Seconds()/1e6, "base-MB/s")

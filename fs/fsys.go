@@ -36,12 +36,13 @@ type fsys struct {
 	root     *rootNode
 
 	// ctx ends with the mount; prefetch goroutines watch it.
-	ctx       context.Context
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	sem       chan struct{} // bounds concurrent open prefetches
-	windowSem chan struct{} // bounds concurrent pushes of readahead windows
-	loaders   int           // store readers per prefetch
+	ctx          context.Context
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
+	sem          chan struct{} // bounds concurrent open prefetches
+	windowSem    chan struct{} // bounds concurrent pushes of readahead windows
+	loaders      int           // store readers per prefetch
+	splitReaders int           // store readers per large READ
 
 	sf singleflight.Group // collapses identical concurrent frame loads
 
@@ -70,14 +71,15 @@ func newFsys(src Source, opts MountOptions) (*fsys, error) {
 		return nil, fmt.Errorf("ckptfs: registering metrics: %w", err)
 	}
 	f := &fsys{
-		src:       src,
-		log:       opts.Logger,
-		m:         m,
-		prefetch:  opts.Prefetch != "none",
-		started:   time.Now(),
-		sem:       make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2)),
-		windowSem: make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),
-		loaders:   max(1, runtime.GOMAXPROCS(0)),
+		src:          src,
+		log:          opts.Logger,
+		m:            m,
+		prefetch:     opts.Prefetch != "none",
+		started:      time.Now(),
+		sem:          make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2)),
+		windowSem:    make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),
+		loaders:      max(1, runtime.GOMAXPROCS(0)),
+		splitReaders: max(1, runtime.GOMAXPROCS(0)),
 	}
 	if f.log == nil {
 		f.log = slog.Default()
@@ -245,8 +247,9 @@ func (f *fsys) readFrames(c *ckpt, first uint64, dst []byte) error {
 	}
 	if len(dst) > 64<<10 {
 		// Large loads come from readahead of distinct ranges; sharing
-		// them would only add a copy.
-		return fr.ReadFrames(first, dst)
+		// them would only add a copy. Splitting them keeps several
+		// store reads in flight, which is what a cold store needs.
+		return readSplit(fr, first, dst, f.splitReaders)
 	}
 	key := fmt.Sprintf("%d/%d/%d+%d", c.key.run, c.key.i, first, len(dst))
 	v, err, shared := f.sf.Do(key, func() (any, error) {
@@ -262,6 +265,31 @@ func (f *fsys) readFrames(c *ckpt, first uint64, dst []byte) error {
 	_ = shared
 	copy(dst, v.([]byte))
 	return nil
+}
+
+// splitChunk is the smallest part of a large read that gets its own
+// goroutine.
+const splitChunk = 256 << 10
+
+// readSplit reads dst in up to k parts at once.
+func readSplit(fr Frames, first uint64, dst []byte, k int) error {
+	parts := min(k, len(dst)/splitChunk)
+	if parts <= 1 {
+		return fr.ReadFrames(first, dst)
+	}
+	per := (len(dst)/pageSize + parts - 1) / parts * pageSize
+	errs := make(chan error, parts)
+	for off := 0; off < len(dst); off += per {
+		part := dst[off:min(len(dst), off+per)]
+		go func(pfn uint64) { errs <- fr.ReadFrames(pfn, part) }(first + uint64(off/pageSize))
+	}
+	var err error
+	for off := 0; off < len(dst); off += per {
+		if e := <-errs; e != nil && err == nil {
+			err = e
+		}
+	}
+	return err
 }
 
 // errno maps an error from the source to the one errno a FUSE operation
