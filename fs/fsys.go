@@ -24,6 +24,10 @@ const pageSize = index.PageSize
 // not rebuild frame maps.
 const maxIdleCheckpoints = 16
 
+// maxPrefetches bounds the open prefetches that run at once (each holds a
+// few MiB of buffers); more wait for a slot.
+const maxPrefetches = 8
+
 // fsys is the state shared by every node of one mount.
 type fsys struct {
 	src      Source
@@ -76,7 +80,7 @@ func newFsys(src Source, opts MountOptions) (*fsys, error) {
 		m:            m,
 		prefetch:     opts.Prefetch != "none",
 		started:      time.Now(),
-		sem:          make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2)),
+		sem:          make(chan struct{}, maxPrefetches),
 		windowSem:    make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),
 		loaders:      max(1, runtime.GOMAXPROCS(0)),
 		splitReaders: max(1, runtime.GOMAXPROCS(0)),

@@ -538,3 +538,12 @@ func TestUnmountBusy(t *testing.T) {
 		t.Fatal("server still running after its last user left")
 	}
 }
+
+// TestAllowOther: allow_other only when asked for.
+func TestAllowOther(t *testing.T) {
+	src, _ := memFixture("vm1", 16, 1, 15)
+	_, mnt := mountT(t, src, MountOptions{AllowOther: true})
+	if opts := mountOptionsOf(t, mnt); !strings.Contains(opts, "allow_other") || !strings.Contains(opts, "default_permissions") {
+		t.Errorf("mount options %q", opts)
+	}
+}

@@ -44,7 +44,6 @@ func (p *pusher) hintAt(pfn uint64) {
 // startPrefetch pushes W_i of n into the page cache from a goroutine.
 func (f *fsys) startPrefetch(n *ramFile, ck *ckpt) {
 	ws, _, err := f.wsExtents(ck)
-	p := &pusher{hint: make(chan uint64, 1)}
 	if err == nil && f.goPush(func() {
 		defer n.prefetchDone()
 		select {
@@ -53,11 +52,12 @@ func (f *fsys) startPrefetch(n *ramFile, ck *ckpt) {
 			return
 		}
 		defer func() { <-f.sem }()
-		f.push(n, ck, ws, p)
-	}) {
+		p := &pusher{hint: make(chan uint64, 1)}
 		n.mu.Lock()
 		n.mu.pusher = p
 		n.mu.Unlock()
+		f.push(n, ck, ws, p)
+	}) {
 		return
 	}
 	n.prefetchDone()
