@@ -38,8 +38,8 @@ test: deps guest build
 
 # A short fuzzing pass on top of the seed corpora (which `go test` runs).
 fuzz:
-	$(GO) test ./index -run '^$$' -fuzz '^FuzzParseList$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./index -run '^$$' -fuzz '^FuzzReadDump$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./index/rawfmt -run '^$$' -fuzz '^FuzzParseList$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./index/rawfmt -run '^$$' -fuzz '^FuzzReadDump$$' -fuzztime $(FUZZTIME)
 
 # Benchmarks report ratios against baselines measured in the same run.
 bench: deps guest build

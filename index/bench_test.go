@@ -295,3 +295,44 @@ func dirSize(dir string) int64 {
 	})
 	return n
 }
+
+// BenchmarkReadFrames reads a checkpoint sequentially in 1 MiB requests, as
+// the mount does for a sequential read of full/<i>.ram, warm, against a
+// memcpy of the same bytes from memory.
+func BenchmarkReadFrames(b *testing.B) {
+	dir := b.TempDir()
+	size := min(benchMiB(), 256) << 20
+	dumps := makeSeries(b, dir, 2, size)
+	st, err := Open(filepath.Join(dir, "store"), Options{Create: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Import(context.Background(), ImportSpec{Run: "r", Dumps: dumps}); err != nil {
+		b.Fatal(err)
+	}
+	img, _ := os.ReadFile(dumps[1])
+	buf := make([]byte, 1<<20)
+	var ours, base time.Duration
+	for i := 0; i < b.N; i++ {
+		c, err := st.OpenCheckpoint("r", 1)
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		for off := 0; off < size; off += len(buf) {
+			if err := c.ReadFrames(uint64(off/PageSize), buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ours += time.Since(start)
+		c.Close()
+		start = time.Now()
+		for off := 0; off < size; off += len(buf) {
+			copy(buf, img[off:])
+		}
+		base += time.Since(start)
+	}
+	b.ReportMetric(float64(size)*float64(b.N)/ours.Seconds()/(1<<20), "MiB/s")
+	b.ReportMetric(float64(base)/float64(ours), "ratio_vs_memcpy")
+}

@@ -3,6 +3,7 @@ package index
 import (
 	"errors"
 	"fmt"
+	"github.com/ckptfs/ckptfs/index/rawfmt"
 	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -18,7 +19,7 @@ var (
 	ErrCheckpointMissing = errors.New("index: checkpoint not committed")
 	ErrNoWorkingSet      = errors.New("index: working set not recorded")
 	ErrNoDeviceState     = errors.New("index: device state not recorded")
-	ErrBadInput          = errors.New("index: bad input")
+	ErrBadInput          = rawfmt.ErrBadInput
 	// ErrCorrupt marks stored data that failed a check. Test with IsCorruption.
 	ErrCorrupt = errors.New("index: corrupt store")
 )

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/ckptfs/ckptfs/index/rawfmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -118,7 +118,7 @@ func readDumpFile(ctx context.Context, path string, size int64, buf []byte, fn f
 		return fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
 	defer f.Close()
-	n, err := ReadDump(ctx, f, buf, fn, progress)
+	n, err := rawfmt.ReadDump(ctx, f, buf, fn, progress)
 	if err != nil {
 		return err
 	}
@@ -126,39 +126,4 @@ func readDumpFile(ctx context.Context, path string, size int64, buf []byte, fn f
 		return fmt.Errorf("%w: dump %s changed size while reading (%d bytes read, %d expected)", ErrBadInput, path, n, size)
 	}
 	return nil
-}
-
-// ReadDump reads a raw RAM image from r and calls fn for every frame in
-// order. buf (a multiple of PageSize, at least one page) is the read buffer.
-// A length that is not a multiple of PageSize is an error. It returns the
-// number of bytes read.
-func ReadDump(ctx context.Context, r io.Reader, buf []byte, fn func(pfn uint64, frame []byte) error, progress func(uint64)) (uint64, error) {
-	if len(buf) < PageSize || len(buf)%PageSize != 0 {
-		return 0, fmt.Errorf("%w: read buffer of %d bytes", ErrBadInput, len(buf))
-	}
-	var done uint64
-	for {
-		if err := ctx.Err(); err != nil {
-			return done, fmt.Errorf("interrupted: %w", err)
-		}
-		n, err := io.ReadFull(r, buf)
-		if n%PageSize != 0 {
-			return done, fmt.Errorf("%w: dump ends in a partial frame (%d bytes after frame %d)", ErrBadInput, n%PageSize, (done+uint64(n))/PageSize)
-		}
-		for off := 0; off < n; off += PageSize {
-			if ferr := fn((done+uint64(off))/PageSize, buf[off:off+PageSize]); ferr != nil {
-				return done, ferr
-			}
-		}
-		done += uint64(n)
-		if progress != nil {
-			progress(done)
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return done, nil
-		}
-		if err != nil {
-			return done, fmt.Errorf("%w: reading dump: %v", ErrBadInput, err)
-		}
-	}
 }

@@ -1,4 +1,4 @@
-package index
+package rawfmt
 
 import (
 	"fmt"
