@@ -70,9 +70,10 @@
 // a hole). The W_i frames of the refused window are pushed from a goroutine
 // instead, so the working set keeps the benefit of readahead. O_DIRECT
 // reads are never refused. A folio-shaped read inside a recently refused
-// window is served, in case a kernel that caches FUSE files in large
-// folios retries a failed readahead with a whole folio (the kernels
-// measured here use single-page folios and retry page by page).
+// window, and smaller than it, is served, in case a kernel that caches
+// FUSE files in large folios retries a failed readahead with a whole folio
+// (the 6.18 kernel measured here retries page by page, and sometimes
+// repeats a whole refused window, which is refused again).
 //
 // # Errors
 //

@@ -344,7 +344,8 @@ func copyXattr(dest []byte, v string) (uint32, syscall.Errno) {
 }
 
 // refusedRetry is how long a refused readahead window is remembered: a
-// folio-shaped request inside it is then served whatever it holds, so that
+// folio-shaped request inside it (and smaller: the kernel does repeat a
+// whole window) is then served whatever it holds, so that
 // a kernel that caches the file in large folios, and retries a failed
 // readahead by reading a whole folio, never sees an error. (The kernels
 // measured here use single-page folios for FUSE and retry page by page.)
@@ -373,7 +374,8 @@ func (n *ramFile) refuseReadahead(ck *ckpt, first, last uint64) syscall.Errno {
 	now := time.Now()
 	n.mu.Lock()
 	for _, w := range n.mu.refused {
-		if folioShaped(first, last) && w.first <= first && last <= w.last && now.Sub(w.at) < refusedRetry {
+		if folioShaped(first, last) && w.first <= first && last <= w.last && last-first < w.last-w.first &&
+			now.Sub(w.at) < refusedRetry {
 			n.mu.Unlock()
 			return 0
 		}
