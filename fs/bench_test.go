@@ -373,7 +373,6 @@ func benchSeqRead(b *testing.B, cold bool) {
 	b.ReportMetric(1/pairedRatio(fuseT, baseT), "x-of-base")
 }
 
-
 func BenchmarkWSWarm(b *testing.B) {
 	d := getBench(b)
 	_, mnt := mountT(b, d.source("mem"), MountOptions{Prefetch: "none"})
