@@ -115,9 +115,18 @@ func TestNodeLookupReaddir(t *testing.T) {
 		t.Errorf("full/4.ram: %v", e)
 	}
 
-	// A lookup twice gives the same node.
+	// A lookup twice gives the same node, and lookups keep no
+	// checkpoint handle (the kernel never forgets a node go-fuse drops).
 	a, _ := lookup(t, run, "1.ram")
 	b, _ := lookup(t, run, "1.ram")
+	lookup(t, full, "1.ram")
+	root.f.mu.Lock()
+	for k, c := range root.f.mu.ckpts {
+		if c.refs != 0 {
+			t.Errorf("checkpoint %v has %d references after lookups", k, c.refs)
+		}
+	}
+	root.f.mu.Unlock()
 	if a.EmbeddedInode().StableAttr() != b.EmbeddedInode().StableAttr() {
 		t.Errorf("1.ram looked up twice gives two inode numbers")
 	}

@@ -269,7 +269,7 @@ func (n *runDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 	default:
 		return nil, syscall.ENOENT
 	}
-	if e := node.(attrer).attr(&out.Attr); e != 0 {
+	if e := node.(entryAttrer).entryAttr(&out.Attr); e != 0 {
 		return nil, e
 	}
 	if kind == kindJSON {
@@ -278,8 +278,9 @@ func (n *runDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 	return n.NewInode(ctx, node, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: ino(ri.ID, kind, i)}), 0
 }
 
-type attrer interface {
-	attr(a *fuse.Attr) syscall.Errno
+// entryAttrer fills the attributes of a node for its Lookup.
+type entryAttrer interface {
+	entryAttr(a *fuse.Attr) syscall.Errno
 }
 
 func (n *runDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
@@ -392,7 +393,7 @@ func (n *fullDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		return nil, n.f.fail(nil, "lookup", ri.Name+"/full/"+name, 0, 0, err)
 	}
 	ch := &ramFile{f: n.f, run: ri, i: i, mtime: cs.CommittedAt}
-	if e := ch.attr(&out.Attr); e != 0 {
+	if e := ch.entryAttr(&out.Attr); e != 0 {
 		return nil, e
 	}
 	return n.NewInode(ctx, ch, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: ino(ri.ID, kindFull, i)}), 0
@@ -459,6 +460,8 @@ func (n *contentFile) attr(a *fuse.Attr) syscall.Errno {
 	a.Size = uint64(len(b))
 	return 0
 }
+
+func (n *contentFile) entryAttr(a *fuse.Attr) syscall.Errno { return n.attr(a) }
 
 func (n *contentFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	if n.dynamic {

@@ -98,9 +98,22 @@ func (n *ramFile) dataMap(ck *ckpt) (extents, error) {
 }
 
 func (n *ramFile) attr(a *fuse.Attr) syscall.Errno {
-	ext, err := n.dataMap(n.ckpt())
+	return n.attrWith(n.ckpt(), a)
+}
+
+// entryAttr is attr for Lookup. The node it is called on may be dropped
+// (go-fuse keeps the node it already has for the same inode number), and a
+// dropped node is never forgotten, so it must not keep a checkpoint handle.
+func (n *ramFile) entryAttr(a *fuse.Attr) syscall.Errno {
+	ck := n.f.acquire(n.run, n.i)
+	defer n.f.release(ck)
+	return n.attrWith(ck, a)
+}
+
+func (n *ramFile) attrWith(ck *ckpt, a *fuse.Attr) syscall.Errno {
+	ext, err := n.dataMap(ck)
 	if err != nil {
-		return n.f.fail(n.ckpt(), "getattr", n.path(), 0, 0, err)
+		return n.f.fail(ck, "getattr", n.path(), 0, 0, err)
 	}
 	a.Mode = modeRAM
 	a.Nlink = 1
