@@ -44,7 +44,7 @@ func (p *pusher) hintAt(pfn uint64) {
 // startPrefetch pushes W_i of n into the page cache from a goroutine.
 func (f *fsys) startPrefetch(n *ramFile, ck *ckpt) {
 	ws, _, err := f.wsExtents(ck)
-	if err == nil && f.goPush(func() {
+	if err == nil && f.goPush(ck, func() {
 		defer n.prefetchDone()
 		select {
 		case f.sem <- struct{}{}:
@@ -81,7 +81,7 @@ func (f *fsys) pushWindow(n *ramFile, ck *ckpt, first, last uint64) {
 	ws, _, _ := f.wsExtents(ck)
 	var part extents
 	_ = ws.overlap(first, last, func(a, b uint64) error { part = append(part, extent{a, b}); return nil })
-	if !f.goPush(func() {
+	if !f.goPush(ck, func() {
 		defer func() { <-f.windowSem }()
 		f.push(n, ck, part, nil)
 	}) {
@@ -89,20 +89,22 @@ func (f *fsys) pushWindow(n *ramFile, ck *ckpt, first, last uint64) {
 	}
 }
 
-// goPush runs fn on a goroutine that the mount waits for when it ends;
-// false if the mount is ending.
-func (f *fsys) goPush(fn func()) bool {
+// goPush runs fn on a goroutine that the mount waits for when it ends,
+// holding a reference on ck meanwhile; false if the mount is ending.
+func (f *fsys) goPush(ck *ckpt, fn func()) bool {
 	f.mu.Lock()
 	if f.ctx.Err() != nil {
 		f.mu.Unlock()
 		return false
 	}
 	f.wg.Add(1)
+	ck.refs++
 	f.mu.Unlock()
 	f.st.prefetching.Add(1)
 	go func() {
 		defer f.wg.Done()
 		defer f.st.prefetching.Add(-1)
+		defer f.release(ck)
 		fn()
 	}()
 	return true
