@@ -76,7 +76,9 @@ func (c *Checkpoint) export(ctx context.Context, f *os.File, frames *roaring.Bit
 		data  []byte
 		start uint64
 	}
-	workers := runtime.GOMAXPROCS(0)
+	// Twice the cores: cold reads wait on the disk, and a waiting worker
+	// leaves its core to another.
+	workers := 2 * runtime.GOMAXPROCS(0)
 	runs := make([]runBuf, workers)
 	for i := range runs {
 		runs[i].data = make([]byte, 0, maxRun)
