@@ -32,6 +32,13 @@ func TestMain(m *testing.M) {
 	case "recorder":
 		os.Exit(recorderChild(os.Args[1:]))
 	}
+	if v := os.Getenv("CKPTFS_MIN_CLEAN_RUN"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			panic(err)
+		}
+		minCleanRun = n
+	}
 	os.Exit(m.Run())
 }
 
@@ -214,4 +221,3 @@ func isExit(err error) bool {
 	return errors.As(err, &ee)
 }
 
-var _ = strconv.Itoa

@@ -9,7 +9,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ckptfs/ckptfs/internal/qmp"
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
@@ -31,10 +30,12 @@ type recorder struct {
 	// hashes is the content hash of every frame at the last checkpoint
 	// taken. Only the pause code touches it.
 	hashes []xxh3.Uint128
-	// allocated is the set of frames the RAM file has storage for, as far
-	// as the recorder knows (pagemap tracker): a punched hole shows as
-	// fewer blocks than this.
-	allocated *roaring.Bitmap
+
+	// late are the frames of the last checkpoint that were present and
+	// changed: they are unmapped after cont (see doc.go, "Deferred
+	// unmapping") and count as touched in the interval that follows.
+	late     []span
+	lateDone chan lateResult // the unmapping of late in progress, or nil
 
 	pool    chunkPool
 	scratch []byte
@@ -105,12 +106,45 @@ func attach(ctx context.Context, cfg Config) (_ *recorder, err error) {
 	for i := range r.hashes {
 		r.hashes[i] = zeroHash
 	}
-	r.allocated = roaring.New()
 	r.scratch = make([]byte, 64*PageSize)
 	return r, nil
 }
 
+type lateResult struct {
+	took time.Duration
+	err  error
+}
+
+// startLate unmaps the late frames in the background, with the VM running.
+func (r *recorder) startLate() {
+	if len(r.late) == 0 {
+		return
+	}
+	late := r.late
+	r.lateDone = make(chan lateResult, 1)
+	go func() {
+		t := time.Now()
+		err := r.pageout(late, 0)
+		r.lateDone <- lateResult{time.Since(t), err}
+	}()
+}
+
+// waitLate waits for the background unmapping: it must be complete before
+// the next pagemap read, or it could hide accesses of the next interval.
+func (r *recorder) waitLate() (lateResult, error) {
+	if r.lateDone == nil {
+		return lateResult{}, nil
+	}
+	res := <-r.lateDone
+	r.lateDone = nil
+	if res.err != nil {
+		return res, fmt.Errorf("unmapping the frames changed in the last interval: %w", res.err)
+	}
+	return res, nil
+}
+
 func (r *recorder) close() {
+	_, _ = r.waitLate()
 	if r.qmp != nil {
 		r.qmp.Close()
 	}
@@ -148,11 +182,30 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 	// checkpoint in progress completes and the VM runs on.
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.PauseTimeout)
 	defer cancel()
+	late, err := r.waitLate()
+	if err != nil {
+		return nil, err
+	}
 	if err := r.reserve(i); err != nil {
 		return nil, err
 	}
+	var zeroed []span
+	if i > 0 && r.cfg.Tracker == TrackerPagemap {
+		if zeroed, err = r.punched(); err != nil {
+			return nil, err
+		}
+	}
+	if i == 0 && r.cfg.Tracker == TrackerPagemap {
+		// Nothing has been recorded yet, so the VMM's page table can be
+		// emptied while the VM runs: the pause then unmaps only what
+		// was touched since.
+		if err := r.prepass(); err != nil {
+			return nil, err
+		}
+	}
 	c = &capture{}
 	c.stats.Checkpoint = i
+	c.stats.DeferredUnmap = late.took
 	t0 := time.Now()
 	if err := r.qmp.Execute(pctx, "stop", nil, nil); err != nil {
 		var qe *qmp.Error
@@ -171,6 +224,8 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 		if !complete {
 			r.pool.put(c.chunks)
 			c = nil
+		} else if cerr == nil {
+			r.startLate()
 		}
 		if cerr != nil {
 			err = errors.Join(err, fmt.Errorf("resuming the VM after checkpoint %d: %w", i, cerr))
@@ -184,7 +239,7 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 		}
 		defer dev.abort()
 	}
-	if err := r.capture(i, c); err != nil {
+	if err := r.capture(i, c, zeroed); err != nil {
 		return c, fmt.Errorf("checkpoint %d: %w", i, err)
 	}
 	if dev != nil {
@@ -223,12 +278,16 @@ func (r *recorder) reserve(i int) error {
 	return r.pool.reserve(need, 3*need)
 }
 
-// capture does the work of a pause: find the candidate frames, unmap the
-// present ones in the VMM (concurrently), hash the candidates and copy the
-// changed ones.
-func (r *recorder) capture(i int, c *capture) error {
+// capture does the work of a pause: find the candidate frames, hash them
+// and copy the changed ones, and unmap present frames in the VMM. In exact
+// mode and for checkpoint 0 all present frames are unmapped, concurrently
+// with the scan. Else the scan hands the present frames that did not change
+// to a concurrent pageout as it goes, and keeps the changed ones for
+// startLate.
+func (r *recorder) capture(i int, c *capture, zeroed []span) error {
 	var cands, present []span
 	pageoutDone := make(chan error, 1)
+	var cls *classifier
 	if r.cfg.Tracker == TrackerPagemap {
 		t := time.Now()
 		var err error
@@ -238,36 +297,50 @@ func (r *recorder) capture(i int, c *capture) error {
 		c.stats.Phases.Pagemap = time.Since(t)
 		c.stats.Present = spanFrames(present)
 		if i > 0 {
-			c.stats.WorkingSet = spansBitmap(present)
+			ws := unionSpans(present, r.late)
+			c.stats.WorkingSet = spansBitmap(ws)
+			cands = ws
 		}
-		go func() {
-			t := time.Now()
-			err := r.pageout(present)
-			c.stats.Phases.Pageout = time.Since(t)
-			pageoutDone <- err
-		}()
+		if i == 0 || r.cfg.ExactWorkingSets {
+			go func() {
+				t := time.Now()
+				err := r.pageout(present, pageoutGap)
+				c.stats.Phases.Pageout = time.Since(t)
+				pageoutDone <- err
+			}()
+		} else {
+			cls = r.newClassifier(present)
+			go func() {
+				t := time.Now()
+				var first error
+				for spans := range cls.out {
+					if err := r.pageout(spans, 0); err != nil && first == nil {
+						first = err
+					}
+				}
+				c.stats.Phases.Pageout = time.Since(t)
+				pageoutDone <- first
+			}()
+		}
 	} else {
 		pageoutDone <- nil
 	}
 	t := time.Now()
+	var serr error
 	switch {
 	case i == 0:
-		data, err := dataSpans(r.ram, r.frames)
-		if err != nil {
-			return err
-		}
-		cands = data
-		r.allocated = spansBitmap(data)
+		cands, serr = dataSpans(r.ram, r.frames)
 	case r.cfg.Tracker == TrackerHash:
 		cands = []span{{0, r.frames}}
 	default:
-		zeroed, err := r.punched(present)
-		if err != nil {
-			return err
-		}
-		cands = unionSpans(present, zeroed)
+		cands = unionSpans(cands, zeroed)
 	}
-	serr := r.scan(cands, c)
+	if serr == nil {
+		serr = r.scan(cands, c, cls)
+	}
+	if cls != nil {
+		cls.finish()
+	}
 	c.stats.Phases.Scan = time.Since(t)
 	perr := <-pageoutDone
 	if serr != nil {
@@ -276,14 +349,110 @@ func (r *recorder) capture(i int, c *capture) error {
 	if perr != nil {
 		return perr
 	}
+	r.late = nil
+	if cls != nil {
+		r.late = cls.late
+		c.stats.Deferred = spanFrames(cls.late)
+	}
 	r.lastUse = len(c.chunks)
 	return nil
 }
 
+// classifier sorts the present frames, as the scan meets them in
+// increasing order, into runs of unchanged frames of at least minRun frames
+// (sent to the pageout goroutine in batches: each range unmapped costs a
+// TLB flush, so short ranges cost more per frame than they are worth) and
+// everything else: changed frames and short runs, which are unmapped after
+// cont (late).
+type classifier struct {
+	present *bitset
+	minRun  uint64
+	run     span // the current run of unchanged present frames
+	clean   []span
+	late    []span
+	out     chan []span
+}
+
+// minCleanRun is the shortest run of unchanged present frames that is
+// unmapped during the pause; shorter runs are unmapped after it.
+var minCleanRun uint64 = 16
+
+func (r *recorder) newClassifier(present []span) *classifier {
+	ps := newBitset(r.frames)
+	ps.addSpans(present)
+	return &classifier{present: ps, minRun: minCleanRun, out: make(chan []span, 64)}
+}
+
+func appendSpan(out []span, s span) []span {
+	if k := len(out) - 1; k >= 0 && out[k].end == s.start {
+		out[k].end = s.end
+		return out
+	}
+	return append(out, s)
+}
+
+func (k *classifier) closeRun() {
+	if k.run.n() == 0 {
+		return
+	}
+	if k.run.n() >= k.minRun {
+		k.clean = append(k.clean, k.run)
+	} else {
+		k.late = appendSpan(k.late, k.run)
+	}
+	k.run = span{}
+}
+
+// add classifies frame p if it is present.
+func (k *classifier) add(p uint64, changed bool) {
+	if k.present.w[p/64]&(1<<(p%64)) == 0 {
+		return
+	}
+	if changed {
+		k.closeRun()
+		k.late = appendSpan(k.late, span{p, p + 1})
+		return
+	}
+	if k.run.n() > 0 && k.run.end == p {
+		k.run.end++
+		return
+	}
+	k.closeRun()
+	k.run = span{p, p + 1}
+}
+
+// batchDone hands the clean runs found so far to the pageout goroutine
+// once there are enough of them.
+func (k *classifier) batchDone() {
+	if spanFrames(k.clean) >= 256 {
+		k.out <- k.clean
+		k.clean = nil
+	}
+}
+
+func (k *classifier) finish() {
+	k.closeRun()
+	if len(k.clean) > 0 {
+		k.out <- k.clean
+		k.clean = nil
+	}
+	close(k.out)
+}
+
+// prepass unmaps every present frame of the VMM while the VM runs (before
+// checkpoint 0 only).
+func (r *recorder) prepass() error {
+	present, err := r.readPagemap()
+	if err != nil {
+		return err
+	}
+	return r.pageout(present, pageoutGap)
+}
+
 // readPagemap returns the frames whose page is present in the VMM's page
-// table (pagemap bit 63), by segment.
+// table (pagemap bit 63).
 func (r *recorder) readPagemap() ([]span, error) {
-	var out []span
+	var present []span
 	for _, s := range r.m.segs {
 		need := int(s.n * 8)
 		if cap(r.pmBuf) < need {
@@ -296,22 +465,13 @@ func (r *recorder) readPagemap() ([]span, error) {
 			}
 			return nil, fmt.Errorf("reading the VMM's pagemap: %w", err)
 		}
-		run := int64(-1)
 		for k := uint64(0); k < s.n; k++ {
-			present := binary.LittleEndian.Uint64(buf[k*8:])>>63 != 0
-			switch {
-			case present && run < 0:
-				run = int64(k)
-			case !present && run >= 0:
-				out = append(out, span{s.first + uint64(run), s.first + k})
-				run = -1
+			if binary.LittleEndian.Uint64(buf[k*8:])>>63 != 0 {
+				present = appendSpan(present, span{s.first + k, s.first + k + 1})
 			}
 		}
-		if run >= 0 {
-			out = append(out, span{s.first + uint64(run), s.first + s.n})
-		}
 	}
-	return out, nil
+	return present, nil
 }
 
 // pageoutGap is the largest run of absent frames between two present runs
@@ -322,7 +482,10 @@ const pageoutGap = 32
 // pageout unmaps the present frames from the VMM's page table
 // (process_madvise MADV_PAGEOUT), so that the next access faults and shows
 // up in the pagemap again.
-func (r *recorder) pageout(present []span) error {
+//
+// Ranges are merged across gaps of up to maxGap frames, which must then hold
+// nothing that should stay mapped.
+func (r *recorder) pageout(present []span, maxGap uint64) error {
 	var iovs []iovec
 	for _, seg := range r.m.segs {
 		for _, s := range present {
@@ -332,7 +495,7 @@ func (r *recorder) pageout(present []span) error {
 			lo, hi := max(s.start, seg.first), min(s.end, seg.first+seg.n)
 			base := seg.addr + (lo-seg.first)*PageSize
 			if k := len(iovs) - 1; k >= 0 && base >= iovs[k].base+iovs[k].len &&
-				base-(iovs[k].base+iovs[k].len) <= pageoutGap*PageSize {
+				base-(iovs[k].base+iovs[k].len) <= maxGap*PageSize {
 				iovs[k].len = base + (hi-lo)*PageSize - iovs[k].base
 				continue
 			}
@@ -378,37 +541,23 @@ func (r *recorder) pageout(present []span) error {
 	return nil
 }
 
-// punched returns the frames that became holes since the last checkpoint
-// (a VMM can punch guest RAM: balloon, discard) and held non-zero content:
-// their content is now zero. It walks the file's holes only when the file
-// has fewer blocks than the recorder knows to be allocated, as a walk costs
-// milliseconds on large files.
-func (r *recorder) punched(present []span) ([]span, error) {
-	for _, s := range present {
-		r.allocated.AddRange(s.start, s.end)
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(r.ram.Fd()), &st); err != nil {
-		return nil, fmt.Errorf("stat of the RAM file: %w", err)
-	}
-	if uint64(st.Blocks)*512/PageSize == r.allocated.GetCardinality() {
-		return nil, nil
-	}
+// punched returns the frames that are holes in the RAM file but held
+// non-zero content at the last checkpoint: a VMM can punch guest RAM
+// (balloon, discard), which zeroes the frames and unmaps them, so the
+// pagemap does not show them. It runs just before the pause, as walking the
+// holes of a large file takes milliseconds; a frame punched between this
+// walk and the stop keeps its old content in this checkpoint and becomes
+// zero in the next one.
+func (r *recorder) punched() ([]span, error) {
 	data, err := dataSpans(r.ram, r.frames)
 	if err != nil {
 		return nil, err
 	}
-	r.allocated = spansBitmap(data)
 	var out []span
 	for _, h := range complementSpans(data, r.frames) {
 		for p := h.start; p < h.end; p++ {
-			if r.hashes[p] == zeroHash {
-				continue
-			}
-			if k := len(out) - 1; k >= 0 && out[k].end == p {
-				out[k].end++
-			} else {
-				out = append(out, span{p, p + 1})
+			if r.hashes[p] != zeroHash {
+				out = appendSpan(out, span{p, p + 1})
 			}
 		}
 	}
@@ -417,7 +566,7 @@ func (r *recorder) punched(present []span) ([]span, error) {
 
 // scan reads the candidate frames with pread, hashes them and copies those
 // whose hash differs from the last checkpoint into staging chunks.
-func (r *recorder) scan(cands []span, c *capture) error {
+func (r *recorder) scan(cands []span, c *capture, cls *classifier) error {
 	batch := uint64(len(r.scratch) / PageSize)
 	for _, s := range cands {
 		for p := s.start; p < s.end; {
@@ -430,7 +579,13 @@ func (r *recorder) scan(cands []span, c *capture) error {
 				f := buf[k*PageSize : (k+1)*PageSize]
 				h := xxh3.Hash128(f)
 				if h == r.hashes[p+k] {
+					if cls != nil {
+						cls.add(p+k, false)
+					}
 					continue
+				}
+				if cls != nil {
+					cls.add(p+k, true)
 				}
 				j := len(c.pfns)
 				if j/chunkFrames >= len(c.chunks) {
@@ -443,6 +598,9 @@ func (r *recorder) scan(cands []span, c *capture) error {
 				copy(c.frame(j), f)
 				c.pfns = append(c.pfns, p+k)
 				r.hashes[p+k] = h
+			}
+			if cls != nil {
+				cls.batchDone()
 			}
 			p += n
 		}

@@ -60,6 +60,11 @@ type Config struct {
 
 	Tracker     string // TrackerPagemap (default) or TrackerHash
 	DeviceState bool   // save QEMU's device state with every checkpoint
+	// ExactWorkingSets (pagemap tracker) unmaps the changed frames during
+	// the pause too, instead of right after it: working sets lose the
+	// frames changed in the interval before, but every changed frame costs
+	// the pause a TLB flush (see doc.go, "Deferred unmapping").
+	ExactWorkingSets bool
 
 	Logger *slog.Logger // default slog.Default()
 	// OnCheckpoint is called after each commit, in checkpoint order, from
@@ -96,6 +101,13 @@ type CheckpointStats struct {
 	Present  uint64 // frames present in the VMM's page table (|W_{i-1}|, pagemap tracker)
 	Scanned  uint64 // frames hashed during the pause
 	Copied   uint64 // frames copied during the pause (the changed ones)
+	// Deferred is the number of present, changed frames left mapped
+	// during the pause and unmapped after it; they count as touched in
+	// interval i as well (pagemap tracker, not in exact mode).
+	Deferred uint64
+	// DeferredUnmap is how long unmapping the previous checkpoint's
+	// deferred frames took, with the VM running.
+	DeferredUnmap time.Duration
 	// WorkingSet is W_{i-1}, the frames interval i-1 touched; nil for
 	// checkpoint 0 and for the hash tracker.
 	WorkingSet *roaring.Bitmap
@@ -180,10 +192,11 @@ func Record(ctx context.Context, st *index.Store, cfg Config) (Summary, error) {
 	}
 	defer r.close()
 	meta := map[string]string{
-		"interval":     cfg.Interval.String(),
-		"mem_path":     absPath(cfg.MemPath),
-		"device_state": strconv.FormatBool(cfg.DeviceState),
-		"vmm":          r.vmmVersion,
+		"exact_working_sets": strconv.FormatBool(cfg.ExactWorkingSets),
+		"interval":           cfg.Interval.String(),
+		"mem_path":           absPath(cfg.MemPath),
+		"device_state":       strconv.FormatBool(cfg.DeviceState),
+		"vmm":                r.vmmVersion,
 	}
 	// The VMM's command line lets `replay qemu` rebuild the same machine.
 	if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", r.pid)); err == nil {

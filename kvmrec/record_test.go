@@ -17,6 +17,7 @@ import (
 	"github.com/ckptfs/ckptfs/internal/qmp"
 	"github.com/ckptfs/ckptfs/kvmrec/synthguest"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // TestRecordSynthetic records synthetic guests and checks every checkpoint
@@ -333,4 +334,46 @@ func TestParseMapsLine(t *testing.T) {
 	if _, ok := parseMapsLine("garbage"); ok {
 		t.Error("garbage parsed")
 	}
+}
+
+// TestPunchedHoles: frames the VMM punches out of its RAM file (balloon,
+// discard) read as zeros and are unmapped; the pagemap tracker must still
+// record them as zero.
+func TestPunchedHoles(t *testing.T) {
+	t.Parallel()
+	gcfg := synthguest.Config{RAMSize: 8 << 20, WSFraction: 0.02, DirtyFraction: 0.01, Seed: 5, TruthDir: t.TempDir()}
+	g := startGuest(t, gcfg)
+	st := openStore(t, "")
+	defer st.Close()
+	var punchErr error
+	var punchedNonZero int
+	_, err := Record(context.Background(), st, Config{Run: "p", QMPSocket: g.cfg.QMPSocket, MemPath: g.cfg.MemPath,
+		Interval: 400 * time.Millisecond, Count: 4, Logger: quietLogger(),
+		OnCheckpoint: func(cs CheckpointStats) {
+			if cs.Checkpoint != 1 {
+				return
+			}
+			f, err := os.OpenFile(g.cfg.MemPath, os.O_RDWR, 0)
+			if err != nil {
+				punchErr = err
+				return
+			}
+			defer f.Close()
+			buf := make([]byte, 64*PageSize)
+			_, _ = f.ReadAt(buf, 256*PageSize)
+			for k := 0; k < 64; k++ {
+				if !bytes.Equal(buf[k*PageSize:(k+1)*PageSize], make([]byte, PageSize)) {
+					punchedNonZero++
+				}
+			}
+			punchErr = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 256*PageSize, 64*PageSize)
+		}})
+	if err != nil || punchErr != nil {
+		t.Fatal(err, punchErr)
+	}
+	if punchedNonZero == 0 {
+		t.Fatal("the punched range held only zeros; the test proves nothing")
+	}
+	checkImages(t, st, "p", gcfg.TruthDir)
+	t.Logf("%d non-zero frames punched after checkpoint 1 are zero in checkpoint 2", punchedNonZero)
 }

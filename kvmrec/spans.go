@@ -69,12 +69,39 @@ func complementSpans(spans []span, frames uint64) []span {
 	return out
 }
 
+// spansBitmap returns the frames of spans as a bitmap. (AddRange per span
+// is quadratic on run containers; one AddMany of sorted values is not.)
 func spansBitmap(spans []span) *roaring.Bitmap {
-	bm := roaring.New()
+	vals := make([]uint32, 0, spanFrames(spans))
 	for _, s := range spans {
-		bm.AddRange(s.start, s.end)
+		for p := s.start; p < s.end; p++ {
+			vals = append(vals, uint32(p))
+		}
 	}
+	bm := roaring.New()
+	bm.AddMany(vals)
+	bm.RunOptimize()
 	return bm
+}
+
+// bitset is a fixed-size set of frames with its cardinality.
+type bitset struct {
+	w []uint64
+	n uint64
+}
+
+func newBitset(frames uint64) *bitset { return &bitset{w: make([]uint64, (frames+63)/64)} }
+
+func (b *bitset) addSpans(spans []span) {
+	for _, s := range spans {
+		for p := s.start; p < s.end; p++ {
+			m := uint64(1) << (p % 64)
+			if b.w[p/64]&m == 0 {
+				b.w[p/64] |= m
+				b.n++
+			}
+		}
+	}
 }
 
 // dataSpans returns the frames of the file that are not holes (SEEK_DATA /

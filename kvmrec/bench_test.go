@@ -1,0 +1,166 @@
+package kvmrec
+
+import (
+	"context"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ckptfs/ckptfs/internal/qmp"
+	"github.com/ckptfs/ckptfs/kvmrec/synthguest"
+)
+
+// Benchmarks. One op is one checkpoint; the figures that matter are the
+// reported metrics, not ns/op. Run them with a fixed count, e.g.
+//
+//	go test ./kvmrec -run '^$' -bench Downtime -benchtime 40x
+//	go test ./kvmrec -run '^$' -bench KeepUp -benchtime 6x
+//
+// Each reports a baseline measured in the same run: a bare stop+cont round
+// trip to the same guest.
+
+// benchInterval is the interval of the downtime benchmarks
+// (CKPTFS_BENCH_INTERVAL overrides it).
+var benchInterval = func() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("CKPTFS_BENCH_INTERVAL")); err == nil {
+		return d
+	}
+	return 500 * time.Millisecond
+}()
+
+type benchResult struct {
+	mu    sync.Mutex
+	stats []CheckpointStats
+}
+
+func (r *benchResult) add(cs CheckpointStats) {
+	r.mu.Lock()
+	r.stats = append(r.stats, cs)
+	r.mu.Unlock()
+}
+
+// ms returns the p-th percentile of f over the checkpoints after the first.
+func (r *benchResult) ms(p float64, f func(CheckpointStats) time.Duration) float64 {
+	var ds []time.Duration
+	for _, cs := range r.stats[1:] {
+		ds = append(ds, f(cs))
+	}
+	slices.Sort(ds)
+	return float64(Percentile(ds, p)) / float64(time.Millisecond)
+}
+
+func (r *benchResult) mean(f func(CheckpointStats) float64) float64 {
+	var s float64
+	for _, cs := range r.stats[1:] {
+		s += f(cs)
+	}
+	return s / float64(len(r.stats)-1)
+}
+
+// bareStopCont measures stop+cont round trips to the guest (the floor of
+// any pause) and returns the median in milliseconds.
+func bareStopCont(b *testing.B, sock string, n int) float64 {
+	ctx := context.Background()
+	c, err := qmp.Dial(ctx, sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	var ds []time.Duration
+	for i := 0; i < n; i++ {
+		t := time.Now()
+		if err := c.Execute(ctx, "stop", nil, nil); err != nil {
+			b.Fatal(err)
+		}
+		if err := c.Execute(ctx, "cont", nil, nil); err != nil {
+			b.Fatal(err)
+		}
+		ds = append(ds, time.Since(t))
+		time.Sleep(20 * time.Millisecond)
+	}
+	slices.Sort(ds)
+	return float64(Percentile(ds, 50)) / float64(time.Millisecond)
+}
+
+func benchRecord(b *testing.B, gcfg synthguest.Config, cfg Config) *benchResult {
+	b.Helper()
+	g := startGuest(b, gcfg)
+	base := bareStopCont(b, g.cfg.QMPSocket, 10)
+	st := openStore(b, b.TempDir())
+	defer st.Close()
+	res := &benchResult{}
+	cfg.Run = "bench"
+	cfg.QMPSocket, cfg.MemPath = g.cfg.QMPSocket, g.cfg.MemPath
+	cfg.Count = b.N + 1 // checkpoint 0 is not measured
+	cfg.Logger = quietLogger()
+	cfg.OnCheckpoint = res.add
+	b.ResetTimer()
+	if _, err := Record(context.Background(), st, cfg); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	if len(res.stats) < 2 {
+		b.Fatal("no checkpoint after checkpoint 0")
+	}
+	b.ReportMetric(base, "bare-stop-cont-ms")
+	return res
+}
+
+// BenchmarkDowntime: pause per checkpoint of a 256 MiB synthetic guest that
+// touches 1 %, 5 % or 20 % of its frames per interval (half of them
+// written), without device state; and at 5 % with device state and in exact
+// mode.
+func BenchmarkDowntime(b *testing.B) {
+	for _, tc := range []struct {
+		name  string
+		ws    float64
+		dev   bool
+		exact bool
+	}{
+		{"touch=1%", 0.01, false, false},
+		{"touch=5%", 0.05, false, false},
+		{"touch=20%", 0.20, false, false},
+		{"touch=5%/device-state", 0.05, true, false},
+		{"touch=5%/exact", 0.05, false, true},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			res := benchRecord(b, synthguest.Config{RAMSize: 256 << 20, WSFraction: tc.ws, DirtyFraction: tc.ws / 2,
+				Locality: 0.25, Seed: 1},
+				Config{Interval: benchInterval, DeviceState: tc.dev, ExactWorkingSets: tc.exact})
+			down := func(cs CheckpointStats) time.Duration { return cs.Downtime }
+			b.ReportMetric(res.ms(50, down), "median-ms")
+			b.ReportMetric(res.ms(99, down), "p99-ms")
+			b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Phases.Scan }), "scan-ms")
+			b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Phases.Pageout }), "pageout-ms")
+			b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Phases.Pagemap }), "pagemap-ms")
+			if tc.dev {
+				b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Phases.Device }), "device-wait-ms")
+			}
+			b.ReportMetric(res.mean(func(cs CheckpointStats) float64 { return float64(cs.Present) }), "present-frames")
+			b.ReportMetric(res.mean(func(cs CheckpointStats) float64 { return float64(cs.ChangedFrames) }), "changed-frames")
+		})
+	}
+}
+
+// BenchmarkKeepUp: a 1 GiB guest changing 20 % of its frames per 1 s
+// interval. The store must write and commit each checkpoint before the next
+// boundary: store-ratio = store time / interval must stay below 1.
+func BenchmarkKeepUp(b *testing.B) {
+	const interval = time.Second
+	res := benchRecord(b, synthguest.Config{RAMSize: 1 << 30, WSFraction: 0.2, DirtyFraction: 0.2, Locality: 0.25, Seed: 1},
+		Config{Interval: interval})
+	store := func(cs CheckpointStats) time.Duration { return cs.StoreTime }
+	b.ReportMetric(res.ms(50, store)/float64(interval.Milliseconds()), "store-ratio-median")
+	b.ReportMetric(res.ms(100, store)/float64(interval.Milliseconds()), "store-ratio-max")
+	b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Downtime }), "downtime-median-ms")
+	lag := 0.0
+	for _, cs := range res.stats {
+		if cs.Lagging {
+			lag++
+		}
+	}
+	b.ReportMetric(lag, "lagging-checkpoints")
+	b.ReportMetric(res.mean(func(cs CheckpointStats) float64 { return float64(cs.ChangedFrames) }), "changed-frames")
+}
