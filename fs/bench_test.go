@@ -238,7 +238,9 @@ func benchWSFaultIn(b *testing.B, src, prefetch string) {
 	run := src
 	list := writeFile(b, b.TempDir(), "ws.pfns", pfnBytes(d.wsList))
 	file := filepath.Join(mnt, run, "0.ram")
-	var fuseT, baseT []time.Duration
+	var fuseT, baseT, pushT []time.Duration
+	var mu sync.Mutex
+	srv.f.onPrefetched = func(d time.Duration) { mu.Lock(); pushT = append(pushT, d); mu.Unlock() }
 	r0 := srv.Status().Reads
 	b.ResetTimer()
 	for range b.N {
@@ -251,6 +253,11 @@ func benchWSFaultIn(b *testing.B, src, prefetch string) {
 	b.StopTimer()
 	st := srv.Status()
 	b.ReportMetric(float64(st.Reads-r0)/float64(b.N), "READs/op")
+	mu.Lock()
+	if len(pushT) > 0 {
+		b.ReportMetric(ms(median(pushT)), "prefetch-ms")
+	}
+	mu.Unlock()
 	b.ReportMetric(ms(median(fuseT)), "fuse-ms")
 	b.ReportMetric(ms(median(baseT)), "tmpfs-ms")
 	b.ReportMetric(pairedRatio(fuseT, baseT), "x-tmpfs")
@@ -331,7 +338,7 @@ func dropCaches(b *testing.B) {
 func benchSeqRead(b *testing.B, cold bool) {
 	d := getBench(b)
 	reg := prometheus.NewRegistry()
-	srv, mnt := mountT(b, d.source("disk"), MountOptions{Registry: reg})
+	srv, mnt := mountT(b, d.source("disk"), MountOptions{Registry: reg, ReadaheadKB: envKB()})
 	file := filepath.Join(mnt, "disk", "full", "0.ram")
 	var fuseT, baseT []time.Duration
 	var reads uint64
@@ -386,4 +393,9 @@ func BenchmarkWSWarm(b *testing.B) {
 	}
 	b.ReportMetric(ms(median(fuseT)), "fuse-ms")
 	b.ReportMetric(ms(median(baseT)), "tmpfs-ms")
+}
+
+func envKB() int {
+	v, _ := strconv.Atoi(os.Getenv("CKPTFS_BENCH_RA_KB"))
+	return v
 }

@@ -48,6 +48,8 @@ type fsys struct {
 	loaders      int           // store readers per prefetch
 	splitReaders int           // store readers per large READ
 
+	onPrefetched func(time.Duration) // tests: called when an open prefetch ends
+
 	sf singleflight.Group // collapses identical concurrent frame loads
 
 	mu struct {

@@ -5,6 +5,7 @@ import (
 	"sort"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // pushBatch is how many bytes of frames one store read gathers before they
@@ -56,7 +57,11 @@ func (f *fsys) startPrefetch(n *ramFile, ck *ckpt) {
 		n.mu.Lock()
 		n.mu.pusher = p
 		n.mu.Unlock()
+		start := time.Now()
 		f.push(n, ck, ws, p)
+		if f.onPrefetched != nil {
+			f.onPrefetched(time.Since(start))
+		}
 	}) {
 		return
 	}
