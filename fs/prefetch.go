@@ -4,8 +4,11 @@ import (
 	"context"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
 )
 
 // pushBatch is how many bytes of frames one store read gathers before they
@@ -209,31 +212,46 @@ func (f *fsys) push(n *ramFile, ck *ckpt, ext extents, p *pusher) {
 		close(ready)
 	}()
 
+	// As many goroutines push as load: a notify-store is mostly the
+	// kernel allocating and filling pages, which parallelises.
 	inode := n.EmbeddedInode()
-	stopped := false
-	for b := range ready {
-		off := 0
-		for _, s := range b.segs {
-			if stopped {
-				break
+	var stopped atomic.Bool
+	var writers sync.WaitGroup
+	for range loaders {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			for b := range ready {
+				f.store(inode, n, ck, b, &stopped, cancel)
+				free <- b.buf
 			}
-			data := b.buf[off : off+int(s.n*pageSize)]
-			off += len(data)
-			if errno := inode.WriteCache(int64(s.pfn*pageSize), data); errno != 0 {
-				// ENOENT: the kernel forgot the inode; ENOSYS:
-				// not mounted (node tests).
-				if errno != syscall.ENOENT && errno != syscall.ENOSYS {
-					f.log.Debug("ckptfs: push stopped", "file", n.path(), "err", errno)
-				}
-				stopped = true
-				cancel()
-				break
-			}
-			f.m.prefetch.Add(float64(len(data)))
-			f.st.prefetchBytes.Add(uint64(len(data)))
-			ck.ctrs.prefetchBytes.Add(uint64(len(data)))
+		}()
+	}
+	writers.Wait()
+}
+
+// store pushes the segments of b into the page cache of inode.
+func (f *fsys) store(inode *gofs.Inode, n *ramFile, ck *ckpt, b batch, stopped *atomic.Bool, cancel func()) {
+	off := 0
+	for _, s := range b.segs {
+		if stopped.Load() {
+			return
 		}
-		free <- b.buf
+		data := b.buf[off : off+int(s.n*pageSize)]
+		off += len(data)
+		if errno := inode.WriteCache(int64(s.pfn*pageSize), data); errno != 0 {
+			// ENOENT: the kernel forgot the inode; ENOSYS: not
+			// mounted (node tests).
+			if errno != syscall.ENOENT && errno != syscall.ENOSYS {
+				f.log.Debug("ckptfs: push stopped", "file", n.path(), "err", errno)
+			}
+			stopped.Store(true)
+			cancel()
+			return
+		}
+		f.m.prefetch.Add(float64(len(data)))
+		f.st.prefetchBytes.Add(uint64(len(data)))
+		ck.ctrs.prefetchBytes.Add(uint64(len(data)))
 	}
 }
 
