@@ -48,8 +48,10 @@
 // The first open of <i>.ram (MountOptions.Prefetch "ws", the default)
 // starts pushing W_i into the page cache with notify-store, in contiguous
 // runs of up to 1 MiB, so that the VMM's faults on its working set are
-// page-cache hits. One goroutine reads batches from the store while
-// another pushes the previous batch. The push follows the faults: every
+// page-cache hits. Loader goroutines read batches from the store while as
+// many others push the batches already read (notify-store is mostly the
+// kernel allocating and filling pages, which runs in parallel). At most
+// eight prefetches run at once. The push follows the faults: every
 // READ of the file while it runs tells it where the process is, and it
 // continues from there (what it skipped comes after), so a VMM that faults
 // faster than the store reads trails the push instead of paying a round
