@@ -24,7 +24,8 @@ import (
 // MountOptions configure a mount. The zero value is a good default.
 type MountOptions struct {
 	// Prefetch is what opening <i>.ram pushes into the page cache: "ws"
-	// (the default, W_i) or "none".
+	// (the default, W_i) or "none" (nothing; the working-set frames of a
+	// refused readahead window are still pushed, see doc.go).
 	Prefetch string
 	// AllowOther lets other users than the owner use the mount (FUSE
 	// allow_other; a non-root owner needs user_allow_other in
