@@ -120,25 +120,34 @@ func (c *Checkpoint) seekVersion(it *pebble.Iterator, pfn uint64) (kind versionK
 
 // readBlob copies the blob ref into dst after checking its checksum.
 func (c *Checkpoint) readBlob(it *pebble.Iterator, ref blobRef, dst []byte) error {
+	v, err := c.blobValue(it, ref)
+	if err == nil {
+		copy(dst, v)
+	}
+	return err
+}
+
+// blobValue returns the checked frame bytes of blob ref. They are valid
+// until the iterator moves.
+func (c *Checkpoint) blobValue(it *pebble.Iterator, ref blobRef) ([]byte, error) {
 	key := appendBlobKey(make([]byte, 0, blobKeyLen), c.run.ID, ref.interval, ref.pfn)
 	if !it.SeekGE(key) || !equalKey(it.Key(), key) {
 		if err := it.Error(); err != nil {
-			return wrapRead(err, keyString(key))
+			return nil, wrapRead(err, keyString(key))
 		}
-		return corruptf("%s is referenced but missing", keyString(key))
+		return nil, corruptf("%s is referenced but missing", keyString(key))
 	}
 	v, err := it.ValueAndErr()
 	if err != nil {
-		return wrapRead(err, keyString(key))
+		return nil, wrapRead(err, keyString(key))
 	}
 	if len(v) != blobHeaderLen+PageSize {
-		return corruptf("%s has %d bytes", keyString(key), len(v))
+		return nil, corruptf("%s has %d bytes", keyString(key), len(v))
 	}
 	if binary.LittleEndian.Uint64(v) != xxh3.Hash(v[blobHeaderLen:]) {
-		return corruptf("%s: checksum mismatch", keyString(key))
+		return nil, corruptf("%s: checksum mismatch", keyString(key))
 	}
-	copy(dst, v[blobHeaderLen:])
-	return nil
+	return v[blobHeaderLen:], nil
 }
 
 func equalKey(a, b []byte) bool { return string(a) == string(b) }
@@ -291,17 +300,15 @@ func (c *Checkpoint) forEachFrame(ctx context.Context, frames *roaring.Bitmap, w
 				return wrapRead(err, "iterator")
 			}
 			defer c.putIter(it)
-			buf := make([]byte, PageSize)
 			for n, x := range part {
 				if n%4096 == 0 && ctx.Err() != nil {
 					return ctx.Err()
 				}
 				data := zeroFrame
 				if x.ref != 0 {
-					if err := c.readBlob(it, decodeRef(x.ref), buf); err != nil {
+					if data, err = c.blobValue(it, decodeRef(x.ref)); err != nil {
 						return err
 					}
-					data = buf
 				}
 				if err := fn(w, x.pfn, data); err != nil {
 					return err
