@@ -31,8 +31,21 @@ type ramFile struct {
 		pusher      *pusher   // the running prefetch, if any
 		refused     [8]window // recently refused readahead windows (ring)
 		nrefused    int
+		pending     *windowPush // the push of the last refused window, not started yet
 	}
 }
+
+// windowPush is the push of the working-set frames of a refused window. It
+// starts once the READ the kernel sends for the page it actually needs has
+// been answered (or after windowPushDelay), so that it does not compete
+// with that READ.
+type windowPush struct {
+	first, last uint64
+	once        sync.Once
+	timer       *time.Timer
+}
+
+const windowPushDelay = 2 * time.Millisecond
 
 // window is a range of frames [first, last) refused at a time.
 type window struct {
@@ -231,6 +244,7 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 	n.f.st.reads.Add(1)
 	n.f.st.bytes.Add(served)
 	if n.sparse {
+		n.answered(ck, first, last)
 		ck.ctrs.reads.Add(1)
 		ck.ctrs.bytes.Add(served)
 		if holes > 0 {
@@ -399,9 +413,46 @@ func (n *ramFile) refuseReadahead(ck *ckpt, first, last uint64) syscall.Errno {
 	n.mu.Unlock()
 	n.f.m.refused.Inc()
 	if data > 0 && !prefetching {
-		n.f.pushWindow(n, ck, first, last)
+		n.deferWindowPush(ck, first, last)
 	}
 	return syscall.EIO
+}
+
+// deferWindowPush arranges for the push of a refused window.
+func (n *ramFile) deferWindowPush(ck *ckpt, first, last uint64) {
+	wp := &windowPush{first: first, last: last}
+	wp.timer = time.AfterFunc(windowPushDelay, func() { n.startWindowPush(ck, wp) })
+	n.mu.Lock()
+	old := n.mu.pending
+	n.mu.pending = wp
+	n.mu.Unlock()
+	if old != nil {
+		n.startWindowPush(ck, old)
+	}
+}
+
+// startWindowPush starts wp, once.
+func (n *ramFile) startWindowPush(ck *ckpt, wp *windowPush) {
+	wp.once.Do(func() {
+		wp.timer.Stop()
+		n.mu.Lock()
+		if n.mu.pending == wp {
+			n.mu.pending = nil
+		}
+		n.mu.Unlock()
+		n.f.pushWindow(n, ck, wp.first, wp.last)
+	})
+}
+
+// answered starts the pending window push if the READ of [first, last)
+// just served lies in its window.
+func (n *ramFile) answered(ck *ckpt, first, last uint64) {
+	n.mu.Lock()
+	wp := n.mu.pending
+	n.mu.Unlock()
+	if wp != nil && wp.first <= first && last <= wp.last {
+		n.startWindowPush(ck, wp)
+	}
 }
 
 // folioShaped reports whether [first, last) could be one folio: a power of
