@@ -70,7 +70,10 @@
 // treats failed readahead as advisory and reads the page it needs on its
 // own, as a one-frame READ, which is served (and counted as a miss if it is
 // a hole). The W_i frames of the refused window are pushed from a goroutine
-// instead, so the working set keeps the benefit of readahead. O_DIRECT
+// instead, so the working set keeps the benefit of readahead; that push
+// starts once the READ of the page the kernel needs is answered (or after
+// 2 ms), so it does not slow that READ down. The price is one more round
+// trip for a fault outside the cached working set. O_DIRECT
 // reads are never refused. A folio-shaped read inside a recently refused
 // window, and smaller than it, is served, in case a kernel that caches
 // FUSE files in large folios retries a failed readahead with a whole folio
