@@ -151,6 +151,11 @@ func BenchmarkKeepUp(b *testing.B) {
 	const interval = time.Second
 	res := benchRecord(b, synthguest.Config{RAMSize: 1 << 30, WSFraction: 0.2, DirtyFraction: 0.2, Locality: 0.25, Seed: 1},
 		Config{Interval: interval})
+	for _, cs := range res.stats {
+		b.Logf("checkpoint %d: downtime %v scan %v changed %d new %d stored %d MiB store %v lagging %v",
+			cs.Checkpoint, cs.Downtime.Round(time.Millisecond), cs.Phases.Scan.Round(time.Millisecond), cs.ChangedFrames,
+			cs.NewFrames, cs.BytesStored>>20, cs.StoreTime.Round(time.Millisecond), cs.Lagging)
+	}
 	store := func(cs CheckpointStats) time.Duration { return cs.StoreTime }
 	b.ReportMetric(res.ms(50, store)/float64(interval.Milliseconds()), "store-ratio-median")
 	b.ReportMetric(res.ms(100, store)/float64(interval.Milliseconds()), "store-ratio-max")

@@ -39,6 +39,9 @@ func TestMain(m *testing.M) {
 		}
 		minCleanRun = n
 	}
+	if os.Getenv("CKPTFS_SERIAL_SCAN") != "" {
+		parallelScan = false
+	}
 	os.Exit(m.Run())
 }
 
@@ -220,4 +223,3 @@ func isExit(err error) bool {
 	var ee *exec.ExitError
 	return errors.As(err, &ee)
 }
-

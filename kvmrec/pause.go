@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"time"
 
 	"github.com/ckptfs/ckptfs/internal/qmp"
@@ -37,10 +38,14 @@ type recorder struct {
 	late     []span
 	lateDone chan lateResult // the unmapping of late in progress, or nil
 
-	pool    chunkPool
-	scratch []byte
-	pmBuf   []byte
-	lastUse int // chunks the last capture used
+	// blocksAfter is the RAM file's size in blocks after the last pause.
+	blocksAfter int64
+
+	pool     chunkPool
+	scratch  []byte
+	scratch2 []byte // for the second scan goroutine
+	pmBuf    []byte
+	lastUse  int // chunks the last capture used
 }
 
 var zeroHash = xxh3.Hash128(make([]byte, PageSize))
@@ -160,18 +165,68 @@ func (r *recorder) close() {
 	r.pool.close()
 }
 
-// capture is one checkpoint taken during a pause: the changed frames, in
-// increasing pfn order, copied into staging chunks.
-type capture struct {
+// staging holds copied frames: frame j of pfns[j] is in chunks.
+type staging struct {
 	pfns   []uint64
 	chunks [][]byte
-	dev    []byte
-	stats  CheckpointStats
 }
 
-func (c *capture) frame(j int) []byte {
+func (st *staging) frame(j int) []byte {
 	off := (j % chunkFrames) * PageSize
-	return c.chunks[j/chunkFrames][off : off+PageSize]
+	return st.chunks[j/chunkFrames][off : off+PageSize]
+}
+
+// add copies frame f of pfn.
+func (st *staging) add(pool *chunkPool, pfn uint64, f []byte) error {
+	j := len(st.pfns)
+	if j/chunkFrames >= len(st.chunks) {
+		ch, err := pool.get()
+		if err != nil {
+			return err
+		}
+		st.chunks = append(st.chunks, ch)
+	}
+	copy(st.frame(j), f)
+	st.pfns = append(st.pfns, pfn)
+	return nil
+}
+
+// capture is one checkpoint taken during a pause: the changed frames, in
+// increasing pfn order across its parts.
+type capture struct {
+	parts []*staging
+	ws    []span // W of the interval before, when hasWS
+	hasWS bool
+	dev   []byte
+	stats CheckpointStats
+}
+
+func (c *capture) chunks() [][]byte {
+	var out [][]byte
+	for _, p := range c.parts {
+		out = append(out, p.chunks...)
+	}
+	return out
+}
+
+func (c *capture) frames() int {
+	n := 0
+	for _, p := range c.parts {
+		n += len(p.pfns)
+	}
+	return n
+}
+
+// each calls fn for every frame in increasing pfn order.
+func (c *capture) each(fn func(pfn uint64, frame []byte) error) error {
+	for _, p := range c.parts {
+		for j, pfn := range p.pfns {
+			if err := fn(pfn, p.frame(j)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // take pauses the VM and captures checkpoint i. Once `stop` succeeded, the
@@ -191,7 +246,7 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 	}
 	var zeroed []span
 	if i > 0 && r.cfg.Tracker == TrackerPagemap {
-		if zeroed, err = r.punched(); err != nil {
+		if zeroed, err = r.punched(i); err != nil {
 			return nil, err
 		}
 	}
@@ -222,7 +277,7 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 		c.stats.Phases.Cont = time.Since(tc)
 		c.stats.Downtime = time.Since(t0)
 		if !complete {
-			r.pool.put(c.chunks)
+			r.pool.put(c.chunks())
 			c = nil
 		} else if cerr == nil {
 			r.startLate()
@@ -297,9 +352,10 @@ func (r *recorder) capture(i int, c *capture, zeroed []span) error {
 		c.stats.Phases.Pagemap = time.Since(t)
 		c.stats.Present = spanFrames(present)
 		if i > 0 {
-			ws := unionSpans(present, r.late)
-			c.stats.WorkingSet = spansBitmap(ws)
-			cands = ws
+			// The bitmap is built by the store goroutine, after the pause.
+			c.ws = unionSpans(present, r.late)
+			c.hasWS = true
+			cands = c.ws
 		}
 		if i == 0 || r.cfg.ExactWorkingSets {
 			go func() {
@@ -336,7 +392,7 @@ func (r *recorder) capture(i int, c *capture, zeroed []span) error {
 		cands = unionSpans(cands, zeroed)
 	}
 	if serr == nil {
-		serr = r.scan(cands, c, cls)
+		serr = r.scanAll(cands, c, cls)
 	}
 	if cls != nil {
 		cls.finish()
@@ -354,7 +410,13 @@ func (r *recorder) capture(i int, c *capture, zeroed []span) error {
 		r.late = cls.late
 		c.stats.Deferred = spanFrames(cls.late)
 	}
-	r.lastUse = len(c.chunks)
+	r.lastUse = len(c.chunks())
+	if r.cfg.Tracker == TrackerPagemap {
+		var err error
+		if r.blocksAfter, err = r.fileBlocks(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -427,6 +489,19 @@ func (k *classifier) batchDone() {
 	if spanFrames(k.clean) >= 256 {
 		k.out <- k.clean
 		k.clean = nil
+	}
+}
+
+// join takes over the results of k2, which classified the frames after
+// k's.
+func (k *classifier) join(k2 *classifier) {
+	k2.closeRun()
+	if len(k2.clean) > 0 {
+		k.out <- k2.clean
+	}
+	k.closeRun()
+	for _, s := range k2.late {
+		k.late = appendSpan(k.late, s)
 	}
 }
 
@@ -542,13 +617,25 @@ func (r *recorder) pageout(present []span, maxGap uint64) error {
 }
 
 // punched returns the frames that are holes in the RAM file but held
-// non-zero content at the last checkpoint: a VMM can punch guest RAM
-// (balloon, discard), which zeroes the frames and unmaps them, so the
-// pagemap does not show them. It runs just before the pause, as walking the
-// holes of a large file takes milliseconds; a frame punched between this
-// walk and the stop keeps its old content in this checkpoint and becomes
-// zero in the next one.
-func (r *recorder) punched() ([]span, error) {
+// non-zero content at the last checkpoint. A VMM can punch guest RAM
+// (virtio-balloon, discard), which zeroes those frames and unmaps them, so
+// the pagemap does not show them.
+//
+// Walking the holes of a large file costs milliseconds to a hundred
+// milliseconds, so punched runs before the pause (a frame punched between
+// the walk and the stop is zero from the next checkpoint on), and walks
+// only when the file has fewer blocks than after the last pause, or every
+// holeWalkEvery checkpoints (a punch hidden by allocations in the same
+// interval). Punched frames are frames the guest gave away, whose content
+// it does not rely on.
+func (r *recorder) punched(i int) ([]span, error) {
+	blocks, err := r.fileBlocks()
+	if err != nil {
+		return nil, err
+	}
+	if blocks >= r.blocksAfter && i%holeWalkEvery != 0 {
+		return nil, nil
+	}
 	data, err := dataSpans(r.ram, r.frames)
 	if err != nil {
 		return nil, err
@@ -564,39 +651,95 @@ func (r *recorder) punched() ([]span, error) {
 	return out, nil
 }
 
+// holeWalkEvery bounds how many checkpoints a punched hole can go unseen.
+const holeWalkEvery = 16
+
+func (r *recorder) fileBlocks() (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(r.ram.Fd()), &st); err != nil {
+		return 0, fmt.Errorf("stat of the RAM file: %w", err)
+	}
+	return st.Blocks, nil
+}
+
+// scanAll scans the candidates, in two halves on two goroutines when there
+// are enough of them and two CPUs: reading and hashing run at memory speed,
+// so a second CPU nearly halves the pause.
+func (r *recorder) scanAll(cands []span, c *capture, cls *classifier) error {
+	total := spanFrames(cands)
+	if total < 4096 || runtime.GOMAXPROCS(0) < 2 || !parallelScan {
+		st := &staging{}
+		c.parts = []*staging{st}
+		err := r.scan(cands, st, cls, r.scratch)
+		c.stats.Scanned, c.stats.Copied = total, uint64(len(st.pfns))
+		return err
+	}
+	lo, hi := splitSpans(cands, total/2)
+	a, b := &staging{}, &staging{}
+	c.parts = []*staging{a, b}
+	var cls2 *classifier
+	if cls != nil {
+		cls2 = &classifier{present: cls.present, minRun: cls.minRun, out: cls.out}
+	}
+	if r.scratch2 == nil {
+		r.scratch2 = make([]byte, len(r.scratch))
+	}
+	errb := make(chan error, 1)
+	go func() { errb <- r.scan(hi, b, cls2, r.scratch2) }()
+	erra := r.scan(lo, a, cls, r.scratch)
+	if err := errors.Join(erra, <-errb); err != nil {
+		return err
+	}
+	if cls != nil {
+		cls.join(cls2)
+	}
+	c.stats.Scanned, c.stats.Copied = total, uint64(c.frames())
+	return nil
+}
+
+// parallelScan enables scanAll's second goroutine.
+var parallelScan = true
+
+// splitSpans splits sorted spans after n frames.
+func splitSpans(spans []span, n uint64) (lo, hi []span) {
+	for i, s := range spans {
+		if s.n() < n {
+			n -= s.n()
+			continue
+		}
+		lo = append(append([]span{}, spans[:i]...), span{s.start, s.start + n})
+		if s.start+n < s.end {
+			hi = append(hi, span{s.start + n, s.end})
+		}
+		return lo, append(hi, spans[i+1:]...)
+	}
+	return spans, nil
+}
+
 // scan reads the candidate frames with pread, hashes them and copies those
-// whose hash differs from the last checkpoint into staging chunks.
-func (r *recorder) scan(cands []span, c *capture, cls *classifier) error {
-	batch := uint64(len(r.scratch) / PageSize)
+// whose hash differs from the last checkpoint into st.
+func (r *recorder) scan(cands []span, st *staging, cls *classifier, scratch []byte) error {
+	batch := uint64(len(scratch) / PageSize)
 	for _, s := range cands {
 		for p := s.start; p < s.end; {
 			n := min(batch, s.end-p)
-			buf := r.scratch[:n*PageSize]
+			buf := scratch[:n*PageSize]
 			if _, err := r.ram.ReadAt(buf, int64(p*PageSize)); err != nil {
 				return fmt.Errorf("reading guest RAM at frame %d: %w", p, err)
 			}
 			for k := uint64(0); k < n; k++ {
 				f := buf[k*PageSize : (k+1)*PageSize]
 				h := xxh3.Hash128(f)
-				if h == r.hashes[p+k] {
-					if cls != nil {
-						cls.add(p+k, false)
-					}
+				changed := h != r.hashes[p+k]
+				if cls != nil {
+					cls.add(p+k, changed)
+				}
+				if !changed {
 					continue
 				}
-				if cls != nil {
-					cls.add(p+k, true)
+				if err := st.add(&r.pool, p+k, f); err != nil {
+					return err
 				}
-				j := len(c.pfns)
-				if j/chunkFrames >= len(c.chunks) {
-					ch, err := r.pool.get()
-					if err != nil {
-						return err
-					}
-					c.chunks = append(c.chunks, ch)
-				}
-				copy(c.frame(j), f)
-				c.pfns = append(c.pfns, p+k)
 				r.hashes[p+k] = h
 			}
 			if cls != nil {
@@ -604,8 +747,6 @@ func (r *recorder) scan(cands []span, c *capture, cls *classifier) error {
 			}
 			p += n
 		}
-		c.stats.Scanned += s.n()
 	}
-	c.stats.Copied = uint64(len(c.pfns))
 	return nil
 }

@@ -252,7 +252,7 @@ func (s *storeLoop) run() {
 				close(s.failed)
 			}
 		}
-		s.r.pool.put(c.chunks)
+		s.r.pool.put(c.chunks())
 		s.inflight.Add(-1)
 	}
 }
@@ -265,10 +265,11 @@ func (s *storeLoop) err() error {
 
 func (s *storeLoop) commit(c *capture) error {
 	t := time.Now()
-	for j, pfn := range c.pfns {
-		if err := s.w.Put(pfn, c.frame(j)); err != nil {
-			return fmt.Errorf("storing checkpoint %d: %w", c.stats.Checkpoint, err)
-		}
+	if err := c.each(s.w.Put); err != nil {
+		return fmt.Errorf("storing checkpoint %d: %w", c.stats.Checkpoint, err)
+	}
+	if c.hasWS {
+		c.stats.WorkingSet = spansBitmap(c.ws)
 	}
 	dirty := s.w.Dirty()
 	ist, err := s.w.Commit(s.ctx, index.CommitInfo{WorkingSet: c.stats.WorkingSet, DeviceState: c.dev, Downtime: c.stats.Downtime})
@@ -343,7 +344,7 @@ loop:
 			select {
 			case s.in <- c:
 			case <-s.failed:
-				r.pool.put(c.chunks)
+				r.pool.put(c.chunks())
 				s.inflight.Add(-1)
 			}
 		}

@@ -29,9 +29,12 @@ func TestRecordSynthetic(t *testing.T) {
 		name    string
 		tracker string
 		dev     bool
+		exact   bool
 		guest   synthguest.Config
 	}{
 		{name: "pagemap-local", tracker: TrackerPagemap,
+			guest: synthguest.Config{WSFraction: 0.05, DirtyFraction: 0.02, Locality: 0.25}},
+		{name: "pagemap-local-exact", tracker: TrackerPagemap, exact: true,
 			guest: synthguest.Config{WSFraction: 0.05, DirtyFraction: 0.02, Locality: 0.25}},
 		// Random single frames, spread over time so that stops cut plans.
 		{name: "pagemap-random-interrupted", tracker: TrackerPagemap,
@@ -58,7 +61,7 @@ func TestRecordSynthetic(t *testing.T) {
 			const count = 8
 			sum, err := Record(context.Background(), st, Config{
 				Run: "r", QMPSocket: g.cfg.QMPSocket, MemPath: g.cfg.MemPath,
-				Interval: 60 * time.Millisecond, Count: count, Tracker: tc.tracker, DeviceState: tc.dev,
+				Interval: 60 * time.Millisecond, Count: count, Tracker: tc.tracker, DeviceState: tc.dev, ExactWorkingSets: tc.exact,
 				Logger: quietLogger(), Registerer: reg,
 				OnCheckpoint: func(cs CheckpointStats) {
 					mu.Lock()
