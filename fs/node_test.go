@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -461,4 +463,30 @@ func TestNodeCorruptFrame(t *testing.T) {
 	if st.Errors != 1 || !strings.Contains(st.LastError, "checksum") {
 		t.Errorf("status %+v", st)
 	}
+}
+
+// TestNodeWindowPushRace: the push of a refused window may start before the
+// code that deferred it has returned (a timer of zero fires at once).
+func TestNodeWindowPushRace(t *testing.T) {
+	defer func(d time.Duration) { windowPushDelay = d }(windowPushDelay)
+	windowPushDelay = 0
+	src, fx := memFixture("vm1", 2048, 2, 8)
+	root := nodeFS(t, src, MountOptions{Prefetch: "none"})
+	run, _ := lookup(t, root, "vm1")
+	n, _ := lookup(t, run, "0.ram")
+	ctx := context.Background()
+	fh, _, _ := n.(gofs.NodeOpener).Open(ctx, syscall.O_RDONLY)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range 200 {
+				start := uint64((g*200+k)*8) % (fx.frames - 64)
+				n.(gofs.NodeReader).Read(ctx, fh, make([]byte, 64*pageSize), int64(start*pageSize))
+				n.(gofs.NodeReader).Read(ctx, fh, make([]byte, pageSize), int64(start*pageSize))
+			}
+		}()
+	}
+	wg.Wait()
 }

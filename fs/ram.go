@@ -45,7 +45,7 @@ type windowPush struct {
 	timer       *time.Timer
 }
 
-const windowPushDelay = 2 * time.Millisecond
+var windowPushDelay = 2 * time.Millisecond // var for tests
 
 // window is a range of frames [first, last) refused at a time.
 type window struct {
@@ -421,10 +421,12 @@ func (n *ramFile) refuseReadahead(ck *ckpt, first, last uint64) syscall.Errno {
 // deferWindowPush arranges for the push of a refused window.
 func (n *ramFile) deferWindowPush(ck *ckpt, first, last uint64) {
 	wp := &windowPush{first: first, last: last}
-	wp.timer = time.AfterFunc(windowPushDelay, func() { n.startWindowPush(ck, wp) })
 	n.mu.Lock()
 	old := n.mu.pending
 	n.mu.pending = wp
+	// Under the lock: the timer may fire before AfterFunc returns, and
+	// startWindowPush reads wp.timer under the lock.
+	wp.timer = time.AfterFunc(windowPushDelay, func() { n.startWindowPush(ck, wp) })
 	n.mu.Unlock()
 	if old != nil {
 		n.startWindowPush(ck, old)
@@ -434,8 +436,8 @@ func (n *ramFile) deferWindowPush(ck *ckpt, first, last uint64) {
 // startWindowPush starts wp, once.
 func (n *ramFile) startWindowPush(ck *ckpt, wp *windowPush) {
 	wp.once.Do(func() {
-		wp.timer.Stop()
 		n.mu.Lock()
+		wp.timer.Stop()
 		if n.mu.pending == wp {
 			n.mu.pending = nil
 		}
