@@ -21,8 +21,11 @@ import (
 )
 
 // Benchmarks compare the mount with a baseline measured in the same run and
-// report the ratio; every page fault happens in a child process. The guest
-// RAM size is 256 MiB, 1 GiB with CKPTFS_BENCH_BIG=1, or CKPTFS_BENCH_MB.
+// report the ratio (the median of per-iteration ratios, each against the
+// baseline measured right before it); every page fault happens in a child
+// process. The guest RAM size is 256 MiB, 1 GiB with CKPTFS_BENCH_BIG=1, or
+// CKPTFS_BENCH_MB. Sources: "mem" (an in-memory Source: the mount's own
+// cost) and "disk" (an on-disk index store with default options).
 
 func benchFrames() uint64 {
 	if v, err := strconv.Atoi(os.Getenv("CKPTFS_BENCH_MB")); err == nil && v > 0 {
@@ -413,6 +416,8 @@ func BenchmarkWSWarm(b *testing.B) {
 	b.ReportMetric(ms(median(baseT)), "tmpfs-ms")
 }
 
+// envKB is the mount's readahead for BenchmarkSeqRead
+// (CKPTFS_BENCH_RA_KB; default 1024).
 func envKB() int {
 	v, _ := strconv.Atoi(os.Getenv("CKPTFS_BENCH_RA_KB"))
 	return v
