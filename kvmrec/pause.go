@@ -80,6 +80,9 @@ func attach(ctx context.Context, cfg Config) (_ *recorder, err error) {
 		return nil, fmt.Errorf("%w: %s changed while attaching", ErrNotMapped, cfg.MemPath)
 	}
 	if cfg.Tracker == TrackerPagemap {
+		for _, h := range reclaimHazards() {
+			cfg.Logger.Warn("the pagemap tracker may miss accesses: "+h+"; use the hash tracker for exact dirty sets", "hazard", h)
+		}
 		if r.pidfd, err = unix.PidfdOpen(r.pid, 0); err != nil {
 			return nil, fmt.Errorf("pidfd of the VMM (pid %d): %w", r.pid, err)
 		}
@@ -421,22 +424,25 @@ func (r *recorder) capture(i int, c *capture, zeroed []span) error {
 }
 
 // classifier sorts the present frames, as the scan meets them in
-// increasing order, into runs of unchanged frames of at least minRun frames
-// (sent to the pageout goroutine in batches: each range unmapped costs a
-// TLB flush, so short ranges cost more per frame than they are worth) and
-// everything else: changed frames and short runs, which are unmapped after
-// cont (late).
+// increasing order, into ranges to unmap during the pause and frames to
+// unmap after it (late). A range holds unchanged present frames and the
+// absent frames between them (free to walk); a changed frame ends it, as
+// unmapping a written page costs a TLB flush of its own. Each range costs a
+// flush too, so a range of fewer than minRun present frames is not worth
+// it: its frames go late, with the changed ones.
 type classifier struct {
 	present *bitset
 	minRun  uint64
-	run     span // the current run of unchanged present frames
+	run     span   // the current range
+	runN    uint64 // present frames in it
+	runSub  []span // and where they are
 	clean   []span
 	late    []span
 	out     chan []span
 }
 
-// minCleanRun is the shortest run of unchanged present frames that is
-// unmapped during the pause; shorter runs are unmapped after it.
+// minCleanRun is the fewest unchanged present frames a range unmapped during
+// the pause must hold.
 var minCleanRun uint64 = 16
 
 func (r *recorder) newClassifier(present []span) *classifier {
@@ -454,15 +460,17 @@ func appendSpan(out []span, s span) []span {
 }
 
 func (k *classifier) closeRun() {
-	if k.run.n() == 0 {
+	if k.runN == 0 {
 		return
 	}
-	if k.run.n() >= k.minRun {
+	if k.runN >= k.minRun {
 		k.clean = append(k.clean, k.run)
 	} else {
-		k.late = appendSpan(k.late, k.run)
+		for _, s := range k.runSub {
+			k.late = appendSpan(k.late, s)
+		}
 	}
-	k.run = span{}
+	k.run, k.runN, k.runSub = span{}, 0, k.runSub[:0]
 }
 
 // add classifies frame p if it is present.
@@ -475,18 +483,18 @@ func (k *classifier) add(p uint64, changed bool) {
 		k.late = appendSpan(k.late, span{p, p + 1})
 		return
 	}
-	if k.run.n() > 0 && k.run.end == p {
-		k.run.end++
-		return
+	if k.runN == 0 {
+		k.run.start = p
 	}
-	k.closeRun()
-	k.run = span{p, p + 1}
+	k.run.end = p + 1
+	k.runN++
+	k.runSub = appendSpan(k.runSub, span{p, p + 1})
 }
 
-// batchDone hands the clean runs found so far to the pageout goroutine
-// once there are enough of them.
+// batchDone hands the ranges found so far to the pageout goroutine once
+// there are enough of them.
 func (k *classifier) batchDone() {
-	if spanFrames(k.clean) >= 256 {
+	if len(k.clean) >= 32 {
 		k.out <- k.clean
 		k.clean = nil
 	}

@@ -1,0 +1,59 @@
+package kvmrec
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// reclaimHazards lists what on this machine may unmap guest RAM behind the
+// pagemap tracker's back during an interval (see doc.go, "Assumptions"):
+// swap, and DAMON schemes that page memory out.
+func reclaimHazards() []string {
+	var out []string
+	if b, err := os.ReadFile("/proc/swaps"); err == nil {
+		if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); len(lines) > 1 {
+			out = append(out, "swap is enabled: reclaim may swap guest RAM out during an interval")
+		}
+	}
+	kd, _ := filepath.Glob("/sys/kernel/mm/damon/admin/kdamonds/*")
+	for _, d := range kd {
+		st, err := os.ReadFile(filepath.Join(d, "state"))
+		if err != nil || strings.TrimSpace(string(st)) != "on" {
+			continue
+		}
+		actions, _ := filepath.Glob(filepath.Join(d, "contexts", "*", "schemes", "*", "action"))
+		for _, a := range actions {
+			if b, err := os.ReadFile(a); err == nil && strings.TrimSpace(string(b)) == "pageout" && !onlyUnmapped(filepath.Dir(a)) {
+				out = append(out, "a DAMON scheme pages out memory it finds idle ("+filepath.Dir(a)+")")
+			}
+		}
+	}
+	if b, err := os.ReadFile("/sys/module/damon_reclaim/parameters/enabled"); err == nil && strings.TrimSpace(string(b)) == "Y" {
+		out = append(out, "DAMON_RECLAIM is enabled")
+	}
+	return out
+}
+
+// onlyUnmapped reports whether a DAMON scheme's last ops filter lets only
+// unmapped pages through: pages that match no filter get the opposite of
+// the last filter's verdict, so mapped guest RAM is never paged out.
+func onlyUnmapped(scheme string) bool {
+	read := func(p string) string {
+		b, _ := os.ReadFile(p)
+		return strings.TrimSpace(string(b))
+	}
+	n := read(filepath.Join(scheme, "ops_filters", "nr_filters"))
+	if n == "" || n == "0" {
+		return false
+	}
+	last := filepath.Join(scheme, "ops_filters", strconv.Itoa(atoi(n)-1))
+	return read(filepath.Join(last, "type")) == "unmapped" && read(filepath.Join(last, "matching")) == "Y" &&
+		read(filepath.Join(last, "allow")) == "Y"
+}
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
+}
