@@ -100,6 +100,12 @@
 // does it in a child process (the test binary re-executed with
 // CKPTFS_FS_CHILD set) or with a tool (cmp, dd, cp).
 //
+// Children of the serving process must not inherit /dev/fuse: a child
+// holding it keeps the connection alive after the daemon dies, and the
+// mount then hangs its users (the child too, in uninterruptible sleep)
+// instead of failing with ENOTCONN. go-fuse's direct mount leaves the
+// descriptor inheritable, so Mount marks it close-on-exec.
+//
 // notify-store locks the page-cache pages it fills, and the kernel keeps a
 // page locked while it waits for the READ that fills it. So pushes run on
 // their own goroutines and never inside a READ handler, and no READ handler

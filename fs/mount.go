@@ -99,6 +99,7 @@ func Mount(mnt string, src Source, opts MountOptions) (*Server, error) {
 		f.close()
 		return nil, fmt.Errorf("ckptfs: mounting %s: %w", abs, err)
 	}
+	closeOnExecFuse()
 	m := &Server{dir: abs, server: server, f: f, stopWatch: make(chan struct{})}
 	if opts.ReadaheadKB >= 0 {
 		kb := opts.ReadaheadKB
@@ -372,4 +373,25 @@ func setReadahead(abs string, kb int) error {
 	}
 	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
 	return os.WriteFile(p, []byte(strconv.Itoa(kb)), 0)
+}
+
+// closeOnExecFuse marks every /dev/fuse descriptor of the process
+// close-on-exec. go-fuse's direct mount opens /dev/fuse without it, and a
+// child process (a tool, a VMM) that inherits the descriptor keeps the FUSE
+// connection alive after this process dies: instead of failing with
+// ENOTCONN, the mount then hangs its users, the child included, forever.
+func closeOnExecFuse() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
+			unix.CloseOnExec(fd)
+		}
+	}
 }

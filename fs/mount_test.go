@@ -547,3 +547,14 @@ func TestAllowOther(t *testing.T) {
 		t.Errorf("mount options %q", opts)
 	}
 }
+
+// TestNoFuseFDInChildren: children of the serving process do not inherit
+// /dev/fuse, so they cannot keep a dead daemon's mount alive.
+func TestNoFuseFDInChildren(t *testing.T) {
+	src, _ := memFixture("vm1", 16, 1, 16)
+	mountT(t, src, MountOptions{})
+	out := run(t, "sh", "-c", "ls -l /proc/self/fd/")
+	if strings.Contains(out, "/dev/fuse") {
+		t.Errorf("a child inherits /dev/fuse:\n%s", out)
+	}
+}
