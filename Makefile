@@ -4,6 +4,10 @@
 # Both install their Debian packages (apt-get) and Go modules themselves.
 
 export PATH := /usr/local/go/bin:$(PATH)
+# Pure Go: with cgo, Pebble's block cache allocates every block with calloc,
+# which costs a third of the store's read throughput (measured: 1.56 vs
+# 0.97 GiB/s for 1 MiB reads). Nothing in ckptfs needs cgo.
+export CGO_ENABLED := 0
 GO       ?= go
 BIN      := bin/ckptfs
 APT_PKGS := fuse3 qemu-system-x86 busybox-static cpio

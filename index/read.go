@@ -1,6 +1,7 @@
 package index
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"slices"
@@ -24,7 +25,9 @@ type Checkpoint struct {
 	s     *Store
 	run   RunInfo
 	index uint32
-	iters chan *pebble.Iterator
+	// Pools of iterators over the run's blobs and over its versions. Narrow
+	// bounds keep each seek off the other kind's tables.
+	blobIters, versionIters chan *pebble.Iterator
 
 	resolveOnce sync.Once
 	refs        []uint64 // per pfn: 0 = zero frame, else (ref interval+1)<<40 | ref pfn
@@ -43,7 +46,8 @@ func (s *Store) OpenCheckpoint(name string, i int) (*Checkpoint, error) {
 	if i < 0 || i >= ri.Checkpoints {
 		return nil, fmt.Errorf("%w: run %q has checkpoints 0..%d, not %d", ErrCheckpointMissing, name, ri.Checkpoints-1, i)
 	}
-	c := &Checkpoint{s: s, run: ri, index: uint32(i), iters: make(chan *pebble.Iterator, 8)}
+	c := &Checkpoint{s: s, run: ri, index: uint32(i),
+		blobIters: make(chan *pebble.Iterator, 32), versionIters: make(chan *pebble.Iterator, 8)}
 	s.mu.Lock()
 	s.mu.checkpoints[c] = struct{}{}
 	s.mu.Unlock()
@@ -59,22 +63,29 @@ func (c *Checkpoint) Index() int { return int(c.index) }
 // Size is the guest RAM size in bytes.
 func (c *Checkpoint) Size() uint64 { return c.run.RAMSize }
 
-func (c *Checkpoint) getIter() (*pebble.Iterator, error) {
+func (c *Checkpoint) pool(kind keyKind) chan *pebble.Iterator {
+	if kind == kindBlob {
+		return c.blobIters
+	}
+	return c.versionIters
+}
+
+// getIter returns an iterator over the run's keys of kind (blobs or versions).
+func (c *Checkpoint) getIter(kind keyKind) (*pebble.Iterator, error) {
 	select {
-	case it := <-c.iters:
+	case it := <-c.pool(kind):
 		return it, nil
 	default:
 	}
-	// One iterator over the run's blobs and versions ('b' < ... < 'v').
 	return c.s.db.NewIter(&pebble.IterOptions{
-		LowerBound: appendRunKey(nil, kindBlob, c.run.ID),
-		UpperBound: runPrefixEnd(kindVersion, c.run.ID),
+		LowerBound: appendRunKey(nil, kind, c.run.ID),
+		UpperBound: runPrefixEnd(kind, c.run.ID),
 	})
 }
 
-func (c *Checkpoint) putIter(it *pebble.Iterator) {
+func (c *Checkpoint) putIter(kind keyKind, it *pebble.Iterator) {
 	select {
-	case c.iters <- it:
+	case c.pool(kind) <- it:
 	default:
 		it.Close()
 	}
@@ -86,14 +97,18 @@ func (c *Checkpoint) Close() error {
 	c.s.mu.Lock()
 	delete(c.s.mu.checkpoints, c)
 	c.s.mu.Unlock()
-	for {
-		select {
-		case it := <-c.iters:
-			it.Close()
-		default:
-			return nil
+	for _, p := range []chan *pebble.Iterator{c.blobIters, c.versionIters} {
+	drain:
+		for {
+			select {
+			case it := <-p:
+				it.Close()
+			default:
+				break drain
+			}
 		}
 	}
+	return nil
 }
 
 // seekVersion positions it on the newest version of pfn at or before the
@@ -131,7 +146,18 @@ func (c *Checkpoint) readBlob(it *pebble.Iterator, ref blobRef, dst []byte) erro
 // until the iterator moves.
 func (c *Checkpoint) blobValue(it *pebble.Iterator, ref blobRef) ([]byte, error) {
 	key := appendBlobKey(make([]byte, 0, blobKeyLen), c.run.ID, ref.interval, ref.pfn)
-	if !it.SeekGE(key) || !equalKey(it.Key(), key) {
+	// Reads mostly want the blob right after the last one: a Next is far
+	// cheaper than a seek through every level.
+	found := false
+	if it.Valid() {
+		switch cmp := bytes.Compare(it.Key(), key); {
+		case cmp == 0:
+			found = true
+		case cmp < 0:
+			found = it.Next() && equalKey(it.Key(), key)
+		}
+	}
+	if !found && (!it.SeekGE(key) || !equalKey(it.Key(), key)) {
 		if err := it.Error(); err != nil {
 			return nil, wrapRead(err, keyString(key))
 		}
@@ -159,12 +185,12 @@ func (c *Checkpoint) ReadFrame(pfn uint64, dst []byte) error {
 	if pfn >= c.run.Frames || len(dst) < PageSize {
 		return fmt.Errorf("%w: pfn %d beyond %d frames", ErrBadInput, pfn, c.run.Frames)
 	}
-	it, err := c.getIter()
+	vit, err := c.getIter(kindVersion)
 	if err != nil {
 		return wrapRead(err, "iterator")
 	}
-	defer c.putIter(it)
-	kind, ref, ok, err := c.seekVersion(it, pfn)
+	kind, ref, ok, err := c.seekVersion(vit, pfn)
+	c.putIter(kindVersion, vit)
 	if err != nil {
 		return err
 	}
@@ -172,7 +198,12 @@ func (c *Checkpoint) ReadFrame(pfn uint64, dst []byte) error {
 		clear(dst[:PageSize])
 		return nil
 	}
-	return c.readBlob(it, ref, dst)
+	bit, err := c.getIter(kindBlob)
+	if err != nil {
+		return wrapRead(err, "iterator")
+	}
+	defer c.putIter(kindBlob, bit)
+	return c.readBlob(bit, ref, dst)
 }
 
 // resolve builds the per-pfn map of the checkpoint once.
@@ -180,12 +211,12 @@ func (c *Checkpoint) resolve() error {
 	c.resolveOnce.Do(func() {
 		c.refs = make([]uint64, c.run.Frames)
 		c.dataFrames = roaring.New()
-		it, err := c.getIter()
+		it, err := c.getIter(kindVersion)
 		if err != nil {
 			c.resolveErr = wrapRead(err, "iterator")
 			return
 		}
-		defer c.putIter(it)
+		defer c.putIter(kindVersion, it)
 		key := make([]byte, 0, versionKeyLen)
 		pfn := uint64(0)
 		for pfn < c.run.Frames {
@@ -243,7 +274,18 @@ func (c *Checkpoint) ReadFrames(first uint64, dst []byte) error {
 	if err := c.resolve(); err != nil {
 		return err
 	}
-	var it *pebble.Iterator
+	// One iterator per source interval: the frames of a range come from a
+	// few checkpoints, and each stream then advances with Next, not seeks.
+	type stream struct {
+		interval uint32
+		it       *pebble.Iterator
+	}
+	var streams []stream
+	defer func() {
+		for _, st := range streams {
+			c.putIter(kindBlob, st.it)
+		}
+	}()
 	for i := 0; i < len(dst)/PageSize; i++ {
 		out := dst[i*PageSize : (i+1)*PageSize]
 		r := c.refs[first+uint64(i)]
@@ -251,14 +293,22 @@ func (c *Checkpoint) ReadFrames(first uint64, dst []byte) error {
 			clear(out)
 			continue
 		}
+		ref := decodeRef(r)
+		var it *pebble.Iterator
+		for _, st := range streams {
+			if st.interval == ref.interval {
+				it = st.it
+				break
+			}
+		}
 		if it == nil {
 			var err error
-			if it, err = c.getIter(); err != nil {
+			if it, err = c.getIter(kindBlob); err != nil {
 				return wrapRead(err, "iterator")
 			}
-			defer c.putIter(it)
+			streams = append(streams, stream{ref.interval, it})
 		}
-		if err := c.readBlob(it, decodeRef(r), out); err != nil {
+		if err := c.readBlob(it, ref, out); err != nil {
 			return err
 		}
 	}
@@ -295,11 +345,11 @@ func (c *Checkpoint) forEachFrame(ctx context.Context, frames *roaring.Bitmap, w
 	for w := 0; w < workers; w++ {
 		part := items[min(w*share, len(items)):min((w+1)*share, len(items))]
 		g.Go(func() error {
-			it, err := c.getIter()
+			it, err := c.getIter(kindBlob)
 			if err != nil {
 				return wrapRead(err, "iterator")
 			}
-			defer c.putIter(it)
+			defer c.putIter(kindBlob, it)
 			for n, x := range part {
 				if n%4096 == 0 && ctx.Err() != nil {
 					return ctx.Err()

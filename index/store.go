@@ -44,7 +44,8 @@ type Options struct {
 	// are read in bulk (prefetch, export, 1 MiB FUSE reads), so large blocks
 	// cost little and save per-block work.
 	BlockSize int
-	// CacheSize is Pebble's block cache in bytes (default 64 MiB).
+	// CacheSize is Pebble's block cache in bytes (default 256 MiB): the
+	// mount re-reads hot frames for every replay of an interval.
 	CacheSize int64
 	// Logger receives the store's log lines (default slog.Default()).
 	Logger *slog.Logger
@@ -111,7 +112,7 @@ func Open(dir string, opts Options) (*Store, error) {
 
 	cacheSize := opts.CacheSize
 	if cacheSize <= 0 {
-		cacheSize = 64 << 20
+		cacheSize = 256 << 20
 	}
 	cache := pebble.NewCache(cacheSize)
 	defer cache.Unref()
