@@ -1,6 +1,7 @@
 package kvmrec
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -8,6 +9,8 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/ckptfs/ckptfs/internal/qmp"
@@ -373,6 +376,12 @@ func (r *recorder) capture(i int, c *capture, zeroed []span) error {
 				t := time.Now()
 				var first error
 				for spans := range cls.out {
+					// Once the scan is done, what is left is not worth
+					// a longer pause: it is unmapped after cont.
+					if cls.cutoff.Load() {
+						cls.leftover = append(cls.leftover, spans...)
+						continue
+					}
 					if err := r.pageout(spans, 0); err != nil && first == nil {
 						first = err
 					}
@@ -398,6 +407,7 @@ func (r *recorder) capture(i int, c *capture, zeroed []span) error {
 		serr = r.scanAll(cands, c, cls)
 	}
 	if cls != nil {
+		cls.cutoff.Store(true)
 		cls.finish()
 	}
 	c.stats.Phases.Scan = time.Since(t)
@@ -410,8 +420,8 @@ func (r *recorder) capture(i int, c *capture, zeroed []span) error {
 	}
 	r.late = nil
 	if cls != nil {
-		r.late = cls.late
-		c.stats.Deferred = spanFrames(cls.late)
+		r.late = unionSpans(cls.late, cls.presentIn(cls.leftover))
+		c.stats.Deferred = spanFrames(r.late)
 	}
 	r.lastUse = len(c.chunks())
 	if r.cfg.Tracker == TrackerPagemap {
@@ -439,6 +449,23 @@ type classifier struct {
 	clean   []span
 	late    []span
 	out     chan []span
+
+	cutoff   atomic.Bool // the scan is done: stop unmapping in the pause
+	leftover []span      // ranges not unmapped in the pause (pageout goroutine's)
+}
+
+// presentIn returns the present frames of ranges (sorted, disjoint).
+func (k *classifier) presentIn(ranges []span) []span {
+	slices.SortFunc(ranges, func(a, b span) int { return cmp.Compare(a.start, b.start) })
+	var out []span
+	for _, s := range ranges {
+		for p := s.start; p < s.end; p++ {
+			if k.present.w[p/64]&(1<<(p%64)) != 0 {
+				out = appendSpan(out, span{p, p + 1})
+			}
+		}
+	}
+	return out
 }
 
 // minCleanRun is the fewest unchanged present frames a range unmapped during
@@ -494,7 +521,7 @@ func (k *classifier) add(p uint64, changed bool) {
 // batchDone hands the ranges found so far to the pageout goroutine once
 // there are enough of them.
 func (k *classifier) batchDone() {
-	if len(k.clean) >= 32 {
+	if len(k.clean) >= 8 {
 		k.out <- k.clean
 		k.clean = nil
 	}
