@@ -41,8 +41,9 @@ type recorder struct {
 	late     []span
 	lateDone chan lateResult // the unmapping of late in progress, or nil
 
-	// blocksAfter is the RAM file's size in blocks after the last pause.
-	blocksAfter int64
+	// blocksBefore is the RAM file's size in blocks at the last check
+	// for punched holes, before the last pause.
+	blocksBefore int64
 
 	pool     chunkPool
 	scratch  []byte
@@ -257,6 +258,9 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 		}
 	}
 	if i == 0 && r.cfg.Tracker == TrackerPagemap {
+		if r.blocksBefore, err = r.fileBlocks(); err != nil {
+			return nil, err
+		}
 		// Nothing has been recorded yet, so the VMM's page table can be
 		// emptied while the VM runs: the pause then unmaps only what
 		// was touched since.
@@ -424,12 +428,6 @@ func (r *recorder) capture(i int, c *capture, zeroed []span) error {
 		c.stats.Deferred = spanFrames(r.late)
 	}
 	r.lastUse = len(c.chunks())
-	if r.cfg.Tracker == TrackerPagemap {
-		var err error
-		if r.blocksAfter, err = r.fileBlocks(); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
@@ -659,16 +657,20 @@ func (r *recorder) pageout(present []span, maxGap uint64) error {
 // Walking the holes of a large file costs milliseconds to a hundred
 // milliseconds, so punched runs before the pause (a frame punched between
 // the walk and the stop is zero from the next checkpoint on), and walks
-// only when the file has fewer blocks than after the last pause, or every
+// only when the file has fewer blocks than at its last check, or every
 // holeWalkEvery checkpoints (a punch hidden by allocations in the same
-// interval). Punched frames are frames the guest gave away, whose content
+// interval). Unmapping can free clean, never-written pages (zeros, which
+// need no record), so the file also shrinks without punches; that only
+// costs a walk. Punched frames are frames the guest gave away, whose content
 // it does not rely on.
 func (r *recorder) punched(i int) ([]span, error) {
 	blocks, err := r.fileBlocks()
 	if err != nil {
 		return nil, err
 	}
-	if blocks >= r.blocksAfter && i%holeWalkEvery != 0 {
+	shrank := blocks < r.blocksBefore
+	r.blocksBefore = blocks
+	if !shrank && i%holeWalkEvery != 0 {
 		return nil, nil
 	}
 	data, err := dataSpans(r.ram, r.frames)
