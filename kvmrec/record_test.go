@@ -282,6 +282,21 @@ func TestCancelAndVMExit(t *testing.T) {
 			t.Fatalf("guest %q after cancel", s)
 		}
 	})
+	t.Run("duration", func(t *testing.T) {
+		g := startGuest(t, synthguest.Config{RAMSize: 4 << 20, WSFraction: 0.05, DirtyFraction: 0.02, Seed: 6})
+		st := openStore(t, "")
+		defer st.Close()
+		start := time.Now()
+		sum, err := Record(context.Background(), st, Config{Run: "d", QMPSocket: g.cfg.QMPSocket, MemPath: g.cfg.MemPath,
+			Interval: 50 * time.Millisecond, Duration: 300 * time.Millisecond, Logger: quietLogger()})
+		if err != nil || sum.Stopped != "duration" || sum.Checkpoints < 2 {
+			t.Fatalf("duration: %+v %v", sum, err)
+		}
+		if el := time.Since(start); el > 10*time.Second {
+			t.Fatalf("a 300 ms recording took %v", el)
+		}
+		t.Logf("duration: %d checkpoints in %v", sum.Checkpoints, sum.Elapsed.Round(time.Millisecond))
+	})
 	t.Run("vm-exit", func(t *testing.T) {
 		gcfg := synthguest.Config{RAMSize: 16 << 20, WSFraction: 0.05, DirtyFraction: 0.02, Seed: 4, TruthDir: t.TempDir()}
 		g := startGuest(t, gcfg)
