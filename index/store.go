@@ -44,8 +44,9 @@ type Options struct {
 	// are read in bulk (prefetch, export, 1 MiB FUSE reads), so large blocks
 	// cost little and save per-block work.
 	BlockSize int
-	// CacheSize is Pebble's block cache in bytes (default 256 MiB): the
-	// mount re-reads hot frames for every replay of an interval.
+	// CacheSize is Pebble's block cache in bytes (default 512 MiB): the
+	// mount re-reads hot frames for every replay of an interval, and the
+	// live frames of a long run are spread over many blocks.
 	CacheSize int64
 	// Logger receives the store's log lines (default slog.Default()).
 	Logger *slog.Logger
@@ -112,7 +113,7 @@ func Open(dir string, opts Options) (*Store, error) {
 
 	cacheSize := opts.CacheSize
 	if cacheSize <= 0 {
-		cacheSize = 256 << 20
+		cacheSize = 512 << 20
 	}
 	cache := pebble.NewCache(cacheSize)
 	defer cache.Unref()
@@ -417,6 +418,38 @@ func (s *Store) DeleteRun(name string) error {
 		_ = s.db.Compact(s.bgCtx, appendRunKey(nil, kindBlob, id), runPrefixEnd(kindBlob, id), false)
 	}()
 	return nil
+}
+
+// CompactRun compacts the keys of run name so that reads of it touch as few
+// tables as possible: after many small commits a run's versions sit in many
+// levels. RunWriter.Close starts it in the background; it is safe to call at
+// any time and changes no data.
+func (s *Store) CompactRun(ctx context.Context, name string) error {
+	id, err := s.runID(name)
+	if err != nil {
+		return err
+	}
+	return s.compactRun(ctx, id)
+}
+
+func (s *Store) compactRun(ctx context.Context, id RunID) error {
+	for _, k := range []keyKind{kindVersion, kindBlob} {
+		if err := s.db.Compact(ctx, appendRunKey(nil, k, id), runPrefixEnd(k, id), true); err != nil {
+			return fmt.Errorf("compacting run %d: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// compactRunInBackground compacts a finished run while the store is open.
+func (s *Store) compactRunInBackground(id RunID) {
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		if err := s.compactRun(s.bgCtx, id); err != nil && s.bgCtx.Err() == nil {
+			s.log.Warn("store: compacting a finished run", "err", err)
+		}
+	}()
 }
 
 // DiskUsage returns the bytes of the store's files (Pebble's view).

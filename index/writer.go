@@ -410,6 +410,9 @@ func (w *RunWriter) Close() error {
 	w.s.mu.Lock()
 	delete(w.s.mu.writers, w.spec.Name)
 	w.s.mu.Unlock()
+	if w.next > 1 {
+		w.s.compactRunInBackground(w.id)
+	}
 	if w.err == nil {
 		w.err = errors.New("index: run writer closed")
 	}
