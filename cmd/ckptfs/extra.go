@@ -187,6 +187,7 @@ func recordCommand() *cli.Command {
 			&cli.DurationFlag{Name: "duration", Usage: "stop after this long"},
 			&cli.StringFlag{Name: "tracker", Value: kvmrec.TrackerPagemap, Usage: "pagemap (working sets) or hash (dirty frames only)"},
 			&cli.BoolFlag{Name: "device-state", Usage: "save QEMU's device state with every checkpoint"},
+			&cli.BoolFlag{Name: "exact-ws", Usage: "unmap every touched frame during the pause: tighter working sets, longer pauses"},
 			&cli.StringFlag{Name: "mount", Usage: "also serve the store at this mount point while recording"},
 			&cli.StringFlag{Name: "prefetch", Value: "ws", Usage: "with --mount: ws or none"},
 			&cli.BoolFlag{Name: "allow-other", Usage: "with --mount: let other users read it"},
@@ -211,7 +212,8 @@ func recordCommand() *cli.Command {
 			cfg := kvmrec.Config{
 				Run: c.String("run"), QMPSocket: absPath(c, c.String("qmp")), MemPath: absPath(c, c.String("mem")),
 				Interval: c.Duration("interval"), Count: c.Int("count"), Duration: c.Duration("duration"),
-				Tracker: c.String("tracker"), DeviceState: c.Bool("device-state"), Logger: slog.Default(),
+				Tracker: c.String("tracker"), DeviceState: c.Bool("device-state"), ExactWorkingSets: c.Bool("exact-ws"),
+				Logger: slog.Default(),
 			}
 			out := c.App.ErrWriter
 			cfg.OnCheckpoint = func(s kvmrec.CheckpointStats) { fmt.Fprintln(out, formatCheckpoint(s)) }
