@@ -56,21 +56,23 @@ func synthGuestCommand() *cli.Command {
 
 var metricsFlag = &cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address (e.g. 127.0.0.1:9477)"}
 
-// serveMetrics starts the metrics endpoint when addr is set.
-func serveMetrics(addr string, reg *prometheus.Registry) (func(), error) {
+// serveMetrics makes the process's metrics registry and serves it when addr
+// is set.
+func serveMetrics(addr string) (*prometheus.Registry, func(), error) {
+	reg := newRegistry()
 	if addr == "" {
-		return func() {}, nil
+		return reg, func() {}, nil
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("--metrics-addr: %w", err)
+		return nil, nil, fmt.Errorf("--metrics-addr: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
 	slog.Info("metrics", "url", "http://"+ln.Addr().String()+"/metrics")
-	return func() { srv.Close() }, nil
+	return reg, func() { srv.Close() }, nil
 }
 
 func newRegistry() *prometheus.Registry {
@@ -135,8 +137,7 @@ func mountCommand() *cli.Command {
 				return err
 			}
 			defer st.Close()
-			reg := newRegistry()
-			stopMetrics, err := serveMetrics(c.String("metrics-addr"), reg)
+			reg, stopMetrics, err := serveMetrics(c.String("metrics-addr"))
 			if err != nil {
 				return err
 			}
@@ -244,8 +245,7 @@ func recordCommand() *cli.Command {
 				return err
 			}
 			defer st.Close()
-			reg := newRegistry()
-			stopMetrics, err := serveMetrics(c.String("metrics-addr"), reg)
+			reg, stopMetrics, err := serveMetrics(c.String("metrics-addr"))
 			if err != nil {
 				return err
 			}
