@@ -139,7 +139,8 @@ func BenchmarkResolve(b *testing.B) {
 	size := benchMiB() << 20
 	dumps := makeSeries(b, dir, 3, size)
 	store := filepath.Join(dir, "store")
-	st, err := Open(store, Options{Create: true, Compression: os.Getenv("CKPTFS_BENCH_COMPRESSION")})
+	bs, _ := strconv.Atoi(os.Getenv("CKPTFS_BENCH_BLOCK_KIB"))
+	st, err := Open(store, Options{Create: true, Compression: os.Getenv("CKPTFS_BENCH_COMPRESSION"), BlockSize: bs << 10})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -172,7 +173,10 @@ func BenchmarkResolve(b *testing.B) {
 
 // BenchmarkScale compares the cost of reading one random frame at the newest
 // checkpoint of a run of 10 checkpoints with a run of 10,000 checkpoints,
-// both with the same 4096 live frames.
+// both with the same 4096 live frames. The headline ratio is the mount's read
+// path (ReadFrames: the checkpoint's frame map, built once per open, then one
+// blob read); point_ratio is ReadFrame, which seeks the version each time
+// without a map; map_build_us is the one-time cost of the map.
 func BenchmarkScale(b *testing.B) {
 	const live = 4096
 	dir := b.TempDir()
@@ -233,11 +237,31 @@ func BenchmarkScale(b *testing.B) {
 	cs, cl := open("short", 10), open("long", 10000)
 	defer cs.Close()
 	defer cl.Close()
+	// The mount's path: ReadFrames on a checkpoint whose frame map is built
+	// once when first read. Time that build too.
+	var mapShort, mapLong time.Duration
+	for _, x := range []struct {
+		c *Checkpoint
+		d *time.Duration
+	}{{cs, &mapShort}, {cl, &mapLong}} {
+		start := time.Now()
+		if _, err := x.c.DataFrames(); err != nil {
+			b.Fatal(err)
+		}
+		*x.d = time.Since(start)
+	}
 	buf := make([]byte, PageSize)
-	reads := func(c *Checkpoint, rng *rand.Rand, n int) time.Duration {
+	reads := func(c *Checkpoint, point bool, rng *rand.Rand, n int) time.Duration {
 		start := time.Now()
 		for i := 0; i < n; i++ {
-			if err := c.ReadFrame(uint64(rng.IntN(live)), buf); err != nil {
+			p := uint64(rng.IntN(live))
+			var err error
+			if point {
+				err = c.ReadFrame(p, buf)
+			} else {
+				err = c.ReadFrames(p, buf)
+			}
+			if err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -246,19 +270,28 @@ func BenchmarkScale(b *testing.B) {
 	// Interleaved rounds, so that both runs see the same machine: on a
 	// shared host the load changes faster than one long measurement.
 	const rounds, perRound = 20, 10000
-	var short, long time.Duration
+	var short, long, pshort, plong time.Duration
 	for i := 0; i < b.N; i++ {
-		rs, rl := rand.New(rand.NewPCG(9, 9)), rand.New(rand.NewPCG(9, 9))
-		reads(cs, rs, perRound) // warm both the same way
-		reads(cl, rl, perRound)
+		rngs := make([]*rand.Rand, 4)
+		for k := range rngs {
+			rngs[k] = rand.New(rand.NewPCG(9, 9))
+		}
+		for k, c := range []*Checkpoint{cs, cl, cs, cl} {
+			reads(c, k >= 2, rngs[k], perRound) // warm all the same way
+		}
 		for r := 0; r < rounds; r++ {
-			short += reads(cs, rs, perRound) / (rounds * perRound)
-			long += reads(cl, rl, perRound) / (rounds * perRound)
+			short += reads(cs, false, rngs[0], perRound) / (rounds * perRound)
+			long += reads(cl, false, rngs[1], perRound) / (rounds * perRound)
+			pshort += reads(cs, true, rngs[2], perRound) / (rounds * perRound)
+			plong += reads(cl, true, rngs[3], perRound) / (rounds * perRound)
 		}
 	}
 	b.ReportMetric(float64(long)/float64(short), "ratio_10k_vs_10")
 	b.ReportMetric(float64(short.Nanoseconds())/float64(b.N), "ns/read_10")
 	b.ReportMetric(float64(long.Nanoseconds())/float64(b.N), "ns/read_10k")
+	b.ReportMetric(float64(plong)/float64(pshort), "point_ratio_10k_vs_10")
+	b.ReportMetric(float64(mapShort.Microseconds()), "map_build_us_10")
+	b.ReportMetric(float64(mapLong.Microseconds()), "map_build_us_10k")
 }
 
 // BenchmarkSpace reports bytes on disk per checkpoint against the raw size
