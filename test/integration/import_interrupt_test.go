@@ -1,0 +1,72 @@
+package integration
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestImportCtrlC interrupts `ckptfs import` with SIGINT: it must end with one
+// line and exit 1, and every checkpoint it reports committed must export
+// byte-identical to its dump; nothing else may be visible.
+func TestImportCtrlC(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	img := make([]byte, 32<<20)
+	rand.Read(img)
+	var dumps []string
+	for i := 0; i < 8; i++ {
+		rand.Read(img[:4<<20])
+		p := filepath.Join(dir, fmt.Sprintf("dump%d", i))
+		os.WriteFile(p, img, 0o600)
+		dumps = append(dumps, p)
+	}
+	for _, delay := range []time.Duration{150 * time.Millisecond, 400 * time.Millisecond} {
+		run := fmt.Sprintf("r%d", delay.Milliseconds())
+		cmd := exec.Command(ckptfsBin, append([]string{"--store", store, "import", "--run", run}, dumps...)...)
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(delay)
+		cmd.Process.Signal(os.Interrupt)
+		err := cmd.Wait()
+		code := cmd.ProcessState.ExitCode()
+		switch {
+		case err == nil:
+			t.Logf("delay %v: the import finished before the interrupt", delay)
+		case code != 1 || strings.Count(errb.String(), "\n") != 1 || !strings.Contains(errb.String(), "interrupted"):
+			t.Fatalf("delay %v: exit %d, stderr %q", delay, code, errb.String())
+		default:
+			t.Logf("delay %v: %s", delay, strings.TrimSpace(errb.String()))
+		}
+		code, out, errs := ckptfs(t, store, "info", run, "--json")
+		if code != 0 {
+			if strings.Contains(errs, "not found") {
+				continue // interrupted before checkpoint 0: nothing visible
+			}
+			t.Fatalf("info: %s", errs)
+		}
+		var n int
+		fmt.Sscanf(out[strings.Index(out, `"checkpoints":`)+len(`"checkpoints":`):], "%d", &n)
+		for i := 0; i < n; i++ {
+			exp := filepath.Join(dir, "exp")
+			mustCkptfs(t, store, "export", "--run", run, "--interval", fmt.Sprint(i), exp)
+			got, _ := os.ReadFile(exp)
+			want, _ := os.ReadFile(dumps[i])
+			if !bytes.Equal(got, want) {
+				t.Fatalf("checkpoint %d of an interrupted import differs from its dump", i)
+			}
+		}
+	}
+	if out := mustCkptfs(t, store, "verify"); !strings.HasPrefix(out, "ok:") {
+		t.Fatalf("verify: %q", out)
+	}
+}
