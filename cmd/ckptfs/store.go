@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/ckptfs/ckptfs/index"
 	"github.com/urfave/cli/v2"
@@ -83,6 +84,11 @@ func withStore(c *cli.Context, create bool, fn func(st *index.Store) error) erro
 func forward(c *cli.Context, dir string, busy error) error {
 	args, _ := c.App.Metadata[argsKey].([]string)
 	code, err := forwardCommand(c.Context, dir, args, c.App.Writer, c.App.ErrWriter)
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+		// The owner serves no socket (an import, a verify): nothing to
+		// forward to until it finishes.
+		return fmt.Errorf("%v; it takes no other commands, try again when it is done", busy)
+	}
 	if err != nil {
 		return fmt.Errorf("%v; forwarding through its socket failed: %v", busy, err)
 	}
