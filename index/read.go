@@ -28,6 +28,13 @@ type Checkpoint struct {
 	// Pools of iterators over the run's blobs and over its versions. Narrow
 	// bounds keep each seek off the other kind's tables.
 	blobIters, versionIters chan *pebble.Iterator
+	// poolMu orders putIter against Close: after Close, iterators are
+	// closed instead of pooled, so a read racing with Close cannot leave one
+	// that Pebble would call leaked.
+	poolMu struct {
+		sync.Mutex
+		closed bool
+	}
 
 	resolveOnce sync.Once
 	refs        []uint64 // per pfn: 0 = zero frame, else (ref interval+1)<<40 | ref pfn
@@ -84,16 +91,24 @@ func (c *Checkpoint) getIter(kind keyKind) (*pebble.Iterator, error) {
 }
 
 func (c *Checkpoint) putIter(kind keyKind, it *pebble.Iterator) {
-	select {
-	case c.pool(kind) <- it:
-	default:
-		it.Close()
+	c.poolMu.Lock()
+	defer c.poolMu.Unlock()
+	if !c.poolMu.closed {
+		select {
+		case c.pool(kind) <- it:
+			return
+		default:
+		}
 	}
+	it.Close()
 }
 
-// Close releases the handle. Reads after Close still work but open new
-// iterators each time.
+// Close releases the handle. Reads after Close still work, each with its
+// own short-lived iterator.
 func (c *Checkpoint) Close() error {
+	c.poolMu.Lock()
+	defer c.poolMu.Unlock()
+	c.poolMu.closed = true
 	c.s.mu.Lock()
 	delete(c.s.mu.checkpoints, c)
 	c.s.mu.Unlock()
@@ -183,7 +198,7 @@ func equalKey(a, b []byte) bool { return string(a) == string(b) }
 // whole frame map.
 func (c *Checkpoint) ReadFrame(pfn uint64, dst []byte) error {
 	if pfn >= c.run.Frames || len(dst) < PageSize {
-		return fmt.Errorf("%w: pfn %d beyond %d frames", ErrBadInput, pfn, c.run.Frames)
+		return fmt.Errorf("%w: read of pfn %d into %d bytes (%d frames of %d bytes)", ErrBadInput, pfn, len(dst), c.run.Frames, PageSize)
 	}
 	vit, err := c.getIter(kindVersion)
 	if err != nil {

@@ -452,13 +452,6 @@ func (s *Store) compactRunInBackground(id RunID) {
 	}()
 }
 
-// DiskUsage returns the bytes of the store's files (Pebble's view).
-func (s *Store) DiskUsage() uint64 { return s.db.Metrics().DiskSpaceUsage() }
-
-// Flush flushes memtables and waits for nothing else; benchmarks call it so
-// that the space they report is on disk.
-func (s *Store) Flush() error { return s.db.Flush() }
-
 // quietLogger sends Pebble's informational lines to slog at debug level.
 type quietLogger struct{ l *slog.Logger }
 

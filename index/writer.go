@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -417,8 +416,4 @@ func (w *RunWriter) Close() error {
 		w.err = errors.New("index: run writer closed")
 	}
 	return nil
-}
-
-func (r blobRef) String() string {
-	return strconv.FormatUint(uint64(r.interval), 10) + "/" + strconv.FormatUint(r.pfn, 10)
 }
