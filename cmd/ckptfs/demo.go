@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -113,7 +114,8 @@ func runDemo(c *cli.Context) error {
 		Count: c.Int("count"), DeviceState: g.kind == "qemu", Logger: slog.Default(), Registerer: reg,
 		OnCheckpoint: func(s kvmrec.CheckpointStats) { say("%s", formatCheckpoint(s)) }}
 	if g.kind == "qemu" {
-		cfg.Meta = map[string]string{"qemu_args": mustJSON(g.qemuArg)}
+		args, _ := json.Marshal(g.qemuArg) // a []string always marshals
+		cfg.Meta = map[string]string{"qemu_args": string(args)}
 	}
 	say("recording %d checkpoints of run %s every %s", cfg.Count, run, cfg.Interval)
 	sum, err := kvmrec.Record(c.Context, st, cfg)
@@ -161,19 +163,6 @@ func selfPath() string {
 		return "ckptfs"
 	}
 	return p
-}
-
-func mustJSON(v any) string {
-	var b strings.Builder
-	b.WriteByte('[')
-	for i, s := range v.([]string) {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(strconv.Quote(s))
-	}
-	b.WriteByte(']')
-	return b.String()
 }
 
 // startDemoGuest starts a QEMU guest when one can run here, else the

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -81,13 +82,14 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// ownStore opens the store for a command that must own it (mount, the
-// recording side of record): no forwarding.
-func ownStore(c *cli.Context, create bool) (*index.Store, error) {
+// ownStore opens (or creates) the store for mount, which must own it: no
+// forwarding. Creating an empty store lets a user mount first and record into
+// the running mount, as DESIGN.md describes.
+func ownStore(c *cli.Context) (*index.Store, error) {
 	if o := owned(c); o != nil {
 		return nil, fmt.Errorf("store %s is already served by %s", o.st.Dir(), o.what)
 	}
-	return index.Open(storeDir(c), index.Options{Create: create, Logger: slog.Default()})
+	return index.Open(storeDir(c), index.Options{Create: true, Logger: slog.Default()})
 }
 
 // mountAt mounts st at mnt, handling stale mounts.
@@ -132,7 +134,7 @@ func mountCommand() *cli.Command {
 				return usageErrorf("mount: --prefetch %q: want ws or none", p)
 			}
 			mnt := absPath(c, c.Args().First())
-			st, err := ownStore(c, false)
+			st, err := ownStore(c)
 			if err != nil {
 				return err
 			}
@@ -153,14 +155,14 @@ func mountCommand() *cli.Command {
 			}
 			defer sock.Close()
 			fmt.Fprintf(c.App.ErrWriter, "ckptfs: serving %s at %s; Ctrl-C unmounts\n", st.Dir(), mnt)
-			return waitUnmount(c.Context, srv)
+			return waitUnmount(c.Context, srv, c.App.ErrWriter)
 		},
 	}
 }
 
 // waitUnmount serves until ctx ends (Ctrl-C, SIGTERM) or the mount goes away
 // (fusermount -u), then unmounts cleanly.
-func waitUnmount(ctx context.Context, srv *ckfs.Server) error {
+func waitUnmount(ctx context.Context, srv *ckfs.Server, stderr io.Writer) error {
 	gone := make(chan struct{})
 	go func() { srv.Wait(); close(gone) }()
 	select {
@@ -169,7 +171,7 @@ func waitUnmount(ctx context.Context, srv *ckfs.Server) error {
 			return fmt.Errorf("unmounting %s: %w", srv.Dir(), err)
 		}
 		<-gone
-		fmt.Fprintf(os.Stderr, "ckptfs: unmounted %s\n", srv.Dir())
+		fmt.Fprintf(stderr, "ckptfs: unmounted %s\n", srv.Dir())
 	case <-gone:
 	}
 	return nil

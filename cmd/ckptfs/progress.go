@@ -1,7 +1,6 @@
 package main
 
 import (
-	"io"
 	"os"
 
 	"github.com/ckptfs/ckptfs/index"
@@ -36,5 +35,3 @@ func progressFor(c *cli.Context, what string) (index.Progress, func()) {
 			}
 		}
 }
-
-var _ io.Writer = (*os.File)(nil)

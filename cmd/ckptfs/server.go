@@ -154,7 +154,7 @@ func (s *storeServer) exec(w http.ResponseWriter, r *http.Request, o *ownedStore
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
-	fw := &frameWriter{w: w, enc: json.NewEncoder(w)}
+	fw := &frameWriter{enc: json.NewEncoder(w)}
 	fw.flusher, _ = w.(http.Flusher)
 	sub := *o
 	sub.cwd = req.Cwd
@@ -166,7 +166,6 @@ func (s *storeServer) exec(w http.ResponseWriter, r *http.Request, o *ownedStore
 
 type frameWriter struct {
 	mu      sync.Mutex
-	w       io.Writer
 	enc     *json.Encoder
 	flusher http.Flusher
 }

@@ -39,9 +39,8 @@ func TestQEMURecordReplay(t *testing.T) {
 		t.Fatalf("guest did not start ticking: %v", err)
 	}
 
-	// record --mount: one process records and serves; replays start while
-	// it runs would work too, but here the replays come after.
-	seedStore(t, store, dir)
+	// Mount a new, empty store, then record into the running mount through
+	// its socket (DESIGN.md's flow). The replays come after the recording.
 	mount := startMount(t, store, mnt)
 	out := mustCkptfs(t, store, "record", "--run", "vm", "--qmp", qmp, "--mem", mem,
 		"--interval", "1s", "--count", "5", "--device-state")
@@ -94,12 +93,4 @@ func TestQEMURecordReplay(t *testing.T) {
 		prevFirst = first
 	}
 	mount.stop(t)
-}
-
-// seedStore creates the store with a tiny run so that mount has one to own.
-func seedStore(t *testing.T, store, dir string) {
-	t.Helper()
-	seed := filepath.Join(dir, "seed.img")
-	os.WriteFile(seed, make([]byte, 4096), 0o600)
-	mustCkptfs(t, store, "import", "--run", "seed", seed)
 }
