@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -90,7 +89,7 @@ func TestQEMURealGuest(t *testing.T) {
 	if err != nil || tick == 0 {
 		t.Fatalf("no tick before the checkpoint: %v", err)
 	}
-	if err := copySparse(src.MemPath, filepath.Join(run, "full", "0.ram")); err != nil {
+	if err := qemuguest.CopySparse(src.MemPath, filepath.Join(run, "full", "0.ram")); err != nil {
 		t.Fatal(err)
 	}
 	g.Kill()
@@ -135,42 +134,4 @@ func TestQEMURealGuest(t *testing.T) {
 			t.Fatal("QEMU still running after Stop")
 		}
 	}
-}
-
-// copySparse copies a file, leaving all-zero 64 KiB blocks as holes.
-func copySparse(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, 64<<10)
-	zero := make([]byte, len(buf))
-	var off int64
-	for {
-		n, err := io.ReadFull(in, buf)
-		if n > 0 && !bytes.Equal(buf[:n], zero[:n]) {
-			if _, werr := out.WriteAt(buf[:n], off); werr != nil {
-				out.Close()
-				return werr
-			}
-		}
-		off += int64(n)
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			break
-		}
-		if err != nil {
-			out.Close()
-			return err
-		}
-	}
-	if err := out.Truncate(off); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ckptfs/ckptfs/test/integration/qemuguest"
 )
 
 // ckptfsBin is the binary under test, built once by TestMain.
@@ -83,13 +85,13 @@ func mustCkptfs(t *testing.T, store string, args ...string) string {
 // daemon is a background ckptfs process (mount, record, a guest).
 type daemon struct {
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *qemuguest.LockedBuffer
 	done   chan struct{}
 }
 
 func startDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{cmd: exec.Command(ckptfsBin, args...), stderr: &lockedBuffer{}, done: make(chan struct{})}
+	d := &daemon{cmd: exec.Command(ckptfsBin, args...), stderr: &qemuguest.LockedBuffer{}, done: make(chan struct{})}
 	d.cmd.Stderr = d.stderr
 	d.cmd.Stdout = d.stderr
 	if err := d.cmd.Start(); err != nil {

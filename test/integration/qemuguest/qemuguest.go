@@ -176,7 +176,7 @@ type Guest struct {
 	Cmd  *exec.Cmd
 	Args []string // full command line, binary first
 
-	out     lockedBuffer
+	out     LockedBuffer
 	done    chan struct{}
 	waitErr error
 }
@@ -393,19 +393,63 @@ func RequireQEMU(t testing.TB) {
 	}
 }
 
-type lockedBuffer struct {
+// LockedBuffer is a bytes.Buffer that a process's output goroutine writes
+// while a test reads it.
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// CopySparse copies a file, leaving all-zero 64 KiB blocks as holes (tests
+// use it to take a RAM image while the guest is stopped).
+func CopySparse(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	_ = os.Remove(dst)
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 64<<10)
+	zero := make([]byte, len(buf))
+	var off int64
+	for {
+		n, err := io.ReadFull(in, buf)
+		if n > 0 {
+			if !bytes.Equal(buf[:n], zero[:n]) {
+				if _, werr := out.WriteAt(buf[:n], off); werr != nil {
+					out.Close()
+					return werr
+				}
+			}
+			off += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			out.Close()
+			return err
+		}
+	}
+	if err := out.Truncate(off); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }

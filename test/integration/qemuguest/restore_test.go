@@ -172,7 +172,7 @@ func TestRestoreFromCopiedRAM(t *testing.T) {
 	// writes into the checkpoint file: share=off keeps checkpoints intact.
 	t.Run("dest-share-on-writes-file", func(t *testing.T) {
 		cp := filepath.Join(dir, "B-shared.ram")
-		if err := copySparse(ckB.ram, cp); err != nil {
+		if err := CopySparse(ckB.ram, cp); err != nil {
 			t.Fatal(err)
 		}
 		sum := fileSHA(t, cp)
@@ -258,7 +258,7 @@ func TestRestoreFromCopiedRAM(t *testing.T) {
 			t.Fatal(err)
 		}
 		ro := filepath.Join(rodir, "ro.ram")
-		if err := copySparse(ckA.ram, ro); err != nil {
+		if err := CopySparse(ckA.ram, ro); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.Chmod(ro, 0o444); err != nil {
@@ -361,7 +361,7 @@ func takeCheckpoint(t *testing.T, q *qmp, src Config, dir, name string, viaFD bo
 		t.Errorf("source status after migrate: %q, want postmigrate", st)
 	}
 	tCopy := time.Now()
-	if err := copySparse(src.MemPath, ck.ram); err != nil {
+	if err := CopySparse(src.MemPath, ck.ram); err != nil {
 		t.Fatal(err)
 	}
 	copyTime := time.Since(tCopy)
@@ -518,47 +518,6 @@ func (r *restored) checkContinues(ctx context.Context, t *testing.T, ck checkpoi
 	}
 	t.Logf("restored guest continues: checkpoint tick %d, ticks %v, 5 ticks %v after cont",
 		ck.lastTick, ticks, time.Since(tc).Round(time.Millisecond))
-}
-
-// copySparse copies a file, leaving all-zero 64 KiB blocks as holes.
-func copySparse(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	_ = os.Remove(dst)
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, 64<<10)
-	zero := make([]byte, len(buf))
-	var off int64
-	for {
-		n, err := io.ReadFull(in, buf)
-		if n > 0 {
-			if !bytes.Equal(buf[:n], zero[:n]) {
-				if _, werr := out.WriteAt(buf[:n], off); werr != nil {
-					out.Close()
-					return werr
-				}
-			}
-			off += int64(n)
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			break
-		}
-		if err != nil {
-			out.Close()
-			return err
-		}
-	}
-	if err := out.Truncate(off); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 func fileSHA(t *testing.T, path string) string {
