@@ -5,7 +5,26 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
+
+// memFileHazard says why the RAM file's file system blurs the pagemap
+// tracker, or "" on tmpfs and hugetlbfs. On a disk file system page-out
+// writes guest frames to disk and evicts them (the guest then faults them
+// back in from disk), and large page-cache folios are mapped whole, so a
+// working set grows to whole folios.
+func memFileHazard(f *os.File) string {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
+		return ""
+	}
+	switch st.Type {
+	case unix.TMPFS_MAGIC, unix.HUGETLBFS_MAGIC:
+		return ""
+	}
+	return "the RAM file is not on tmpfs or hugetlbfs (e.g. /dev/shm): page-out sends frames to disk and working sets grow to whole page-cache folios"
+}
 
 // reclaimHazards lists what on this machine may unmap guest RAM behind the
 // pagemap tracker's back during an interval (see doc.go, "Assumptions"):

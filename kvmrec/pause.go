@@ -84,7 +84,11 @@ func attach(ctx context.Context, cfg Config) (_ *recorder, err error) {
 		return nil, fmt.Errorf("%w: %s changed while attaching", ErrNotMapped, cfg.MemPath)
 	}
 	if cfg.Tracker == TrackerPagemap {
-		for _, h := range reclaimHazards() {
+		hazards := reclaimHazards()
+		if h := memFileHazard(r.ram); h != "" {
+			hazards = append(hazards, h)
+		}
+		for _, h := range hazards {
 			cfg.Logger.Warn("the pagemap tracker may miss accesses: "+h+"; use the hash tracker for exact dirty sets", "hazard", h)
 		}
 		if r.pidfd, err = unix.PidfdOpen(r.pid, 0); err != nil {
@@ -753,37 +757,60 @@ func splitSpans(spans []span, n uint64) (lo, hi []span) {
 	return spans, nil
 }
 
+// readGap is the most non-candidate frames between two candidate runs that
+// scan reads through rather than issuing another pread: a system call costs
+// about as much as copying 5 frames here (2.5 µs vs 0.45 µs a frame on this
+// machine's PVM guest), and the candidates come in short runs (fault-around
+// blocks and the single frames written in the interval before).
+const readGap = 4
+
 // scan reads the candidate frames with pread, hashes them and copies those
 // whose hash differs from the last checkpoint into st.
 func (r *recorder) scan(cands []span, st *staging, cls *classifier, scratch []byte) error {
 	batch := uint64(len(scratch) / PageSize)
-	for _, s := range cands {
-		for p := s.start; p < s.end; {
-			n := min(batch, s.end-p)
-			buf := scratch[:n*PageSize]
-			if _, err := r.ram.ReadAt(buf, int64(p*PageSize)); err != nil {
-				return fmt.Errorf("reading guest RAM at frame %d: %w", p, err)
+	from := uint64(0) // where cands[i] continues (a long run is split)
+	for i := 0; i < len(cands); {
+		// One pread covers cands[i:j], with their gaps, up to batch
+		// frames.
+		lo := max(cands[i].start, from)
+		hi := min(cands[i].end, lo+batch)
+		j := i + 1
+		if hi == cands[i].end {
+			for j < len(cands) && cands[j].start-hi <= readGap && cands[j].end-lo <= batch {
+				hi = cands[j].end
+				j++
 			}
-			for k := uint64(0); k < n; k++ {
-				f := buf[k*PageSize : (k+1)*PageSize]
+		}
+		buf := scratch[:(hi-lo)*PageSize]
+		if _, err := r.ram.ReadAt(buf, int64(lo*PageSize)); err != nil {
+			return fmt.Errorf("reading guest RAM at frame %d: %w", lo, err)
+		}
+		for k := i; k < j; k++ {
+			s := cands[k]
+			for p := max(s.start, lo); p < min(s.end, hi); p++ {
+				f := buf[(p-lo)*PageSize : (p-lo+1)*PageSize]
 				h := xxh3.Hash128(f)
-				changed := h != r.hashes[p+k]
+				changed := h != r.hashes[p]
 				if cls != nil {
-					cls.add(p+k, changed)
+					cls.add(p, changed)
 				}
 				if !changed {
 					continue
 				}
-				if err := st.add(&r.pool, p+k, f); err != nil {
+				if err := st.add(&r.pool, p, f); err != nil {
 					return err
 				}
-				r.hashes[p+k] = h
+				r.hashes[p] = h
 			}
-			if cls != nil {
-				cls.batchDone()
-			}
-			p += n
 		}
+		if cls != nil {
+			cls.batchDone()
+		}
+		if hi < cands[i].end { // the rest of a long run
+			from = hi
+			continue
+		}
+		i = j
 	}
 	return nil
 }

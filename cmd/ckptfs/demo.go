@@ -46,6 +46,7 @@ type demoGuest struct {
 	cmd     *exec.Cmd
 	qmp     string
 	mem     string
+	memDir  string // a private directory on tmpfs for mem, removed by stop
 	serial  string
 	qemuArg []string
 }
@@ -61,6 +62,9 @@ func (g *demoGuest) stop() {
 			g.cmd.Process.Kill()
 			<-done
 		}
+	}
+	if g.memDir != "" {
+		os.RemoveAll(g.memDir)
 	}
 }
 
@@ -174,6 +178,12 @@ func startDemoGuest(c *cli.Context, dir string) (*demoGuest, error) {
 		return nil, err
 	}
 	g := &demoGuest{qmp: filepath.Join(gdir, "qmp.sock"), mem: filepath.Join(gdir, "ram"), serial: filepath.Join(gdir, "serial.log")}
+	// Guest RAM belongs on tmpfs, as in a real set-up: on a disk file
+	// system the pagemap tracker's page-out writes frames to disk and the
+	// page cache's large folios blur the working sets.
+	if md, err := os.MkdirTemp("/dev/shm", "ckptfs-demo-"); err == nil {
+		g.memDir, g.mem = md, filepath.Join(md, "ram")
+	}
 	ram := c.Int("ram-mib")
 	guestDir := os.Getenv("CKPTFS_GUEST_DIR")
 	if guestDir == "" {
