@@ -371,6 +371,7 @@ func benchSeqRead(b *testing.B, cold bool) {
 			dropCaches(b)
 			baseT = append(baseT, dd(b, "if="+d.flat, "iflag=direct"))
 			srv.evict("disk", "full", "0.ram")
+			d.store.DropCache() // cold means the store's own cache too
 			dropCaches(b)
 		} else {
 			baseT = append(baseT, dd(b, "if="+d.full))

@@ -46,6 +46,7 @@ type fsys struct {
 	sem          chan struct{} // bounds concurrent open prefetches
 	windowSem    chan struct{} // bounds concurrent pushes of readahead windows
 	loaders      int           // store readers per prefetch
+	storeDir     string        // MountOptions.Store, for .status
 	splitReaders int           // store readers per large READ
 
 	onPrefetched func(time.Duration) // tests: called when an open prefetch ends
@@ -79,6 +80,7 @@ func newFsys(src Source, opts MountOptions) (*fsys, error) {
 	f := &fsys{
 		src:          src,
 		log:          opts.Logger,
+		storeDir:     opts.Store,
 		m:            m,
 		prefetch:     opts.Prefetch != "none",
 		started:      time.Now(),

@@ -140,15 +140,17 @@ func (c *intervalCounters) snapshot() MountCounters {
 
 // Status is the mount's whole-mount summary (Mount.Status, MNT/.status).
 type Status struct {
-	Reads         uint64    `json:"reads"`
-	Bytes         uint64    `json:"bytes"`
-	PrefetchBytes uint64    `json:"prefetch_bytes"`
-	Misses        uint64    `json:"misses"`
-	MissFrames    uint64    `json:"miss_frames"`
-	Errors        uint64    `json:"errors"`
-	Prefetching   int64     `json:"prefetching"`
-	LastError     string    `json:"last_error,omitempty"`
-	LastErrorAt   time.Time `json:"last_error_at,omitzero"`
+	Reads         uint64 `json:"reads"`
+	Bytes         uint64 `json:"bytes"`
+	PrefetchBytes uint64 `json:"prefetch_bytes"`
+	Misses        uint64 `json:"misses"`
+	MissFrames    uint64 `json:"miss_frames"`
+	Errors        uint64 `json:"errors"`
+	Prefetching   int64  `json:"prefetching"`
+	// Store is MountOptions.Store: where tools find the store's socket.
+	Store       string    `json:"store,omitempty"`
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 }
 
 // status holds the whole-mount counters.

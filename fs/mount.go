@@ -42,6 +42,9 @@ type MountOptions struct {
 	// full/<i>.ram becomes 1 MiB requests; negative leaves the kernel's
 	// default. Setting it needs root; without, the default stays.
 	ReadaheadKB int
+	// Store is the directory of the store behind the source, if any; .status
+	// shows it, so that tools find the socket of the process serving it.
+	Store string
 	// Debug logs every FUSE request (go-fuse's request log) to Logger.
 	Debug bool
 }

@@ -95,7 +95,7 @@ func TestMountedRun(t *testing.T) {
 	w := fx.create(t, st, 5)             // 0..4 now, 5 and 6 while mounted
 	defer w.Close()
 	reg := prometheus.NewRegistry()
-	srv, mnt := mountT(t, FromIndex(st), MountOptions{Registry: reg})
+	srv, mnt := mountT(t, FromIndex(st), MountOptions{Registry: reg, Store: st.Dir()})
 	dir := filepath.Join(mnt, "vm1")
 	tmp := t.TempDir()
 	expFull := make([]string, len(fx.images))
@@ -334,7 +334,7 @@ func TestMountedRun(t *testing.T) {
 		}
 		var status Status
 		readJSON(t, filepath.Join(mnt, ".status"), &status)
-		if status.Reads == 0 || status.Errors != 0 {
+		if status.Reads == 0 || status.Errors != 0 || status.Store != st.Dir() {
 			t.Errorf(".status: %+v", status)
 		}
 	})

@@ -138,7 +138,9 @@ func (n *rootNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 }
 
 func (f *fsys) statusJSON() ([]byte, error) {
-	return json.MarshalIndent(f.st.snapshot(), "", "  ")
+	st := f.st.snapshot()
+	st.Store = f.storeDir
+	return json.MarshalIndent(st, "", "  ")
 }
 
 // runDir is MNT/<run>.

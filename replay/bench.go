@@ -147,6 +147,11 @@ type BenchConfig struct {
 	// Drop says how each batch starts cold; default DropAll (doc.go,
 	// "Cold starts").
 	Drop DropPolicy
+	// DropStore, if set, empties the caches of the process serving the
+	// mount (its store's block cache) before each batch, with drop_caches
+	// (DropAll only). Without it that process stays warm after the first
+	// batch: later batches then read from its memory, not from disk.
+	DropStore func() error
 	// Logger receives progress; nil means none.
 	Logger *slog.Logger
 	// Executable is the program re-executed for children; default
@@ -171,8 +176,9 @@ type BenchReport struct {
 	// MeanWSBytes is the mean working-set size of the replayed intervals.
 	MeanWSBytes uint64  `json:"mean_ws_bytes"`
 	WSFraction  float64 `json:"ws_fraction"` // MeanWSBytes / RAMSize
-	// Cache says how each batch started: "cold (drop_caches + fadvise)",
-	// "cold per file (fadvise only)" or "warm".
+	// Cache says how each batch started: "cold (drop_caches + fadvise +
+	// store cache)", "cold (drop_caches + fadvise)", "cold per file
+	// (fadvise only)" or "warm".
 	Cache string `json:"cache"`
 	// PrefetchEmulated is set when modes (b) and (c) emulated the mount's
 	// prefetch on open.
@@ -362,6 +368,14 @@ func Bench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 	case DropAll:
 		if b.tryDropCaches() == nil {
 			rep.Cache = "cold (drop_caches + fadvise)"
+			if cfg.DropStore != nil {
+				if err := cfg.DropStore(); err != nil {
+					return nil, fmt.Errorf("dropping the mount's store cache: %w", err)
+				}
+				rep.Cache = "cold (drop_caches + fadvise + store cache)"
+			} else {
+				rep.note("the mount's store cache is not dropped between batches (no DropStore): after the first batch, loads read from the serving process's memory")
+			}
 			break
 		}
 		rep.Cache = "cold per file (fadvise only)"
@@ -501,6 +515,11 @@ func (b *bench) measure(ctx context.Context, m Mode, k int, ivs []int, wsMaxByte
 			jobs[j].EmulatePrefetch = (m == ModeSparse || m == ModeLazy) && b.rep.PrefetchEmulated
 		}
 		if b.dropOK {
+			if b.cfg.DropStore != nil {
+				if err := b.cfg.DropStore(); err != nil {
+					return res, fmt.Errorf("dropping the mount's store cache: %w", err)
+				}
+			}
 			_ = b.tryDropCaches()
 		}
 		label := fmt.Sprintf("(%s) %s, K=%d, batch %d", m.Letter(), m.Describe(), k, bi)

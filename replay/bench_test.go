@@ -164,14 +164,20 @@ func TestBenchCold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	drops := 0
 	rep, err := replay.Bench(context.Background(), replay.BenchConfig{Mount: mount, NoPrefetchMount: mount,
-		Run: "c", Concurrency: []int{1}, Modes: []replay.Mode{replay.ModeLazyNoPrefetch}})
+		Run: "c", Concurrency: []int{1}, Modes: []replay.Mode{replay.ModeLazyNoPrefetch},
+		DropStore: func() error { drops++; return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", rep)
-	if rep.Cache != "cold (drop_caches + fadvise)" {
+	if rep.Cache != "cold (drop_caches + fadvise + store cache)" {
 		t.Fatalf("cache %q", rep.Cache)
+	}
+	// Once when the bench starts, once before its one batch.
+	if drops != 2 {
+		t.Errorf("the store cache was dropped %d times, want 2", drops)
 	}
 	ws := uint64(syn.MeanWSFrac * ram)
 	x, _ := rep.Result(replay.ModeLazyNoPrefetch, 1)

@@ -101,17 +101,22 @@
 //
 // # Cold starts
 //
-// By default (DropAll) every batch starts cold: the parent writes 3 to
-// /proc/sys/vm/drop_caches before each batch (root only; it drops all clean
+// By default (DropAll) every batch starts cold: the parent empties the
+// block cache of the process serving the mount (BenchConfig.DropStore; the
+// CLI finds that process through MNT/.status and the store's socket) and
+// then writes 3 to /proc/sys/vm/drop_caches (root only; it drops all clean
 // page cache, dentries and inodes of the machine, including the mount's
 // FUSE pages and its store's files, and is not preceded by sync), and every
 // child drops its file's page cache with posix_fadvise(DONTNEED) when it
-// exits. DropFiles (and DropAll without root, which the report notes) does
-// only the latter: kind to the rest of the machine, but the store behind a
-// mount stays warm and the first batch may find warm files; the report
-// says "cold per file". DropNone keeps everything warm, and then a mode
-// finds, and mincore counts, the pages an earlier mode read around. tmpfs
-// cannot be dropped: a run on tmpfs is always warm. The parent never opens
+// exits. Without DropStore the serving process keeps the blocks the first
+// batch read in its own memory, and later batches (of every mode) load from
+// there instead of from disk; the report notes it. DropFiles (and DropAll
+// without root, which the report notes) does only the fadvise: kind to the
+// rest of the machine, but the store behind a mount stays warm and the
+// first batch may find warm files; the report says "cold per file".
+// DropNone keeps everything warm, and then a mode finds, and mincore
+// counts, the pages an earlier mode read around. tmpfs cannot be dropped: a
+// run on tmpfs is always warm. The parent never opens
 // a .ram file, since on the mount an open starts the working-set prefetch.
 // Other processes that drop caches while a batch runs (benchmarks do) can
 // only lower the page-cache figures of unmapped pages; the private copies

@@ -137,7 +137,8 @@ func runDemo(c *cli.Context) error {
 		return err
 	}
 	say("measuring replays: full eager (a), sparse eager (b), lazy with prefetch (c), lazy without (d)")
-	bc := replay.BenchConfig{Mount: mnt, Run: run, NoPrefetchMount: mntNP, Concurrency: conc, Logger: slog.Default()}
+	bc := replay.BenchConfig{Mount: mnt, Run: run, NoPrefetchMount: mntNP, Concurrency: conc, Logger: slog.Default(),
+		DropStore: func() error { st.DropCache(); return nil }}
 	if err := runBench(c, bc, filepath.Join(dir, "bench.json"), filepath.Join(dir, "bench.png")); err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -107,7 +108,7 @@ func mountAt(c *cli.Context, st *index.Store, mnt string, prefetch string, reg p
 		}
 	}
 	return ckfs.Mount(mnt, ckfs.FromIndex(st), ckfs.MountOptions{
-		Prefetch: prefetch, AllowOther: c.Bool("allow-other"), Logger: slog.Default(), Registry: reg,
+		Prefetch: prefetch, AllowOther: c.Bool("allow-other"), Logger: slog.Default(), Registry: reg, Store: st.Dir(),
 	})
 }
 
@@ -373,8 +374,32 @@ func replayBench(c *cli.Context) error {
 		Logger: slog.Default()}
 	if c.Bool("warm") {
 		cfg.Drop = replay.DropNone
+	} else {
+		cfg.DropStore = storeDropper(c, cfg.Mount)
 	}
 	return runBench(c, cfg, absPath(c, c.String("json")), absPath(c, c.String("plot")))
+}
+
+// storeDropper returns how to empty the block cache of the process serving
+// mnt, found through the store directory in MNT/.status: the store itself
+// when this command runs inside that process, else its socket. nil when the
+// mount does not say (then the bench notes that the store stays warm).
+func storeDropper(c *cli.Context, mnt string) func() error {
+	data, err := os.ReadFile(filepath.Join(mnt, ".status"))
+	if err != nil {
+		return nil
+	}
+	var st struct {
+		Store string `json:"store"`
+	}
+	if json.Unmarshal(data, &st) != nil || st.Store == "" {
+		return nil
+	}
+	if o := owned(c); o != nil && o.st.Dir() == st.Store {
+		return func() error { o.st.DropCache(); return nil }
+	}
+	ctx := c.Context
+	return func() error { return dropStoreCache(ctx, st.Store) }
 }
 
 func runBench(c *cli.Context, cfg replay.BenchConfig, jsonPath, plotPath string) error {

@@ -169,4 +169,14 @@ func TestForwardToOwner(t *testing.T) {
 	if !bytes.Equal(a, b) {
 		t.Fatal("forwarded export differs")
 	}
+	// replay bench empties the owner's block cache through the socket.
+	if st.CacheSize() == 0 {
+		t.Fatal("the export left nothing in the block cache")
+	}
+	if err := dropStoreCache(context.Background(), store); err != nil {
+		t.Fatal(err)
+	}
+	if n := st.CacheSize(); n != 0 {
+		t.Fatalf("block cache holds %d bytes after drop-caches", n)
+	}
 }

@@ -90,6 +90,10 @@ func serveStore(st *index.Store, o *ownedStore) (*storeServer, error) {
 		ri, err := st.Run(r.PathValue("name"))
 		writeJSON(w, ri, err)
 	})
+	mux.HandleFunc("POST /v1/drop-caches", func(w http.ResponseWriter, r *http.Request) {
+		st.DropCache()
+		writeJSON(w, map[string]bool{"dropped": true}, nil)
+	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, map[string]any{"pid": os.Getpid(), "owner": o.what, "store": st.Dir(), "generation": st.Generation()}, nil)
 	})
@@ -198,6 +202,33 @@ func (s *storeServer) Close() {
 	_ = s.srv.Close()
 	s.wg.Wait()
 	_ = os.Remove(s.path)
+}
+
+// dropStoreCache asks the process that owns the store in dir to empty its
+// block cache (replay bench's cold starts).
+func dropStoreCache(ctx context.Context, dir string) error {
+	path, release, err := socketPath(dir)
+	if err != nil {
+		return err
+	}
+	defer release()
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://ckptfs/v1/drop-caches", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("store owner answered %s", resp.Status)
+	}
+	return nil
 }
 
 // forwardCommand sends args to the process that owns dir and copies its
