@@ -29,6 +29,7 @@ func demoCommand() *cli.Command {
 			&cli.StringFlag{Name: "dir", Value: "ckptfs-demo", Usage: "working directory (store, mount, guest files)"},
 			&cli.BoolFlag{Name: "qemu", Usage: "record a QEMU guest (default when QEMU and a guest kernel are there)"},
 			&cli.BoolFlag{Name: "synthetic", Usage: "record the synthetic guest"},
+			&cli.BoolFlag{Name: "exact-ws", Usage: "record exact working sets (record --exact-ws): longer pauses, smaller sparse files"},
 			&cli.StringFlag{Name: "kernel", Usage: "guest kernel (default $CKPTFS_GUEST_DIR/vmlinuz)"},
 			&cli.StringFlag{Name: "initrd", Usage: "guest initramfs (default $CKPTFS_GUEST_DIR/initramfs.gz)"},
 			&cli.IntFlag{Name: "count", Value: 6, Usage: "checkpoints to record"},
@@ -116,6 +117,7 @@ func runDemo(c *cli.Context) error {
 	run := "demo-" + time.Now().Format("20060102-150405")
 	cfg := kvmrec.Config{Run: run, QMPSocket: g.qmp, MemPath: g.mem, Interval: c.Duration("interval"),
 		Count: c.Int("count"), DeviceState: g.kind == "qemu", Logger: slog.Default(), Registerer: reg,
+		ExactWorkingSets: c.Bool("exact-ws"),
 		OnCheckpoint: func(s kvmrec.CheckpointStats) { say("%s", formatCheckpoint(s)) }}
 	if g.kind == "qemu" {
 		args, _ := json.Marshal(g.qemuArg) // a []string always marshals
@@ -220,7 +222,7 @@ func startDemoGuest(c *cli.Context, dir string) (*demoGuest, error) {
 	} else {
 		g.kind = "synthetic"
 		g.cmd = exec.Command(selfPath(), "synth-guest", "-mem", g.mem, "-ram-size", fmt.Sprintf("%dM", ram),
-			"-qmp", g.qmp, "-ws", "0.2", "-dirty", "0.05", "-locality", "0.5", "-tick", "5ms", "-tick-frames", "512")
+			"-qmp", g.qmp, "-ws", "0.2", "-dirty", "0.05", "-locality", "1", "-tick", "5ms", "-tick-frames", "512")
 	}
 	g.cmd.Stdout, g.cmd.Stderr = io.Discard, os.Stderr
 	if err := g.cmd.Start(); err != nil {
