@@ -118,7 +118,7 @@ func runDemo(c *cli.Context) error {
 	cfg := kvmrec.Config{Run: run, QMPSocket: g.qmp, MemPath: g.mem, Interval: c.Duration("interval"),
 		Count: c.Int("count"), DeviceState: g.kind == "qemu", Logger: slog.Default(), Registerer: reg,
 		ExactWorkingSets: c.Bool("exact-ws"),
-		OnCheckpoint: func(s kvmrec.CheckpointStats) { say("%s", formatCheckpoint(s)) }}
+		OnCheckpoint:     func(s kvmrec.CheckpointStats) { say("%s", formatCheckpoint(s)) }}
 	if g.kind == "qemu" {
 		args, _ := json.Marshal(g.qemuArg) // a []string always marshals
 		cfg.Meta = map[string]string{"qemu_args": string(args)}
