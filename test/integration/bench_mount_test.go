@@ -55,6 +55,7 @@ func TestReplayBenchOnMount(t *testing.T) {
 	}
 	var rep struct {
 		RAMSize uint64 `json:"ram_size"`
+		Cache   string `json:"cache"`
 		Results []struct {
 			Mode          string `json:"mode"`
 			Concurrency   int    `json:"concurrency"`
@@ -65,6 +66,11 @@ func TestReplayBenchOnMount(t *testing.T) {
 	}
 	if err := json.Unmarshal(data, &rep); err != nil {
 		t.Fatal(err)
+	}
+	// The bench found the mount's store through MNT/.status and emptied its
+	// block cache before every batch.
+	if rep.Cache != "cold (drop_caches + fadvise + store cache)" {
+		t.Errorf("cache %q: the mount's store cache was not dropped", rep.Cache)
 	}
 	var meanWS float64
 	for _, n := range wsFrames[:3] { // intervals 0..2 have working sets
