@@ -93,3 +93,48 @@ func TestCorruption(t *testing.T) {
 		st.Close()
 	}
 }
+
+// TestDropCache: the block cache empties, and the calls are harmless after
+// Close.
+func TestDropCache(t *testing.T) {
+	st, err := Open(t.TempDir(), Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := st.CreateRun(RunSpec{Name: "r", RAMSize: 64 * PageSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := make([]byte, PageSize)
+	for p := uint64(0); p < 64; p++ {
+		frame[0], frame[1] = byte(p), 1
+		if err := w.Put(p, frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := w.Commit(context.Background(), CommitInfo{}); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	st.Flush()
+	c, err := st.OpenCheckpoint("r", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ReadFrames(0, make([]byte, 64*PageSize)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if st.CacheSize() == 0 {
+		t.Fatal("reading left nothing in the block cache")
+	}
+	st.DropCache()
+	if n := st.CacheSize(); n != 0 {
+		t.Fatalf("%d bytes cached after DropCache", n)
+	}
+	st.Close()
+	st.DropCache()
+	if st.CacheSize() != 0 {
+		t.Fatal("CacheSize after Close")
+	}
+}

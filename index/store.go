@@ -61,7 +61,7 @@ type Store struct {
 	db     *pebble.DB
 	opts   Options
 	popts  *pebble.Options
-	cache  *pebble.Cache
+	cache  *pebble.Cache // released by Close: DropCache and CacheSize check mu.closed
 	log    *slog.Logger
 	lockFD int
 
@@ -79,6 +79,7 @@ type Store struct {
 		// open checkpoint handles, closed with the store: Pebble refuses
 		// to close with iterators still open.
 		checkpoints map[*Checkpoint]struct{}
+		closed      bool // Close has begun; the block cache may be gone
 	}
 }
 
@@ -173,6 +174,9 @@ func (s *Store) Generation() uint64 { return s.generation.Load() }
 
 // Close closes the store and releases its lock.
 func (s *Store) Close() error {
+	s.mu.Lock()
+	s.mu.closed = true
+	s.mu.Unlock()
 	s.bgCancel()
 	s.bg.Wait()
 	s.mu.Lock()
@@ -489,13 +493,26 @@ func compressionProfile(name string) (*sstable.CompressionProfile, error) {
 
 var _ io.Closer = (*Store)(nil)
 
-// CacheSize is the number of bytes in the store's block cache.
-func (s *Store) CacheSize() int64 { return s.cache.Size() }
+// CacheSize is the number of bytes in the store's block cache (0 once
+// closed).
+func (s *Store) CacheSize() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return 0
+	}
+	return s.cache.Size()
+}
 
 // DropCache empties the store's block cache (blocks that readers hold stay
 // until they let go), so that the next reads go to the files, which a
 // drop_caches can then make cold. Benchmarks use it to measure cold loads.
 func (s *Store) DropCache() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return
+	}
 	release := s.cache.Reserve(int(s.cache.MaxSize()))
 	release()
 }
