@@ -10,7 +10,7 @@
 //	MNT/<run>/<i>.json          interval stats and this mount's counters
 //	MNT/<run>/<i>.dev           device state of checkpoint i, when recorded
 //	MNT/<run>/full/<i>.ram      complete checkpoint i
-//	MNT/.status                 the mount's counters and last error (not listed)
+//	MNT/.status                 the mount's counters, last error and store directory (not listed)
 //
 // # Files
 //
