@@ -132,6 +132,7 @@ func BenchmarkDowntime(b *testing.B) {
 			down := func(cs CheckpointStats) time.Duration { return cs.Downtime }
 			b.ReportMetric(res.ms(50, down), "median-ms")
 			b.ReportMetric(res.ms(99, down), "p99-ms")
+			b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.VMDowntime }), "vm-median-ms")
 			b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Phases.Scan }), "scan-ms")
 			b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Phases.Pageout }), "pageout-ms")
 			b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Phases.Pagemap }), "pagemap-ms")

@@ -275,6 +275,9 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 	c = &capture{}
 	c.stats.Checkpoint = i
 	c.stats.DeferredUnmap = late.took
+	// Events of earlier pauses must not be taken for this one's.
+	r.qmp.DiscardEvents("STOP")
+	r.qmp.DiscardEvents("RESUME")
 	t0 := time.Now()
 	if err := r.qmp.Execute(pctx, "stop", nil, nil); err != nil {
 		var qe *qmp.Error
@@ -290,6 +293,9 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 		cerr := r.resume(ctx)
 		c.stats.Phases.Cont = time.Since(tc)
 		c.stats.Downtime = time.Since(t0)
+		if cerr == nil {
+			c.stats.VMDowntime = r.vmDowntime(ctx)
+		}
 		if !complete {
 			r.pool.put(c.chunks())
 			c = nil
@@ -320,6 +326,23 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 	}
 	complete = true
 	return c, nil
+}
+
+// vmDowntime is the time between the VMM's STOP and RESUME events of the
+// pause that just ended, or 0. A VMM sends each event before its reply to
+// stop and cont, so both are queued by now; the wait is only a bound.
+func (r *recorder) vmDowntime(ctx context.Context) time.Duration {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Millisecond)
+	defer cancel()
+	stop, err := r.qmp.WaitEvent(wctx, "STOP")
+	if err != nil {
+		return 0
+	}
+	resume, err := r.qmp.WaitEvent(wctx, "RESUME")
+	if err != nil || stop.Time.IsZero() || !resume.Time.After(stop.Time) {
+		return 0
+	}
+	return resume.Time.Sub(stop.Time)
 }
 
 // resume sends cont with its own deadline, whatever happened to ctx.

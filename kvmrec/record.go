@@ -97,10 +97,15 @@ type CheckpointStats struct {
 	index.CheckpointStats // as stored: frames, bytes, downtime, ...
 
 	Downtime time.Duration // stop to cont, as the recorder measured it
-	Phases   Phases
-	Present  uint64 // frames present in the VMM's page table (|W_{i-1}|, pagemap tracker)
-	Scanned  uint64 // frames hashed during the pause
-	Copied   uint64 // frames copied during the pause (the changed ones)
+	// VMDowntime is how long the VM itself was stopped: from the VMM's
+	// STOP event to its RESUME event, by the VMM's timestamps. It leaves
+	// out the QMP round trips that Downtime includes; 0 when the VMM sent
+	// no such events.
+	VMDowntime time.Duration
+	Phases     Phases
+	Present    uint64 // frames present in the VMM's page table (|W_{i-1}|, pagemap tracker)
+	Scanned    uint64 // frames hashed during the pause
+	Copied     uint64 // frames copied during the pause (the changed ones)
 	// Deferred is the number of present, changed frames left mapped
 	// during the pause and unmapped after it; they count as touched in
 	// interval i as well (pagemap tracker, not in exact mode).
@@ -290,7 +295,7 @@ func (s *storeLoop) commit(c *capture) error {
 	}
 	s.mu.Unlock()
 	s.r.metrics.observe(cs)
-	s.r.cfg.Logger.Debug("checkpoint", "run", s.r.cfg.Run, "i", ist.Checkpoint, "downtime", cs.Downtime,
+	s.r.cfg.Logger.Debug("checkpoint", "run", s.r.cfg.Run, "i", ist.Checkpoint, "downtime", cs.Downtime, "vm_downtime", cs.VMDowntime,
 		"present", cs.Present, "changed", ist.ChangedFrames, "new", ist.NewFrames, "store", cs.StoreTime)
 	if s.r.cfg.OnCheckpoint != nil {
 		s.r.cfg.OnCheckpoint(cs)

@@ -97,6 +97,11 @@ func TestRecordSynthetic(t *testing.T) {
 				if cs.Checkpoint != i {
 					t.Fatalf("stats %d is checkpoint %d", i, cs.Checkpoint)
 				}
+				// The VM's own downtime (STOP to RESUME events) lies
+				// inside the recorder's stop-to-cont-reply.
+				if cs.VMDowntime <= 0 || cs.VMDowntime > cs.Downtime {
+					t.Errorf("checkpoint %d: VM downtime %v, recorder's %v", i, cs.VMDowntime, cs.Downtime)
+				}
 				if i == 0 {
 					continue
 				}

@@ -274,7 +274,11 @@ func recordCommand() *cli.Command {
 }
 
 func formatCheckpoint(s kvmrec.CheckpointStats) string {
-	return fmt.Sprintf("checkpoint %d: %d changed frames, downtime %s", s.Checkpoint, s.ChangedFrames, s.Downtime.Round(10*time.Microsecond))
+	line := fmt.Sprintf("checkpoint %d: %d changed frames, downtime %s", s.Checkpoint, s.ChangedFrames, s.Downtime.Round(10*time.Microsecond))
+	if s.VMDowntime > 0 {
+		line += fmt.Sprintf(" (VM stopped %s)", s.VMDowntime.Round(10*time.Microsecond))
+	}
+	return line
 }
 
 func replayCommand() *cli.Command {

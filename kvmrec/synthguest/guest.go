@@ -348,16 +348,18 @@ func (g *guest) sleep(ctx context.Context, d time.Duration) {
 }
 
 // stop pauses the workload and writes the truth of the interval that ended.
-func (g *guest) stop() error {
+// It returns when the workload stopped.
+func (g *guest) stop() (time.Time, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !g.mu.running {
-		return nil
+		return time.Now(), nil
 	}
 	g.stopReq.Store(true)
 	for !g.mu.parked {
 		g.mu.cond.Wait()
 	}
+	parked := time.Now()
 	g.mu.running = false
 	g.mu.status = "paused"
 	n := g.mu.pauses
@@ -365,10 +367,10 @@ func (g *guest) stop() error {
 	if g.cfg.TruthDir != "" {
 		if err := g.writeTruthLocked(n); err != nil {
 			g.mu.truthErr = err
-			return err
+			return parked, err
 		}
 	}
-	return nil
+	return parked, nil
 }
 
 func (g *guest) cont() {

@@ -55,8 +55,10 @@ func (cc *conn) send(v any) {
 	_, _ = cc.c.Write(append(b, '\r', '\n'))
 }
 
-func (cc *conn) event(name string, data any) {
-	now := time.Now()
+func (cc *conn) event(name string, data any) { cc.eventAt(name, time.Now(), data) }
+
+// eventAt sends event name with timestamp now.
+func (cc *conn) eventAt(name string, now time.Time, data any) {
 	m := map[string]any{"event": name,
 		"timestamp": map[string]int64{"seconds": now.Unix(), "microseconds": int64(now.Nanosecond() / 1000)}}
 	if data != nil {
@@ -161,11 +163,14 @@ func (cc *conn) exec(cmd string, args json.RawMessage, fds []int) (any, *qmpErro
 		g.mu.Lock()
 		was := g.mu.running
 		g.mu.Unlock()
-		if err := g.stop(); err != nil {
+		parked, err := g.stop()
+		if err != nil {
 			return nil, qerr("GenericError", err.Error())
 		}
 		if was {
-			cc.event("STOP", nil)
+			// Stamped when the workload stopped, like QEMU's STOP
+			// when the vCPUs did, not after the truth files.
+			cc.eventAt("STOP", parked, nil)
 		}
 		return empty, nil
 	case "cont":
