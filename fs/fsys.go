@@ -47,6 +47,7 @@ type fsys struct {
 	windowSem    chan struct{} // bounds concurrent pushes of readahead windows
 	loaders      int           // store readers per prefetch
 	storeDir     string        // MountOptions.Store, for .status
+	pushBufs     chan []byte   // idle push batch buffers (see getPushBuf)
 	splitReaders int           // store readers per large READ
 
 	onPrefetched func(time.Duration) // tests: called when an open prefetch ends
@@ -81,6 +82,7 @@ func newFsys(src Source, opts MountOptions) (*fsys, error) {
 		src:          src,
 		log:          opts.Logger,
 		storeDir:     opts.Store,
+		pushBufs:     make(chan []byte, 16),
 		m:            m,
 		prefetch:     opts.Prefetch != "none",
 		started:      time.Now(),

@@ -196,8 +196,13 @@ func (f *fsys) push(n *ramFile, ck *ckpt, ext extents, p *pusher) {
 	nbuf := min(loaders+2, len(work))
 	free := make(chan []byte, nbuf)
 	for range nbuf {
-		free <- make([]byte, 0, size)
+		free <- f.getPushBuf(size)
 	}
+	defer func() {
+		for range nbuf {
+			f.putPushBuf(<-free)
+		}
+	}()
 	ready := make(chan batch, nbuf)
 	var wg sync.WaitGroup
 	for range loaders {
@@ -306,5 +311,29 @@ func (f *fsys) loadBatches(ctx context.Context, n *ramFile, fr Frames, list *wor
 		} else {
 			b.segs = append(b.segs, segment{w.start, w.end - w.start})
 		}
+	}
+}
+
+// getPushBuf returns an empty batch buffer of capacity size. Full-size ones
+// are kept between pushes: fresh memory costs a page fault per 4 KiB, which
+// is slow on virtual machines that trap to the hypervisor for it.
+func (f *fsys) getPushBuf(size uint64) []byte {
+	if size == pushBatch {
+		select {
+		case b := <-f.pushBufs:
+			return b[:0]
+		default:
+		}
+	}
+	return make([]byte, 0, size)
+}
+
+func (f *fsys) putPushBuf(b []byte) {
+	if cap(b) != pushBatch {
+		return
+	}
+	select {
+	case f.pushBufs <- b:
+	default:
 	}
 }
