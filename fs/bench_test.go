@@ -369,6 +369,7 @@ func benchSeqRead(b *testing.B, cold bool) {
 	file := filepath.Join(mnt, "disk", "full", "0.ram")
 	var fuseT, baseT []time.Duration
 	var reads uint64
+	var faults int64
 	dd(b, "if="+file) // builds the frame map once
 	b.ResetTimer()
 	for range b.N {
@@ -385,12 +386,15 @@ func benchSeqRead(b *testing.B, cold bool) {
 		}
 		r0 := srv.Status().Reads
 		b.StartTimer()
+		f0 := minorFaults()
 		fuseT = append(fuseT, dd(b, "if="+file))
+		faults += minorFaults() - f0
 		b.StopTimer()
 		reads += srv.Status().Reads - r0
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(reads)/float64(b.N), "READs/op")
+	b.ReportMetric(float64(faults)/float64(b.N), "mount-faults/op")
 	if mfs, err := reg.Gather(); err == nil {
 		for _, mf := range mfs {
 			if mf.GetName() == "ckptfs_fs_read_seconds" {
