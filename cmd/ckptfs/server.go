@@ -204,6 +204,15 @@ func (s *storeServer) Close() {
 	_ = os.Remove(s.path)
 }
 
+// socketClient is an HTTP client whose every connection goes to the unix
+// socket at path.
+func socketClient(path string) *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}}
+}
+
 // dropStoreCache asks the process that owns the store in dir to empty its
 // block cache (replay bench's cold starts).
 func dropStoreCache(ctx context.Context, dir string) error {
@@ -212,10 +221,7 @@ func dropStoreCache(ctx context.Context, dir string) error {
 		return err
 	}
 	defer release()
-	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", path)
-	}}}
+	client := socketClient(path)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://ckptfs/v1/drop-caches", nil)
 	if err != nil {
 		return err
@@ -239,10 +245,7 @@ func forwardCommand(ctx context.Context, dir string, args []string, stdout, stde
 		return 0, err
 	}
 	defer release()
-	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", path)
-	}}}
+	client := socketClient(path)
 	cwd, _ := os.Getwd()
 	body, _ := json.Marshal(execRequest{Args: args, Cwd: cwd})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://ckptfs/v1/exec", strings.NewReader(string(body)))
