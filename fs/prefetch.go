@@ -199,8 +199,15 @@ func (f *fsys) push(n *ramFile, ck *ckpt, ext extents, p *pusher) {
 		free <- f.getPushBuf(size)
 	}
 	defer func() {
-		for range nbuf {
-			f.putPushBuf(<-free)
+		// A push that stopped early may have dropped a buffer; keep
+		// what came back, never wait.
+		for {
+			select {
+			case b := <-free:
+				f.putPushBuf(b)
+			default:
+				return
+			}
 		}
 	}()
 	ready := make(chan batch, nbuf)
