@@ -106,6 +106,7 @@ func parseSize(s string) (uint64, error) {
 }
 
 // WaitReady waits until the guest's QMP socket exists, or the deadline.
+// The name appears only once the guest listens (see listenUnix).
 func WaitReady(path string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {

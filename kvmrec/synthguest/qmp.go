@@ -16,8 +16,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// listenUnix listens on path. The socket is bound under a temporary name
+// and renamed once it listens: between bind and listen a connect gets
+// ECONNREFUSED, so a client that waits for the name to appear (as QEMU's
+// users do) must never see it early.
 func listenUnix(path string) (*net.UnixListener, error) {
-	return net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	tmp := path + "~"
+	_ = os.Remove(tmp)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(false) // the caller removes path
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		_ = os.Remove(tmp)
+		return nil, err
+	}
+	return ln, nil
 }
 
 // serve accepts QMP clients until the listener is closed. Like QEMU's
