@@ -17,6 +17,9 @@
 //     staging buffers so that copying never faults; walk the RAM file's
 //     holes when it shrank (see "Punched holes"). Before checkpoint 0:
 //     unmap every present page of the VMM (nothing is recorded yet).
+//     Before every later checkpoint (pagemap tracker): the pre-copy (see
+//     "Pre-copy"), which leaves the pause only what the VM touches during
+//     it.
 //  2. stop. From here on the VM is always resumed (cont with its own
 //     deadline), whatever fails and even when the context is canceled.
 //  3. With device state: pass a pipe (getfd) and start `migrate` to it with
@@ -48,6 +51,29 @@
 // commit (index commits are atomic), and the VM paused if it was killed
 // inside a pause.
 //
+// # Pre-copy
+//
+// Most of a checkpoint's work is done right before the stop, with the VM
+// running, in the order that makes it safe: read the pagemap (P1, the
+// frames touched so far), unmap exactly the P1 pages (no gaps merged: an
+// absent page may be written meanwhile), and only then pread and hash P1
+// and the deferred frames and copy the changed ones (hashes kept aside, not
+// yet the last checkpoint's). A frame written after its unmap faults, so it
+// is present at the stop; a frame that is not present at the stop was not
+// written since its unmap, so it holds what the pre-copy read. The pause
+// then reads the pagemap again (P2), scans P2 against the last checkpoint's
+// hashes, and drops the pre-copied frames it scanned again; W is P1, the
+// deferred frames and P2. The pre-copy is like the pre-copy of live
+// migration, with the page table in place of a dirty log, and converges in
+// one round because the window it leaves is its own run time (10-30 ms).
+//
+// On the test machine (256 MiB synthetic guest, 5 % touched per interval)
+// this cut the median pause from 12.8 ms to 3.2 ms (and from 37 ms to 7.6
+// ms at 20 %), and since few frames are left to unmap after cont the
+// default working sets are as tight as exact mode's. The price is the
+// guest's re-faults of frames it touches during the pre-copy, and the
+// pre-copy's CPU time while the VM runs. Config.NoPrecopy turns it off.
+//
 // # Why unmap while the VM is stopped
 //
 // The pagemap tracker learns that a frame was accessed because its page is
@@ -58,7 +84,9 @@
 // boundary and the changed frame missed. Unmapping while stopped closes
 // that window, and it is also far cheaper: with the vCPU threads idle there
 // are no TLB shootdowns of busy CPUs (DESIGN.md measured ≈ 1 ms against
-// ≈ 70 ms for 256 MiB).
+// ≈ 70 ms for 256 MiB). The pre-copy unmaps while the VM runs but reads
+// only after the unmap, which closes the window another way, and its cost
+// is outside the pause.
 //
 // # Deferred unmapping
 //

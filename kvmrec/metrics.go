@@ -10,6 +10,7 @@ import (
 type metrics struct {
 	downtime    prometheus.Histogram
 	storeTime   prometheus.Histogram
+	precopy     prometheus.Histogram
 	checkpoints prometheus.Counter
 	frames      *prometheus.CounterVec
 	devBytes    prometheus.Counter
@@ -30,13 +31,19 @@ func newMetrics(reg prometheus.Registerer, run string) *metrics {
 			ConstLabels: labels,
 			Buckets:     prometheus.ExponentialBuckets(0.001, 2, 14),
 		}),
+		precopy: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "ckptfs", Subsystem: "kvmrec", Name: "precopy_seconds",
+			Help:        "Pre-copy before each pause, with the VM running.",
+			ConstLabels: labels,
+			Buckets:     prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
 		checkpoints: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "ckptfs", Subsystem: "kvmrec", Name: "checkpoints_total",
 			Help: "Committed checkpoints.", ConstLabels: labels,
 		}),
 		frames: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "ckptfs", Subsystem: "kvmrec", Name: "frames_total",
-			Help:        "Frames by kind: present (working set), scanned (hashed in a pause), dirty (changed, stored).",
+			Help:        "Frames by kind: present (at the stop), scanned (hashed in a pause), precopy_scanned (hashed before it), dirty (changed, stored).",
 			ConstLabels: labels,
 		}, []string{"kind"}),
 		devBytes: prometheus.NewCounter(prometheus.CounterOpts{
@@ -49,6 +56,7 @@ func newMetrics(reg prometheus.Registerer, run string) *metrics {
 	}
 	m.downtime = register(reg, m.downtime)
 	m.storeTime = register(reg, m.storeTime)
+	m.precopy = register(reg, m.precopy)
 	m.checkpoints = register(reg, m.checkpoints)
 	m.frames = register(reg, m.frames)
 	m.devBytes = register(reg, m.devBytes)
@@ -75,6 +83,10 @@ func (m *metrics) observe(cs CheckpointStats) {
 	m.checkpoints.Inc()
 	m.frames.WithLabelValues("present").Add(float64(cs.Present))
 	m.frames.WithLabelValues("scanned").Add(float64(cs.Scanned))
+	m.frames.WithLabelValues("precopy_scanned").Add(float64(cs.PrecopyScanned))
+	if cs.Phases.Precopy > 0 {
+		m.precopy.Observe(cs.Phases.Precopy.Seconds())
+	}
 	m.frames.WithLabelValues("dirty").Add(float64(cs.ChangedFrames))
 	m.devBytes.Add(float64(cs.DeviceStateBytes))
 }

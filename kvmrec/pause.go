@@ -180,7 +180,16 @@ func (r *recorder) close() {
 type staging struct {
 	pfns   []uint64
 	chunks [][]byte
+
+	// A pre-copy staging (see precopy) holds the hash of each frame in
+	// hashes, as the frame may change again before the stop; frames the
+	// pause scans again are dropped.
+	pre    bool
+	hashes []xxh3.Uint128
+	drop   []bool
 }
+
+func (st *staging) dropped(j int) bool { return st.drop != nil && st.drop[j] }
 
 func (st *staging) frame(j int) []byte {
 	off := (j % chunkFrames) * PageSize
@@ -202,12 +211,13 @@ func (st *staging) add(pool *chunkPool, pfn uint64, f []byte) error {
 	return nil
 }
 
-// capture is one checkpoint taken during a pause: the changed frames, in
-// increasing pfn order across its parts.
+// capture is one checkpoint: the changed frames, each part in increasing
+// pfn order, no pfn in two parts (dropped frames aside).
 type capture struct {
 	parts []*staging
 	ws    []span // W of the interval before, when hasWS
 	hasWS bool
+	preWS []span // what precopy found touched (present or deferred)
 	dev   []byte
 	stats CheckpointStats
 }
@@ -223,21 +233,37 @@ func (c *capture) chunks() [][]byte {
 func (c *capture) frames() int {
 	n := 0
 	for _, p := range c.parts {
-		n += len(p.pfns)
+		for j := range p.pfns {
+			if !p.dropped(j) {
+				n++
+			}
+		}
 	}
 	return n
 }
 
-// each calls fn for every frame in increasing pfn order.
+// each calls fn for every frame in increasing pfn order, merging the parts.
 func (c *capture) each(fn func(pfn uint64, frame []byte) error) error {
-	for _, p := range c.parts {
-		for j, pfn := range p.pfns {
-			if err := fn(pfn, p.frame(j)); err != nil {
-				return err
+	pos := make([]int, len(c.parts))
+	for {
+		best := -1
+		for k, p := range c.parts {
+			for pos[k] < len(p.pfns) && p.dropped(pos[k]) {
+				pos[k]++
+			}
+			if pos[k] < len(p.pfns) && (best < 0 || p.pfns[pos[k]] < c.parts[best].pfns[pos[best]]) {
+				best = k
 			}
 		}
+		if best < 0 {
+			return nil
+		}
+		p, j := c.parts[best], pos[best]
+		if err := fn(p.pfns[j], p.frame(j)); err != nil {
+			return err
+		}
+		pos[best]++
 	}
-	return nil
 }
 
 // take pauses the VM and captures checkpoint i. Once `stop` succeeded, the
@@ -275,6 +301,12 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 	c = &capture{}
 	c.stats.Checkpoint = i
 	c.stats.DeferredUnmap = late.took
+	if i > 0 && r.cfg.Tracker == TrackerPagemap && !r.cfg.NoPrecopy {
+		if err := r.precopy(c); err != nil {
+			r.pool.put(c.chunks())
+			return nil, fmt.Errorf("checkpoint %d: %w", i, err)
+		}
+	}
 	// Events of earlier pauses must not be taken for this one's.
 	r.qmp.DiscardEvents("STOP")
 	r.qmp.DiscardEvents("RESUME")
@@ -390,9 +422,9 @@ func (r *recorder) capture(i int, c *capture, zeroed []span) error {
 		c.stats.Present = spanFrames(present)
 		if i > 0 {
 			// The bitmap is built by the store goroutine, after the pause.
-			c.ws = unionSpans(present, r.late)
+			cands = unionSpans(present, r.late)
+			c.ws = unionSpans(cands, c.preWS)
 			c.hasWS = true
-			cands = c.ws
 		}
 		if i == 0 || r.cfg.ExactWorkingSets {
 			go func() {
@@ -435,7 +467,11 @@ func (r *recorder) capture(i int, c *capture, zeroed []span) error {
 		cands = unionSpans(cands, zeroed)
 	}
 	if serr == nil {
-		serr = r.scanAll(cands, c, cls)
+		var parts []*staging
+		parts, serr = r.scanAll(cands, cls, false)
+		c.parts = append(c.parts, parts...)
+		c.stats.Scanned = spanFrames(cands)
+		c.stats.Copied = uint64(framesIn(parts))
 	}
 	if cls != nil {
 		cls.cutoff.Store(true)
@@ -450,6 +486,7 @@ func (r *recorder) capture(i int, c *capture, zeroed []span) error {
 		return perr
 	}
 	r.late = nil
+	c.settlePrecopy(cands, r.hashes)
 	if cls != nil {
 		r.late = unionSpans(cls.late, cls.presentIn(cls.leftover))
 		c.stats.Deferred = spanFrames(r.late)
@@ -726,21 +763,82 @@ func (r *recorder) fileBlocks() (int64, error) {
 	return st.Blocks, nil
 }
 
-// scanAll scans the candidates, in two halves on two goroutines when there
-// are enough of them and two CPUs: reading and hashing run at memory speed,
-// so a second CPU nearly halves the pause.
-func (r *recorder) scanAll(cands []span, c *capture, cls *classifier) error {
-	total := spanFrames(cands)
-	if total < 4096 || runtime.GOMAXPROCS(0) < 2 || !parallelScan {
-		st := &staging{}
-		c.parts = []*staging{st}
-		err := r.scan(cands, st, cls, r.scratch)
-		c.stats.Scanned, c.stats.Copied = total, uint64(len(st.pfns))
+// precopy does most of the pause's work before the stop, with the VM
+// running (see doc.go, "Pre-copy"). It reads the pagemap, unmaps every
+// present frame, and only then hashes the present and deferred frames and
+// copies the changed ones. A frame written after its unmap faults, is
+// present again at the stop, and is scanned again in the pause; any other
+// frame holds at the stop what precopy read.
+func (r *recorder) precopy(c *capture) error {
+	t := time.Now()
+	present, err := r.readPagemap()
+	if err != nil {
 		return err
 	}
+	// No gaps: a frame absent at the pagemap read may be written before
+	// the pageout; unmapping it would hide that write.
+	if err := r.pageout(present, 0); err != nil {
+		return err
+	}
+	// The deferred frames were unmapped by startLate (waitLate): they can
+	// be read now too.
+	c.preWS = unionSpans(present, r.late)
+	r.late = nil
+	parts, err := r.scanAll(c.preWS, nil, true)
+	c.parts = append(c.parts, parts...)
+	c.stats.Phases.Precopy = time.Since(t)
+	c.stats.PrecopyScanned = spanFrames(c.preWS)
+	c.stats.Precopied = uint64(framesIn(parts))
+	return err
+}
+
+// settlePrecopy reconciles the pre-copied frames with the pause's scan of
+// cands: a frame scanned again is dropped from the pre-copy (the pause's
+// copy, or no copy when it is back to its content at the last checkpoint,
+// is the truth); the hash of every other pre-copied frame becomes its hash
+// at this checkpoint.
+func (c *capture) settlePrecopy(cands []span, hashes []xxh3.Uint128) {
+	for _, p := range c.parts {
+		if !p.pre {
+			continue
+		}
+		p.drop = make([]bool, len(p.pfns))
+		k := 0
+		for j, pfn := range p.pfns {
+			for k < len(cands) && cands[k].end <= pfn {
+				k++
+			}
+			if k < len(cands) && cands[k].start <= pfn {
+				p.drop[j] = true
+				continue
+			}
+			hashes[pfn] = p.hashes[j]
+		}
+	}
+}
+
+func framesIn(parts []*staging) int {
+	n := 0
+	for _, p := range parts {
+		n += len(p.pfns)
+	}
+	return n
+}
+
+// scanAll scans the candidates, in two halves on two goroutines when there
+// are enough of them and two CPUs: reading and hashing run at memory speed,
+// so a second CPU nearly halves the pause. With pre, the parts keep the new
+// hashes instead of updating r.hashes (see precopy).
+func (r *recorder) scanAll(cands []span, cls *classifier, pre bool) ([]*staging, error) {
+	total := spanFrames(cands)
+	if total < 4096 || runtime.GOMAXPROCS(0) < 2 || !parallelScan {
+		st := &staging{pre: pre}
+		err := r.scan(cands, st, cls, r.scratch)
+		return []*staging{st}, err
+	}
 	lo, hi := splitSpans(cands, total/2)
-	a, b := &staging{}, &staging{}
-	c.parts = []*staging{a, b}
+	a, b := &staging{pre: pre}, &staging{pre: pre}
+	parts := []*staging{a, b}
 	var cls2 *classifier
 	if cls != nil {
 		cls2 = &classifier{present: cls.present, minRun: cls.minRun, out: cls.out}
@@ -752,13 +850,12 @@ func (r *recorder) scanAll(cands []span, c *capture, cls *classifier) error {
 	go func() { errb <- r.scan(hi, b, cls2, r.scratch2) }()
 	erra := r.scan(lo, a, cls, r.scratch)
 	if err := errors.Join(erra, <-errb); err != nil {
-		return err
+		return parts, err
 	}
 	if cls != nil {
 		cls.join(cls2)
 	}
-	c.stats.Scanned, c.stats.Copied = total, uint64(c.frames())
-	return nil
+	return parts, nil
 }
 
 // parallelScan enables scanAll's second goroutine.
@@ -823,7 +920,11 @@ func (r *recorder) scan(cands []span, st *staging, cls *classifier, scratch []by
 				if err := st.add(&r.pool, p, f); err != nil {
 					return err
 				}
-				r.hashes[p] = h
+				if st.pre {
+					st.hashes = append(st.hashes, h)
+				} else {
+					r.hashes[p] = h
+				}
 			}
 		}
 		if cls != nil {

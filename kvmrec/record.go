@@ -63,8 +63,16 @@ type Config struct {
 	// ExactWorkingSets (pagemap tracker) unmaps the changed frames during
 	// the pause too, instead of right after it: working sets lose the
 	// frames changed in the interval before, but every changed frame costs
-	// the pause a TLB flush (see doc.go, "Deferred unmapping").
+	// the pause a TLB flush (see doc.go, "Deferred unmapping"). With the
+	// pre-copy few frames are left for the pause, so both modes give
+	// about the same pauses and working sets.
 	ExactWorkingSets bool
+	// NoPrecopy (pagemap tracker) does all of a checkpoint's work in the
+	// pause. By default the present frames are unmapped, hashed and the
+	// changed ones copied right before the stop, with the VM running, and
+	// the pause handles only what the VM touched since (see doc.go,
+	// "Pre-copy").
+	NoPrecopy bool
 
 	Logger *slog.Logger // default slog.Default()
 	// OnCheckpoint is called after each commit, in checkpoint order, from
@@ -90,6 +98,9 @@ type Phases struct {
 	Pageout time.Duration // process_madvise(MADV_PAGEOUT) on the present runs
 	Device  time.Duration // waiting for the migration stream
 	Cont    time.Duration // the cont command
+	// Precopy is the work done right before the stop, with the VM
+	// running; not part of the downtime.
+	Precopy time.Duration
 }
 
 // CheckpointStats describe one committed checkpoint.
@@ -103,9 +114,13 @@ type CheckpointStats struct {
 	// no such events.
 	VMDowntime time.Duration
 	Phases     Phases
-	Present    uint64 // frames present in the VMM's page table (|W_{i-1}|, pagemap tracker)
+	Present    uint64 // frames present in the VMM's page table at the stop (pagemap tracker)
 	Scanned    uint64 // frames hashed during the pause
 	Copied     uint64 // frames copied during the pause (the changed ones)
+	// PrecopyScanned and Precopied are the frames hashed and copied before
+	// the stop (see Config.NoPrecopy); a pre-copied frame scanned again in
+	// the pause is copied again or dropped.
+	PrecopyScanned, Precopied uint64
 	// Deferred is the number of present, changed frames left mapped
 	// during the pause and unmapped after it; they count as touched in
 	// interval i as well (pagemap tracker, not in exact mode).

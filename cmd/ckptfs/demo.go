@@ -29,7 +29,7 @@ func demoCommand() *cli.Command {
 			&cli.StringFlag{Name: "dir", Value: "ckptfs-demo", Usage: "working directory (store, mount, guest files)"},
 			&cli.BoolFlag{Name: "qemu", Usage: "record a QEMU guest (default when QEMU and a guest kernel are there)"},
 			&cli.BoolFlag{Name: "synthetic", Usage: "record the synthetic guest"},
-			&cli.BoolFlag{Name: "exact-ws", Usage: "record exact working sets (record --exact-ws): longer pauses, smaller sparse files"},
+			&cli.BoolFlag{Name: "exact-ws", Usage: "record exact working sets (record --exact-ws)"},
 			&cli.StringFlag{Name: "kernel", Usage: "guest kernel (default $CKPTFS_GUEST_DIR/vmlinuz)"},
 			&cli.StringFlag{Name: "initrd", Usage: "guest initramfs (default $CKPTFS_GUEST_DIR/initramfs.gz)"},
 			&cli.IntFlag{Name: "count", Value: 6, Usage: "checkpoints to record"},

@@ -191,7 +191,8 @@ func recordCommand() *cli.Command {
 			&cli.DurationFlag{Name: "duration", Usage: "stop after this long"},
 			&cli.StringFlag{Name: "tracker", Value: kvmrec.TrackerPagemap, Usage: "pagemap (working sets) or hash (dirty frames only)"},
 			&cli.BoolFlag{Name: "device-state", Usage: "save QEMU's device state with every checkpoint"},
-			&cli.BoolFlag{Name: "exact-ws", Usage: "unmap every touched frame during the pause: tighter working sets, longer pauses"},
+			&cli.BoolFlag{Name: "exact-ws", Usage: "unmap every touched frame during the pause, none after it: exact working sets (with pre-copy about as short a pause)"},
+			&cli.BoolFlag{Name: "no-precopy", Usage: "take the whole checkpoint during the pause instead of pre-copying it with the VM running: longer pauses, less work while the VM runs"},
 			&cli.StringFlag{Name: "mount", Usage: "also serve the store at this mount point while recording"},
 			&cli.StringFlag{Name: "prefetch", Value: "ws", Usage: "with --mount: ws or none"},
 			&cli.BoolFlag{Name: "allow-other", Usage: "with --mount: let other users read it"},
@@ -216,7 +217,7 @@ func recordCommand() *cli.Command {
 			cfg := kvmrec.Config{
 				Run: c.String("run"), QMPSocket: absPath(c, c.String("qmp")), MemPath: absPath(c, c.String("mem")),
 				Interval: c.Duration("interval"), Count: c.Int("count"), Duration: c.Duration("duration"),
-				Tracker: c.String("tracker"), DeviceState: c.Bool("device-state"), ExactWorkingSets: c.Bool("exact-ws"),
+				Tracker: c.String("tracker"), DeviceState: c.Bool("device-state"), ExactWorkingSets: c.Bool("exact-ws"), NoPrecopy: c.Bool("no-precopy"),
 				Logger: slog.Default(),
 			}
 			out := c.App.ErrWriter
@@ -277,6 +278,9 @@ func formatCheckpoint(s kvmrec.CheckpointStats) string {
 	line := fmt.Sprintf("checkpoint %d: %d changed frames, downtime %s", s.Checkpoint, s.ChangedFrames, s.Downtime.Round(10*time.Microsecond))
 	if s.VMDowntime > 0 {
 		line += fmt.Sprintf(" (VM stopped %s)", s.VMDowntime.Round(10*time.Microsecond))
+	}
+	if s.Phases.Precopy > 0 {
+		line += fmt.Sprintf(", pre-copy %s", s.Phases.Precopy.Round(10*time.Microsecond))
 	}
 	return line
 }
