@@ -96,7 +96,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	case opts.InMemory:
 		s.fs = vfs.NewMem()
 	default:
-		s.fs = vfs.Default
+		s.fs = sequentialFS{vfs.Default}
 	}
 	comp, err := compressionProfile(opts.Compression)
 	if err != nil {
@@ -515,4 +515,20 @@ func (s *Store) DropCache() {
 	}
 	release := s.cache.Reserve(int(s.cache.MaxSize()))
 	release()
+}
+
+// sequentialFS opens files without Pebble's FADV_RANDOM hint. A frame table
+// is read in long sequential runs (a full image, a working set of one
+// interval), which the kernel's adaptive readahead serves several times
+// faster; its readahead stays small for the random reads of faults.
+type sequentialFS struct{ vfs.FS }
+
+func (fs sequentialFS) Open(name string, opts ...vfs.OpenOption) (vfs.File, error) {
+	kept := opts[:0:0]
+	for _, o := range opts {
+		if o != vfs.RandomReadsOption {
+			kept = append(kept, o)
+		}
+	}
+	return fs.FS.Open(name, kept...)
 }

@@ -170,11 +170,18 @@ func BenchmarkDowntime(b *testing.B) {
 // (it was unmapped), which on a slow machine keeps the synthetic guest below
 // 20 %; the hash tracker leaves the guest alone, so it reaches 20 %.
 func BenchmarkKeepUp(b *testing.B) {
-	for _, tracker := range []string{TrackerPagemap, TrackerHash} {
-		b.Run("tracker="+tracker, func(b *testing.B) {
+	for _, tc := range []struct {
+		tracker   string
+		noPrecopy bool
+	}{{TrackerPagemap, false}, {TrackerPagemap, true}, {TrackerHash, false}} {
+		name := "tracker=" + tc.tracker
+		if tc.noPrecopy {
+			name += "/no-precopy"
+		}
+		b.Run(name, func(b *testing.B) {
 			const interval = time.Second
 			res := benchRecord(b, synthguest.Config{RAMSize: 1 << 30, WSFraction: 0.2, DirtyFraction: 0.2, Locality: 0.25, Seed: 1},
-				Config{Interval: interval, Tracker: tracker})
+				Config{Interval: interval, Tracker: tc.tracker, NoPrecopy: tc.noPrecopy})
 			for _, cs := range res.stats {
 				b.Logf("checkpoint %d: downtime %v scan %v changed %d new %d stored %d MiB store %v lagging %v",
 					cs.Checkpoint, cs.Downtime.Round(time.Millisecond), cs.Phases.Scan.Round(time.Millisecond), cs.ChangedFrames,
