@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	ckfs "github.com/ckptfs/ckptfs/fs"
 	"github.com/ckptfs/ckptfs/index"
 	"github.com/ckptfs/ckptfs/kvmrec"
 	"github.com/ckptfs/ckptfs/replay"
@@ -97,6 +98,7 @@ func runDemo(c *cli.Context) error {
 	for _, m := range []string{mnt, mntNP} {
 		os.MkdirAll(m, 0o700)
 	}
+	ckfs.TuneGC()
 	srv, err := mountAt(c, st, mnt, "ws", reg)
 	if err != nil {
 		return err
