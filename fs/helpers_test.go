@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(childMain(mode, args))
 	}
-	TuneGC() // the benchmarks serve mounts in this process, as the daemon does
+	TuneGC(0) // the benchmarks serve mounts in this process, as the daemon does
 	code := m.Run()
 	cleanupBench()
 	os.Exit(code)

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -397,17 +396,5 @@ func closeOnExecFuse() {
 		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
 			unix.CloseOnExec(fd)
 		}
-	}
-}
-
-// ServeGCPercent is the Go GC target (GOGC) of a process that serves a
-// mount: see doc.go, "Memory".
-const ServeGCPercent = 10
-
-// TuneGC sets the garbage collector of a process that serves a mount to
-// ServeGCPercent, unless the user set GOGC.
-func TuneGC() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(ServeGCPercent)
 	}
 }

@@ -65,6 +65,7 @@ func (f *fsys) startPrefetch(n *ramFile, ck *ckpt) {
 		if f.onPrefetched != nil {
 			f.onPrefetched(time.Since(start))
 		}
+		f.log.Debug("ckptfs: prefetch done", "file", n.path(), "took", time.Since(start), "frames", ws.frames())
 	}) {
 		return
 	}

@@ -56,14 +56,15 @@ type Options struct {
 // owns a store at a time; a second Open of the same directory fails with
 // ErrStoreBusy.
 type Store struct {
-	dir    string
-	fs     vfs.FS
-	db     *pebble.DB
-	opts   Options
-	popts  *pebble.Options
-	cache  *pebble.Cache // released by Close: DropCache and CacheSize check mu.closed
-	log    *slog.Logger
-	lockFD int
+	dir      string
+	fs       vfs.FS
+	db       *pebble.DB
+	opts     Options
+	popts    *pebble.Options
+	cache    *pebble.Cache // released by Close: DropCache and CacheSize check mu.closed
+	cacheCap int64
+	log      *slog.Logger
+	lockFD   int
 
 	bg       sync.WaitGroup // background compactions; Close waits for them
 	bgCtx    context.Context
@@ -115,11 +116,12 @@ func Open(dir string, opts Options) (*Store, error) {
 
 	cacheSize := opts.CacheSize
 	if cacheSize <= 0 {
-		cacheSize = 512 << 20
+		cacheSize = DefaultCacheSize
 	}
 	cache := pebble.NewCache(cacheSize)
 	defer cache.Unref()
 	s.cache = cache
+	s.cacheCap = cacheSize
 	po := &pebble.Options{
 		FS:                 s.fs,
 		Cache:              cache,
@@ -492,6 +494,12 @@ func compressionProfile(name string) (*sstable.CompressionProfile, error) {
 }
 
 var _ io.Closer = (*Store)(nil)
+
+// DefaultCacheSize is the block cache of a store whose Options give none.
+const DefaultCacheSize = 512 << 20
+
+// CacheCapacity is the most bytes the store's block cache holds.
+func (s *Store) CacheCapacity() int64 { return s.cacheCap }
 
 // CacheSize is the number of bytes in the store's block cache (0 once
 // closed).

@@ -98,7 +98,7 @@ func runDemo(c *cli.Context) error {
 	for _, m := range []string{mnt, mntNP} {
 		os.MkdirAll(m, 0o700)
 	}
-	ckfs.TuneGC()
+	ckfs.TuneGC(st.CacheCapacity())
 	srv, err := mountAt(c, st, mnt, "ws", reg)
 	if err != nil {
 		return err

@@ -145,7 +145,7 @@ func mountCommand() *cli.Command {
 				return err
 			}
 			defer stopMetrics()
-			ckfs.TuneGC()
+			ckfs.TuneGC(st.CacheCapacity())
 			srv, err := mountAt(c, st, mnt, c.String("prefetch"), reg)
 			if err != nil {
 				return err
