@@ -9,6 +9,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -175,9 +177,13 @@ func TestBenchCold(t *testing.T) {
 	if rep.Cache != "cold (drop_caches + fadvise + store cache)" {
 		t.Fatalf("cache %q", rep.Cache)
 	}
-	// Once when the bench starts, once before its one batch.
-	if drops != 2 {
-		t.Errorf("the store cache was dropped %d times, want 2", drops)
+	// Once when the bench starts, once before the warm-up's batch and once
+	// before the measured one.
+	if drops != 3 {
+		t.Errorf("the store cache was dropped %d times, want 3", drops)
+	}
+	if !slices.ContainsFunc(rep.Notes, func(n string) bool { return strings.HasPrefix(n, "warm-up:") }) {
+		t.Errorf("no warm-up note in %q", rep.Notes)
 	}
 	ws := uint64(syn.MeanWSFrac * ram)
 	x, _ := rep.Result(replay.ModeLazyNoPrefetch, 1)
