@@ -255,6 +255,9 @@ func (w *RunWriter) newTable(kind string) (*sstable.Writer, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("creating %s: %w", path, err)
 	}
+	// Start writeback every MiB, so that the sync at the end of the table
+	// waits for little: the disk works while the writer still fills it.
+	f = vfs.NewSyncingFile(f, vfs.SyncingFileOptions{BytesPerSync: 1 << 20})
 	o := w.s.popts.MakeWriterOptions(0, w.s.db.TableFormat())
 	return sstable.NewWriter(objstorageprovider.NewFileWritable(f), o), path, nil
 }
