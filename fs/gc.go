@@ -6,6 +6,8 @@ import (
 	"runtime/debug"
 	rtmetrics "runtime/metrics"
 	"sync"
+
+	"github.com/ckptfs/ckptfs/index"
 )
 
 // TuneGC sets the garbage collector of a process that serves a mount whose
@@ -14,13 +16,13 @@ import (
 // 256 MiB over the largest live heap seen so far, and never lowers that
 // limit, so that the memory the process touched stays mapped and is reused
 // instead of being returned to the kernel and faulted in again. An explicit
-// GOGC or GOMEMLIMIT wins. cacheBytes 0 means the store's default 512 MiB.
+// GOGC or GOMEMLIMIT wins. cacheBytes 0 means index.DefaultCacheSize.
 func TuneGC(cacheBytes int64) {
 	if os.Getenv("GOGC") != "" || os.Getenv("GOMEMLIMIT") != "" {
 		return
 	}
 	if cacheBytes <= 0 {
-		cacheBytes = 512 << 20
+		cacheBytes = index.DefaultCacheSize
 	}
 	gcTune.Lock()
 	defer gcTune.Unlock()

@@ -62,10 +62,11 @@ func (f *fsys) startPrefetch(n *ramFile, ck *ckpt) {
 		n.mu.Unlock()
 		start := time.Now()
 		f.push(n, ck, ws, p)
+		took := time.Since(start)
 		if f.onPrefetched != nil {
-			f.onPrefetched(time.Since(start))
+			f.onPrefetched(took)
 		}
-		f.log.Debug("ckptfs: prefetch done", "file", n.path(), "took", time.Since(start), "frames", ws.frames())
+		f.log.Debug("ckptfs: prefetch done", "file", n.path(), "took", took, "frames", ws.frames())
 	}) {
 		return
 	}

@@ -25,8 +25,9 @@
 //  3. With device state: pass a pipe (getfd) and start `migrate` to it with
 //     capability x-ignore-shared, so QEMU saves everything but the shared
 //     RAM, in its migration thread, while the recorder works.
-//  4. Read /proc/PID/pagemap for the RAM mapping: the present pages are
-//     W_{i-1}, the frames interval i-1 touched (plus the deferred frames).
+//  4. Read /proc/PID/pagemap for the RAM mapping: the present pages, with
+//     the deferred frames and what the pre-copy found, are W_{i-1}, the
+//     frames interval i-1 touched.
 //  5. Read the candidate frames (present, deferred, punched; all data for
 //     checkpoint 0; everything for the hash tracker) with pread, hash each
 //     with xxh3-128 and compare with the hash of the last checkpoint; copy
@@ -65,11 +66,12 @@
 // hashes, and drops the pre-copied frames it scanned again; W is P1, the
 // deferred frames and P2. The pre-copy is like the pre-copy of live
 // migration, with the page table in place of a dirty log, and converges in
-// one round because the window it leaves is its own run time (10-30 ms).
+// one round because the window it leaves is its own run time (10-50 ms
+// on the test machine).
 //
 // On the test machine (256 MiB synthetic guest, 5 % touched per interval)
-// this cut the median pause from 12.8 ms to 3.2 ms (and from 37 ms to 7.6
-// ms at 20 %), and since few frames are left to unmap after cont the
+// this cut the median pause from 11.4-12.8 ms to 3.2-4.2 ms (and from
+// 37-42 ms to 7.6-9.7 ms at 20 %), in the same runs, and since few frames are left to unmap after cont the
 // default working sets are as tight as exact mode's. The price is the
 // guest's re-faults of frames it touches during the pre-copy, and the
 // pre-copy's CPU time while the VM runs. Config.NoPrecopy turns it off.

@@ -407,7 +407,8 @@ func (r *recorder) reserve(i int) error {
 // mode and for checkpoint 0 all present frames are unmapped, concurrently
 // with the scan. Else the scan hands the present frames that did not change
 // to a concurrent pageout as it goes, and keeps the changed ones for
-// startLate.
+// startLate. After a pre-copy the candidates are only what the VM touched
+// since it, and settlePrecopy reconciles the two copies.
 func (r *recorder) capture(i int, c *capture, zeroed []span) error {
 	var cands, present []span
 	pageoutDone := make(chan error, 1)

@@ -122,6 +122,17 @@
 // only lower the page-cache figures of unmapped pages; the private copies
 // and mapped pages are not affected.
 //
+// # Warm-up
+//
+// Before anything is timed, every mode runs once over all intervals at K=1
+// with the same drops, and its results are thrown away. The processes
+// involved grow their memory on first use (the mount's heap up to its
+// budget; on a virtual machine the host backs a guest page when it is
+// first touched), and without the warm-up the mode timed first, (a), paid
+// for all of it: 1.0-1.3 s per 256 MiB instead of 0.55 s on the test
+// machine, which made (b) and (c) look 15-20 points better. The report
+// notes the warm-up.
+//
 // # Child processes
 //
 // No measurement runs in the calling process, which may be the process that
