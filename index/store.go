@@ -50,6 +50,9 @@ type Options struct {
 	CacheSize int64
 	// Logger receives the store's log lines (default slog.Default()).
 	Logger *slog.Logger
+	// BufferedTables writes frame tables through the page cache instead of
+	// with O_DIRECT (for the ingest benchmark's comparison).
+	BufferedTables bool
 }
 
 // Store is an open ckptfs store. It is safe for concurrent use. One process

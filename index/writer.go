@@ -251,6 +251,17 @@ var tableSeq atomic.Uint64
 func (w *RunWriter) newTable(kind string) (*sstable.Writer, string, error) {
 	fs := w.s.fs
 	path := fs.PathJoin(w.s.tmpDir(), fmt.Sprintf("%d-%d-%s-%d.sst", w.id, w.next, kind, tableSeq.Add(1)))
+	o := w.s.popts.MakeWriterOptions(0, w.s.db.TableFormat())
+	// Frame tables on disk bypass the page cache (direct.go says why).
+	if _, onDisk := fs.(sequentialFS); onDisk && kind == "frames" && !w.s.opts.BufferedTables {
+		dw, ok, err := createDirect(path)
+		if err != nil {
+			return nil, "", err
+		}
+		if ok {
+			return sstable.NewWriter(dw, o), path, nil
+		}
+	}
 	f, err := fs.Create(path, vfs.WriteCategoryUnspecified)
 	if err != nil {
 		return nil, "", fmt.Errorf("creating %s: %w", path, err)
@@ -258,7 +269,6 @@ func (w *RunWriter) newTable(kind string) (*sstable.Writer, string, error) {
 	// Start writeback every MiB, so that the sync at the end of the table
 	// waits for little: the disk works while the writer still fills it.
 	f = vfs.NewSyncingFile(f, vfs.SyncingFileOptions{BytesPerSync: 1 << 20})
-	o := w.s.popts.MakeWriterOptions(0, w.s.db.TableFormat())
 	return sstable.NewWriter(objstorageprovider.NewFileWritable(f), o), path, nil
 }
 
