@@ -14,6 +14,7 @@ import (
 //	'd' devstate  d | run u32 | interval u32            → QEMU migration stream
 //	'm' run       m | run u32                           → JSON runRecord
 //	'n' name      n | name                              → run u32
+//	'p' pack      p | run u32 | interval u32 | chunk u32 → n × xxh3-64(frame) u64 | n frames
 //	's' sequence  s | "run"                             → next run id u32
 //	'v' version   v | run u32 | pfn u64 | ^interval u32 → kind u8 | ref interval u32 | ref pfn u64
 //	'w' ws        w | run u32 | interval u32            → xxh3-64(bitmap) u64 | roaring portable bitmap
@@ -33,6 +34,7 @@ const (
 	kindDevState keyKind = 'd'
 	kindRun      keyKind = 'm'
 	kindName     keyKind = 'n'
+	kindPack     keyKind = 'p'
 	kindSequence keyKind = 's'
 	kindVersion  keyKind = 'v'
 	kindWS       keyKind = 'w'
@@ -55,6 +57,7 @@ const (
 	versionValLen = 1 + 4 + 8
 	blobHeaderLen = 8
 	wsHeaderLen   = 8
+	packKeyLen    = 1 + 4 + 4 + 4
 )
 
 var sequenceKey = []byte{byte(kindSequence), 'r', 'u', 'n'}
@@ -73,6 +76,20 @@ func appendIntervalKey(dst []byte, kind keyKind, run RunID, interval uint32) []b
 func appendBlobKey(dst []byte, run RunID, interval uint32, pfn uint64) []byte {
 	dst = appendIntervalKey(dst, kindBlob, run, interval)
 	return binary.BigEndian.AppendUint64(dst, pfn)
+}
+
+// appendPackKey encodes the key of chunk chunk of the working-set pack of
+// interval (pack.go).
+func appendPackKey(dst []byte, run RunID, interval, chunk uint32) []byte {
+	dst = appendIntervalKey(dst, kindPack, run, interval)
+	return binary.BigEndian.AppendUint32(dst, chunk)
+}
+
+func decodePackKey(k []byte) (run RunID, interval, chunk uint32, ok bool) {
+	if len(k) != packKeyLen || keyKind(k[0]) != kindPack {
+		return 0, 0, 0, false
+	}
+	return RunID(binary.BigEndian.Uint32(k[1:])), binary.BigEndian.Uint32(k[5:]), binary.BigEndian.Uint32(k[9:]), true
 }
 
 func decodeBlobKey(k []byte) (run RunID, interval uint32, pfn uint64, ok bool) {
@@ -137,6 +154,10 @@ func keyString(k []byte) string {
 	case kindVersion:
 		if r, p, i, ok := decodeVersionKey(k); ok {
 			return fmt.Sprintf("version/run%d/pfn%d/ckpt%d", r, p, i)
+		}
+	case kindPack:
+		if r, i, c, ok := decodePackKey(k); ok {
+			return fmt.Sprintf("pack/run%d/ckpt%d/chunk%d", r, i, c)
 		}
 	case kindCommit, kindDevState, kindWS:
 		if len(k) == 9 {

@@ -27,7 +27,7 @@ type Checkpoint struct {
 	index uint32
 	// Pools of iterators over the run's blobs and over its versions. Narrow
 	// bounds keep each seek off the other kind's tables.
-	blobIters, versionIters chan *pebble.Iterator
+	blobIters, versionIters, packIters chan *pebble.Iterator
 	// poolMu orders putIter against Close: after Close, iterators are
 	// closed instead of pooled, so a read racing with Close cannot leave one
 	// that Pebble would call leaked.
@@ -35,6 +35,9 @@ type Checkpoint struct {
 		sync.Mutex
 		closed bool
 	}
+
+	packMu sync.Mutex
+	pack   *packView
 
 	resolveOnce sync.Once
 	refs        []uint64 // per pfn: 0 = zero frame, else (ref interval+1)<<40 | ref pfn
@@ -54,7 +57,8 @@ func (s *Store) OpenCheckpoint(name string, i int) (*Checkpoint, error) {
 		return nil, fmt.Errorf("%w: run %q has checkpoints 0..%d, not %d", ErrCheckpointMissing, name, ri.Checkpoints-1, i)
 	}
 	c := &Checkpoint{s: s, run: ri, index: uint32(i),
-		blobIters: make(chan *pebble.Iterator, 32), versionIters: make(chan *pebble.Iterator, 8)}
+		blobIters: make(chan *pebble.Iterator, 32), versionIters: make(chan *pebble.Iterator, 8),
+		packIters: make(chan *pebble.Iterator, 8)}
 	s.mu.Lock()
 	s.mu.checkpoints[c] = struct{}{}
 	s.mu.Unlock()
@@ -71,8 +75,11 @@ func (c *Checkpoint) Index() int { return int(c.index) }
 func (c *Checkpoint) Size() uint64 { return c.run.RAMSize }
 
 func (c *Checkpoint) pool(kind keyKind) chan *pebble.Iterator {
-	if kind == kindBlob {
+	switch kind {
+	case kindBlob:
 		return c.blobIters
+	case kindPack:
+		return c.packIters
 	}
 	return c.versionIters
 }
@@ -112,7 +119,7 @@ func (c *Checkpoint) Close() error {
 	c.s.mu.Lock()
 	delete(c.s.mu.checkpoints, c)
 	c.s.mu.Unlock()
-	for _, p := range []chan *pebble.Iterator{c.blobIters, c.versionIters} {
+	for _, p := range []chan *pebble.Iterator{c.blobIters, c.versionIters, c.packIters} {
 	drain:
 		for {
 			select {
@@ -286,6 +293,19 @@ func (c *Checkpoint) ReadFrames(first uint64, dst []byte) error {
 	if len(dst)%PageSize != 0 || first+uint64(len(dst)/PageSize) > c.run.Frames {
 		return fmt.Errorf("%w: read of %d bytes at pfn %d beyond %d frames", ErrBadInput, len(dst), first, c.run.Frames)
 	}
+	// A range inside W_i comes from the interval's pack when it has one.
+	switch ok, err := c.readPacked(first, dst); {
+	case ok:
+		return nil
+	case err != nil:
+		// The frame versions still hold the truth: serve from them.
+		c.s.log.Warn("store: working-set pack unreadable, reading frame versions", "run", c.run.Name, "checkpoint", c.index, "err", err)
+	}
+	return c.readVersions(first, dst)
+}
+
+// readVersions is ReadFrames from the frame versions alone.
+func (c *Checkpoint) readVersions(first uint64, dst []byte) error {
 	if err := c.resolve(); err != nil {
 		return err
 	}
@@ -455,6 +475,8 @@ type IntervalStats struct {
 	BytesStored      uint64 `json:"bytes_stored"` // what checkpoint i+1 added
 	DowntimeNS       int64  `json:"downtime_ns"`  // pause that ended interval i
 	DeviceStateBytes uint64 `json:"device_state_bytes"`
+	// Packed tells whether W_i has a working-set pack (pack.go).
+	Packed bool `json:"ws_packed"`
 	// Checkpoint i itself (the start of the interval).
 	Checkpoint CheckpointStats `json:"checkpoint"`
 }
@@ -482,6 +504,9 @@ func (s *Store) IntervalStats(name string, i int) (IntervalStats, error) {
 	out.NewFrames = next.NewFrames
 	out.BytesStored = next.BytesStored
 	out.DowntimeNS = next.DowntimeNS
+	if out.Packed, err = s.hasPack(id, uint32(i)); err != nil {
+		return IntervalStats{}, err
+	}
 	return out, nil
 }
 

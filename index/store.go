@@ -51,7 +51,7 @@ type Options struct {
 	// Logger receives the store's log lines (default slog.Default()).
 	Logger *slog.Logger
 	// BufferedTables writes frame tables through the page cache instead of
-	// with O_DIRECT (for the ingest benchmark's comparison).
+	// with O_DIRECT (the ingest benchmark's baseline).
 	BufferedTables bool
 }
 
@@ -415,7 +415,7 @@ func (s *Store) DeleteRun(name string) error {
 	b := s.db.NewBatch()
 	defer b.Close()
 	_ = b.Delete(appendNameKey(nil, name), nil)
-	for _, k := range []keyKind{kindBlob, kindCommit, kindDevState, kindRun, kindVersion, kindWS} {
+	for _, k := range []keyKind{kindBlob, kindCommit, kindDevState, kindPack, kindRun, kindVersion, kindWS} {
 		_ = b.DeleteRange(appendRunKey(nil, k, id), runPrefixEnd(k, id), nil)
 	}
 	if err := b.Commit(pebble.Sync); err != nil {

@@ -16,6 +16,7 @@ type VerifyReport struct {
 	Checkpoints int    `json:"checkpoints"`
 	Versions    uint64 `json:"versions"`
 	Blobs       uint64 `json:"blobs"`
+	Packs       int    `json:"packs"`
 	BlobBytes   uint64 `json:"blob_bytes"`
 	// Problems lists every inconsistency found; empty means the store is sound.
 	Problems []string `json:"problems,omitempty"`
@@ -128,6 +129,11 @@ func (s *Store) verifyRun(ctx context.Context, ri RunInfo, rep *VerifyReport, pr
 			progress(256 * PageSize)
 		}
 	}); err != nil {
+		return fmt.Errorf("run %q: %w", name, err)
+	}
+	// Working-set packs: whole, checksummed, and equal to the frame
+	// versions they were built from.
+	if err := s.verifyPacks(ctx, ri, rep); err != nil {
 		return fmt.Errorf("run %q: %w", name, err)
 	}
 	// Versions: committed, well-formed, referring to an existing older blob.

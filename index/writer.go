@@ -249,11 +249,17 @@ func (w *RunWriter) addBlob(pfn uint64, frame []byte) error {
 var tableSeq atomic.Uint64
 
 func (w *RunWriter) newTable(kind string) (*sstable.Writer, string, error) {
-	fs := w.s.fs
-	path := fs.PathJoin(w.s.tmpDir(), fmt.Sprintf("%d-%d-%s-%d.sst", w.id, w.next, kind, tableSeq.Add(1)))
-	o := w.s.popts.MakeWriterOptions(0, w.s.db.TableFormat())
+	return w.s.newTable(w.id, w.next, kind)
+}
+
+// newTable creates a table file for ingestion in the store's tmp directory.
+// Tables of kind "frames" and "pack" hold frame data.
+func (s *Store) newTable(id RunID, interval uint32, kind string) (*sstable.Writer, string, error) {
+	fs := s.fs
+	path := fs.PathJoin(s.tmpDir(), fmt.Sprintf("%d-%d-%s-%d.sst", id, interval, kind, tableSeq.Add(1)))
+	o := s.popts.MakeWriterOptions(0, s.db.TableFormat())
 	// Frame tables on disk bypass the page cache (direct.go says why).
-	if _, onDisk := fs.(sequentialFS); onDisk && kind == "frames" && !w.s.opts.BufferedTables {
+	if _, onDisk := fs.(sequentialFS); onDisk && (kind == "frames" || kind == "pack") && !s.opts.BufferedTables {
 		dw, ok, err := createDirect(path)
 		if err != nil {
 			return nil, "", err

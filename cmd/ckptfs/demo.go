@@ -38,6 +38,7 @@ func demoCommand() *cli.Command {
 			&cli.IntFlag{Name: "ram-mib", Value: 256},
 			&cli.StringFlag{Name: "concurrency", Value: "1,4", Usage: "replays at once in the bench"},
 			&cli.BoolFlag{Name: "no-wait", Usage: "clean up and exit instead of staying mounted"},
+			noPackFlag,
 		},
 		Action: runDemo,
 	}
@@ -134,6 +135,9 @@ func runDemo(c *cli.Context) error {
 		sum.Checkpoints, sum.MedianDowntime.Round(10*time.Microsecond), sum.P99Downtime.Round(10*time.Microsecond), humanBytes(sum.BytesStored))
 	if g.kind == "synthetic" {
 		g.stop() // the bench wants the machine to itself; a QEMU guest stays up for comparison
+	}
+	if err := packRun(c, st, run); err != nil {
+		return err
 	}
 
 	conc, err := parseInts(c.String("concurrency"))

@@ -198,6 +198,7 @@ func recordCommand() *cli.Command {
 			&cli.StringFlag{Name: "prefetch", Value: "ws", Usage: "with --mount: ws or none"},
 			&cli.BoolFlag{Name: "allow-other", Usage: "with --mount: let other users read it"},
 			&cli.BoolFlag{Name: "cleanup-stale", Usage: "with --mount: unmount a stale mount first"},
+			noPackFlag,
 			metricsFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -230,6 +231,13 @@ func recordCommand() *cli.Command {
 					fmt.Fprintf(c.App.Writer, "recorded %s: %d checkpoints of %s in %s (%s); downtime median %s, p99 %s; %s stored\n",
 						sum.Run, sum.Checkpoints, humanBytes(sum.RAMSize), sum.Elapsed.Round(time.Millisecond), sum.Stopped,
 						sum.MedianDowntime.Round(10*time.Microsecond), sum.P99Downtime.Round(10*time.Microsecond), humanBytes(sum.BytesStored))
+				}
+				if sum.Checkpoints > 1 {
+					// Also after a failure: what was committed is served,
+					// and deserves its packs.
+					if perr := packRun(c, st, sum.Run); err == nil {
+						err = perr
+					}
 				}
 				return err
 			}

@@ -105,7 +105,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) *cli.A
 		ExitErrHandler:  func(*cli.Context, error) {}, // run() reports errors
 		HideHelpCommand: true,
 		Commands: []*cli.Command{
-			importCommand(), exportCommand(), lsCommand(), infoCommand(), verifyCommand(), rmCommand(),
+			importCommand(), exportCommand(), lsCommand(), infoCommand(), verifyCommand(), rmCommand(), packCommand(),
 		},
 		Metadata: map[string]any{ownedKey: owned},
 	}

@@ -19,6 +19,7 @@ func importCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "run", Usage: "name of the new run"},
 			&cli.StringFlag{Name: "ws-dir", Usage: "directory with <i>.ws working sets (list format) for i < n"},
+			noPackFlag,
 		},
 		Action: func(c *cli.Context) error {
 			if c.String("run") == "" {
@@ -46,7 +47,7 @@ func importCommand() *cli.Command {
 				secs := time.Since(start).Seconds()
 				fmt.Fprintf(c.App.Writer, "imported %s: %d checkpoints of %s in %.1fs (%.0f MiB/s)\n", ri.Name, ri.Checkpoints,
 					humanBytes(ri.RAMSize), secs, float64(ri.RAMSize)*float64(ri.Checkpoints)/secs/(1<<20))
-				return nil
+				return packRun(c, st, ri.Name)
 			})
 		},
 	}
@@ -232,4 +233,50 @@ func humanBytes(n uint64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+var noPackFlag = &cli.BoolFlag{Name: "no-pack", Usage: "do not build working-set packs (contiguous copies of each W_i that make sparse loads faster)"}
+
+// packRun builds the working-set packs of a run that has just been
+// written, unless --no-pack. Packs are derived data: a failure leaves
+// every checkpoint intact and is reported, and the run is served without
+// the missing packs.
+func packRun(c *cli.Context, st *index.Store, run string) error {
+	if c.Bool("no-pack") {
+		return nil
+	}
+	if c.Context.Err() != nil {
+		// Stopped by Ctrl-C: the checkpoints are what the user waited for.
+		fmt.Fprintf(c.App.ErrWriter, "working sets of %s not packed; `ckptfs pack %s` builds the packs\n", run, run)
+		return nil
+	}
+	start := time.Now()
+	ps, err := st.PackRun(c.Context, run)
+	if err != nil {
+		return fmt.Errorf("%w (every checkpoint of %s is committed; `ckptfs pack %s` finishes the packs)", err, run, run)
+	}
+	if ps.Intervals > 0 {
+		fmt.Fprintf(c.App.Writer, "packed %d working sets of %s (%s) in %.1fs\n", ps.Intervals, run,
+			humanBytes(ps.Frames*index.PageSize), time.Since(start).Seconds())
+	}
+	return nil
+}
+
+func packCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "pack",
+		Usage:     "build the missing working-set packs of a run (contiguous copies of each W_i for fast sparse loads)",
+		ArgsUsage: "R",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usageErrorf("pack: give one run")
+			}
+			if err := index.ValidRunName(c.Args().First()); err != nil {
+				return usageErrorf("pack: %v", err)
+			}
+			return withStore(c, false, func(st *index.Store) error {
+				return packRun(c, st, c.Args().First())
+			})
+		},
+	}
 }

@@ -1,0 +1,369 @@
+package index
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/RoaringBitmap/roaring/v2"
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/zeebo/xxh3"
+)
+
+// A working-set pack holds the frames of W_i at checkpoint i contiguously,
+// in pfn order: the sparse checkpoint of interval i as one sequential run
+// of large values. It is derived data. The frame versions stay the truth;
+// a pack only lets a replay load W_i with a few large reads instead of
+// one 64 KiB block read per scattered run of frames (a working set in runs
+// of 32 frames needed about 3x its size in blocks, read at random, 200-300
+// ms for 51 MiB cold here). The price is W_i's size again on disk and one
+// read of W_i to build it, so packs are built when a run is finished (or
+// asked for with PackRun), never on the recorder's path.
+//
+// Frame r of W_i (in pfn order, counting from 0) is slot r%packFrames of
+// chunk r/packFrames. A pack is ingested as one table, so it exists whole
+// or not at all.
+
+// packFrames is the number of frames of one pack chunk (512 KiB): one table
+// block, one direct read.
+const packFrames = 128
+
+// packSegment is how many frames of W_i a pack build holds in memory at
+// once (64 MiB); a multiple of packFrames.
+const packSegment = 512 * packFrames
+
+// PackStats describes the packs PackRun built.
+type PackStats struct {
+	Intervals int    // packs built now
+	Frames    uint64 // frames written into them
+	Present   int    // intervals that already had a pack
+}
+
+// PackRun builds the missing working-set packs of run name, in interval
+// order. It is idempotent and safe to call while the run is being recorded
+// (only intervals whose W is known are packed) and concurrently with itself.
+func (s *Store) PackRun(ctx context.Context, name string) (PackStats, error) {
+	var st PackStats
+	ri, err := s.Run(name)
+	if err != nil {
+		return st, err
+	}
+	for i := 0; i < ri.Intervals; i++ {
+		if err := ctx.Err(); err != nil {
+			return st, err
+		}
+		n, built, err := s.buildPack(ctx, ri, i)
+		if err != nil {
+			return st, fmt.Errorf("packing interval %d of %q: %w", i, name, err)
+		}
+		if built {
+			st.Intervals++
+			st.Frames += n
+		} else {
+			st.Present++
+		}
+	}
+	return st, nil
+}
+
+// packLocks serialises builders of the same pack.
+var packLocks sync.Map // string(pack key of chunk 0) → *sync.Mutex
+
+// buildPack writes the pack of interval i unless it exists; it returns the
+// frames packed.
+func (s *Store) buildPack(ctx context.Context, ri RunInfo, i int) (uint64, bool, error) {
+	first := appendPackKey(nil, ri.ID, uint32(i), 0)
+	mu, _ := packLocks.LoadOrStore(string(first), &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	if ok, err := s.hasPack(ri.ID, uint32(i)); err != nil || ok {
+		return 0, false, err
+	}
+	ws, err := s.workingSet(ri.ID, ri.Name, i)
+	if err != nil {
+		return 0, false, err
+	}
+	if ws.IsEmpty() {
+		return 0, false, nil
+	}
+	c, err := s.OpenCheckpoint(ri.Name, i)
+	if err != nil {
+		return 0, false, err
+	}
+	defer c.Close()
+	t, path, err := s.newTable(ri.ID, uint32(i), "pack")
+	if err != nil {
+		return 0, false, err
+	}
+	defer s.fs.Remove(path)
+	// W_i is gathered a segment at a time, each segment's frames read in
+	// blob-key order (sequential in each source table; pfn order would
+	// seek for every run of W), then written out as chunks in pfn order.
+	werr := func() error {
+		total := ws.GetCardinality()
+		seg := make([]byte, min(total, packSegment)*PageSize)
+		pfns := ws.ToArray()
+		for base := uint64(0); base < total; base += packSegment {
+			n := min(total-base, packSegment)
+			part := roaring.New()
+			part.AddMany(pfns[base : base+n])
+			rank := func(pfn uint64) uint64 {
+				return uint64(ws.Rank(uint32(pfn))) - 1 - base
+			}
+			if err := c.forEachFrame(ctx, part, 2, func(_ int, pfn uint64, data []byte) error {
+				r := rank(pfn)
+				copy(seg[r*PageSize:(r+1)*PageSize], data)
+				return nil
+			}); err != nil {
+				return err
+			}
+			for k := uint64(0); k < n; k += packFrames {
+				m := min(n-k, packFrames)
+				frames := seg[k*PageSize : (k+m)*PageSize]
+				val := make([]byte, 0, m*(blobHeaderLen+PageSize))
+				for j := uint64(0); j < m; j++ {
+					val = binary.LittleEndian.AppendUint64(val, xxh3.Hash(frames[j*PageSize:(j+1)*PageSize]))
+				}
+				val = append(val, frames...)
+				if err := t.Set(appendPackKey(nil, ri.ID, uint32(i), uint32((base+k)/packFrames)), val); err != nil {
+					return fmt.Errorf("writing pack table: %w", err)
+				}
+			}
+		}
+		return nil
+	}()
+	if werr != nil {
+		_ = t.Close()
+		return 0, false, werr
+	}
+	if err := t.Close(); err != nil {
+		return 0, false, fmt.Errorf("finishing pack table: %w", err)
+	}
+	if err := s.db.Ingest(ctx, []string{path}); err != nil {
+		return 0, false, fmt.Errorf("ingesting pack: %w", err)
+	}
+	s.generation.Add(1)
+	return ws.GetCardinality(), true, nil
+}
+
+func (s *Store) hasPack(id RunID, i uint32) (bool, error) {
+	key := appendPackKey(nil, id, i, 0)
+	_, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, wrapRead(err, keyString(key))
+	}
+	closer.Close()
+	return true, nil
+}
+
+// HasPack tells whether interval i of run name has a working-set pack.
+func (s *Store) HasPack(name string, i int) (bool, error) {
+	id, err := s.runID(name)
+	if err != nil {
+		return false, err
+	}
+	return s.hasPack(id, uint32(i))
+}
+
+// forEachRun calls fn for every run [start, end) of consecutive pfns in bm,
+// in order, until fn returns false.
+func forEachRun(bm *roaring.Bitmap, fn func(start, end uint64) bool) {
+	it := bm.Iterator()
+	var start, end uint64
+	open := false
+	for it.HasNext() {
+		p := uint64(it.Next())
+		if open && p == end {
+			end++
+			continue
+		}
+		if open && !fn(start, end) {
+			return
+		}
+		start, end, open = p, p+1, true
+	}
+	if open {
+		fn(start, end)
+	}
+}
+
+// packView is what a Checkpoint knows about its interval's pack.
+type packView struct {
+	ws  *roaring.Bitmap // W_i; nil when there is no pack
+	gen uint64          // store generation when this was looked up
+}
+
+// packed returns W_i when interval i (this checkpoint's) has a pack. A
+// missing pack is looked up again once the store's generation moves on, so
+// a long-lived handle finds a pack built after it was opened.
+func (c *Checkpoint) packed() *roaring.Bitmap {
+	gen := c.s.generation.Load()
+	c.packMu.Lock()
+	defer c.packMu.Unlock()
+	if c.pack != nil && (c.pack.ws != nil || c.pack.gen == gen) {
+		return c.pack.ws
+	}
+	v := &packView{gen: gen}
+	if ok, err := c.s.hasPack(c.run.ID, c.index); err == nil && ok {
+		if ws, err := c.s.workingSet(c.run.ID, c.run.Name, int(c.index)); err == nil {
+			v.ws = ws
+		}
+	}
+	c.pack = v
+	return v.ws
+}
+
+// readPacked serves ReadFrames from the pack when every frame asked for is
+// in W_i; ok is false when the pack cannot serve the range.
+func (c *Checkpoint) readPacked(first uint64, dst []byte) (ok bool, err error) {
+	n := uint64(len(dst) / PageSize)
+	if n == 0 || first+n-1 > 1<<32-1 {
+		return false, nil
+	}
+	ws := c.packed()
+	if ws == nil || !ws.Contains(uint32(first)) {
+		return false, nil
+	}
+	r0 := ws.Rank(uint32(first)) - 1
+	if ws.Rank(uint32(first+n-1))-1-r0 != n-1 {
+		return false, nil // a gap: not all of the range is in W_i
+	}
+	it, err := c.getIter(kindPack)
+	if err != nil {
+		return false, wrapRead(err, "iterator")
+	}
+	defer c.putIter(kindPack, it)
+	total := ws.GetCardinality()
+	for k := uint64(0); k < n; {
+		r := r0 + k
+		chunkNo, slot := uint32(r/packFrames), r%packFrames
+		key := appendPackKey(make([]byte, 0, packKeyLen), c.run.ID, c.index, chunkNo)
+		if !(it.Valid() && equalKey(it.Key(), key)) && (!it.SeekGE(key) || !equalKey(it.Key(), key)) {
+			if err := it.Error(); err != nil {
+				return false, wrapRead(err, keyString(key))
+			}
+			return false, corruptf("%s is missing from a pack", keyString(key))
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return false, wrapRead(err, keyString(key))
+		}
+		want := min(uint64(packFrames), total-uint64(chunkNo)*packFrames)
+		if uint64(len(v)) != want*(blobHeaderLen+PageSize) {
+			return false, corruptf("%s has %d bytes, want %d frames", keyString(key), len(v), want)
+		}
+		frames := v[want*blobHeaderLen:]
+		for ; slot < want && k < n; slot, k = slot+1, k+1 {
+			f := frames[slot*PageSize : (slot+1)*PageSize]
+			if binary.LittleEndian.Uint64(v[slot*blobHeaderLen:]) != xxh3.Hash(f) {
+				return false, corruptf("%s: checksum mismatch in slot %d", keyString(key), slot)
+			}
+			copy(dst[k*PageSize:], f)
+		}
+	}
+	return true, nil
+}
+
+// verifyPacks checks every pack of run ri: its interval has a working set,
+// its chunks are numbered without gaps and hold |W_i| frames in all, every
+// frame matches its checksum, and every frame equals what the frame versions
+// give for that pfn at checkpoint i.
+func (s *Store) verifyPacks(ctx context.Context, ri RunInfo, rep *VerifyReport) error {
+	type chunkInfo struct{ frames int }
+	packs := map[uint32][]chunkInfo{}
+	var bad []string
+	if err := s.scanKeys(kindPack, ri.ID, func(k, v []byte) {
+		_, i, c, ok := decodePackKey(k)
+		if !ok {
+			bad = append(bad, fmt.Sprintf("malformed key %s", keyString(k)))
+			return
+		}
+		n := len(v) / (blobHeaderLen + PageSize)
+		if len(v)%(blobHeaderLen+PageSize) != 0 || n == 0 || n > packFrames {
+			bad = append(bad, fmt.Sprintf("%s has %d bytes", keyString(k), len(v)))
+			n = 0
+		}
+		if int(c) != len(packs[i]) {
+			bad = append(bad, fmt.Sprintf("%s: chunks of the pack are not contiguous", keyString(k)))
+		}
+		packs[i] = append(packs[i], chunkInfo{n})
+	}); err != nil {
+		return err
+	}
+	for _, b := range bad {
+		rep.add("run %q: %s", ri.Name, b)
+	}
+	for i, chunks := range packs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ws, err := s.workingSet(ri.ID, ri.Name, int(i))
+		if err != nil {
+			rep.add("run %q: pack of interval %d without a working set: %v", ri.Name, i, err)
+			continue
+		}
+		total := 0
+		for _, c := range chunks {
+			total += c.frames
+		}
+		if uint64(total) != ws.GetCardinality() {
+			rep.add("run %q: pack of interval %d holds %d frames, W has %d", ri.Name, i, total, ws.GetCardinality())
+			continue
+		}
+		rep.Packs++
+		if err := s.comparePack(ri, int(i), ws, rep); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// comparePack reads W_i once through the pack and once through the frame
+// versions and reports every frame that differs.
+func (s *Store) comparePack(ri RunInfo, i int, ws *roaring.Bitmap, rep *VerifyReport) error {
+	c, err := s.OpenCheckpoint(ri.Name, i)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.resolve(); err != nil {
+		return err
+	}
+	var packed, plain []byte
+	var ferr error
+	forEachRun(ws, func(start, end uint64) bool {
+		for p := start; p < end; p += packFrames {
+			n := min(end-p, packFrames) * PageSize
+			packed, plain = grow(packed, n), grow(plain, n)
+			ok, err := c.readPacked(p, packed)
+			if err != nil || !ok {
+				rep.add("run %q: pack of interval %d unreadable at pfn %d: %v", ri.Name, i, p, err)
+				return true
+			}
+			if err := c.readVersions(p, plain); err != nil {
+				ferr = err
+				return false
+			}
+			for k := uint64(0); k < n/PageSize; k++ {
+				if !bytes.Equal(packed[k*PageSize:(k+1)*PageSize], plain[k*PageSize:(k+1)*PageSize]) {
+					rep.add("run %q: pack of interval %d differs from the frame versions at pfn %d", ri.Name, i, p+k)
+				}
+			}
+		}
+		return true
+	})
+	return ferr
+}
+
+func grow(b []byte, n uint64) []byte {
+	if uint64(cap(b)) < n {
+		return make([]byte, n)
+	}
+	return b[:n]
+}
