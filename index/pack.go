@@ -47,6 +47,18 @@ type PackStats struct {
 // (only intervals whose W is known are packed) and concurrently with itself.
 func (s *Store) PackRun(ctx context.Context, name string) (PackStats, error) {
 	var st PackStats
+	// Registered before the run is looked up: DeleteRun refuses a run
+	// being packed, so a pack is never ingested after its run is gone.
+	s.mu.Lock()
+	s.mu.packing[name]++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		if s.mu.packing[name]--; s.mu.packing[name] == 0 {
+			delete(s.mu.packing, name)
+		}
+		s.mu.Unlock()
+	}()
 	ri, err := s.Run(name)
 	if err != nil {
 		return st, err

@@ -80,6 +80,7 @@ type Store struct {
 	mu struct {
 		sync.Mutex
 		writers map[string]bool // runs being written by a RunWriter
+		packing map[string]int  // runs whose packs PackRun is building
 		// open checkpoint handles, closed with the store: Pebble refuses
 		// to close with iterators still open.
 		checkpoints map[*Checkpoint]struct{}
@@ -167,6 +168,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	s.db = db
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	s.mu.writers = map[string]bool{}
+	s.mu.packing = map[string]int{}
 	s.mu.checkpoints = map[*Checkpoint]struct{}{}
 	return s, nil
 }
@@ -402,11 +404,17 @@ func (s *Store) DeleteRun(name string) error {
 	if err := ValidRunName(name); err != nil {
 		return err
 	}
+	// s.mu is held until the deletion is durable: PackRun registers under
+	// it, so no pack can start on a run that is going away.
 	s.mu.Lock()
-	busy := s.mu.writers[name]
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	busy, packing := s.mu.writers[name], s.mu.packing[name] > 0
 	if busy {
 		return fmt.Errorf("run %q is being written; stop the recording first", name)
+	}
+	if packing {
+		// A pack ingested after the deletion would outlive the run.
+		return fmt.Errorf("run %q is being packed; try again when `ckptfs pack` or the recording has finished", name)
 	}
 	id, err := s.runID(name)
 	if err != nil {
@@ -426,7 +434,9 @@ func (s *Store) DeleteRun(name string) error {
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
-		_ = s.db.Compact(s.bgCtx, appendRunKey(nil, kindBlob, id), runPrefixEnd(kindBlob, id), false)
+		for _, k := range []keyKind{kindBlob, kindPack} {
+			_ = s.db.Compact(s.bgCtx, appendRunKey(nil, k, id), runPrefixEnd(k, id), false)
+		}
 	}()
 	return nil
 }
