@@ -25,7 +25,8 @@ import (
 // baseline measured right before it); every page fault happens in a child
 // process. The guest RAM size is 256 MiB, 1 GiB with CKPTFS_BENCH_BIG=1, or
 // CKPTFS_BENCH_MB. Sources: "mem" (an in-memory Source: the mount's own
-// cost) and "disk" (an on-disk index store with default options).
+// cost) and "disk" (an on-disk index store with default options, the run
+// packed as import and record leave it).
 
 func benchFrames() uint64 {
 	if v, err := strconv.Atoi(os.Getenv("CKPTFS_BENCH_MB")); err == nil && v > 0 {
@@ -113,28 +114,16 @@ func newBenchData(frames uint64) (*benchData, error) {
 	if d.store, err = index.Open(filepath.Join(d.dir, "store"), index.Options{Create: true}); err != nil {
 		return nil, err
 	}
-	w, err := d.store.CreateRun(index.RunSpec{Name: "disk", RAMSize: frames * pageSize, Recorder: "bench", Tracker: "bench"})
-	if err != nil {
-		return nil, err
-	}
-	zero := make([]byte, pageSize)
-	for p := uint64(0); p < frames; p++ {
-		fr := d.image[p*pageSize : (p+1)*pageSize]
-		if string(fr) == string(zero) {
-			continue
-		}
-		if err := w.Put(p, fr); err != nil {
+	// "disk" is the run as import and record leave it, with its
+	// working-set pack; "unpacked" the same run without (--no-pack).
+	for _, name := range []string{"disk", "unpacked"} {
+		if err := d.writeRun(name); err != nil {
 			return nil, err
 		}
 	}
-	ctx := context.Background()
-	if _, err := w.Commit(ctx, index.CommitInfo{}); err != nil {
+	if _, err := d.store.PackRun(context.Background(), "disk"); err != nil {
 		return nil, err
 	}
-	if _, err := w.Commit(ctx, index.CommitInfo{WorkingSet: d.ws}); err != nil {
-		return nil, err
-	}
-	w.Close()
 	if err := d.store.Flush(); err != nil {
 		return nil, err
 	}
@@ -172,7 +161,33 @@ func newBenchData(frames uint64) (*benchData, error) {
 	return d, nil
 }
 
-// source returns the named source: "mem" or "disk".
+// writeRun stores the image as checkpoints 0 and 1 of run name, with W_0.
+func (d *benchData) writeRun(name string) error {
+	w, err := d.store.CreateRun(index.RunSpec{Name: name, RAMSize: d.frames * pageSize, Recorder: "bench", Tracker: "bench"})
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	zero := make([]byte, pageSize)
+	for p := uint64(0); p < d.frames; p++ {
+		fr := d.image[p*pageSize : (p+1)*pageSize]
+		if string(fr) == string(zero) {
+			continue
+		}
+		if err := w.Put(p, fr); err != nil {
+			return err
+		}
+	}
+	ctx := context.Background()
+	if _, err := w.Commit(ctx, index.CommitInfo{}); err != nil {
+		return err
+	}
+	_, err = w.Commit(ctx, index.CommitInfo{WorkingSet: d.ws})
+	return err
+}
+
+// source returns the named source: "mem", or "disk" and "unpacked" (runs of
+// the on-disk store).
 func (d *benchData) source(name string) Source {
 	if name == "mem" {
 		return d.mem
@@ -226,10 +241,14 @@ func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 
 // BenchmarkWSFaultIn: a child maps <0>.ram and touches every working-set
 // frame in order; the time includes open (which starts the prefetch) and
-// mmap. Baseline: the same touches on the same sparse image in tmpfs.
+// mmap. Baseline: the same touches on the same sparse image in tmpfs. The
+// unpacked source is the store without the working-set pack.
 func BenchmarkWSFaultIn(b *testing.B) {
-	for _, src := range []string{"mem", "disk"} {
+	for _, src := range []string{"mem", "disk", "unpacked"} {
 		for _, pf := range []string{"ws", "none"} {
+			if src == "unpacked" && pf == "none" {
+				continue // without prefetch the pack is not read
+			}
 			b.Run("src="+src+"/prefetch="+pf, func(b *testing.B) { benchWSFaultIn(b, src, pf) })
 		}
 	}
