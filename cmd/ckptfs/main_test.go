@@ -47,8 +47,12 @@ func TestStoreCommands(t *testing.T) {
 	os.WriteFile(filepath.Join(wsDir, "0.ws"), []byte("0-9,40\n"), 0o600)
 	os.WriteFile(filepath.Join(wsDir, "1.ws"), []byte("1-5\n"), 0o600)
 
-	if code, _, errs := ckptfs(t, "--store", store, "import", "--run", "r1", "--ws-dir", wsDir, dumps[0], dumps[1], dumps[2]); code != 0 {
-		t.Fatalf("import: %d %s", code, errs)
+	if code, out, errs := ckptfs(t, "--store", store, "import", "--run", "r1", "--ws-dir", wsDir, dumps[0], dumps[1], dumps[2]); code != 0 || !strings.Contains(out, "packed 2 working sets") {
+		t.Fatalf("import: %d %q %s", code, out, errs)
+	}
+	// Import packed both working sets; pack finds nothing left to do.
+	if code, out, errs := ckptfs(t, "--store", store, "pack", "r1"); code != 0 || out != "" {
+		t.Fatalf("pack after import: %d %q %s", code, out, errs)
 	}
 	code, out, _ := ckptfs(t, "--store", store, "ls")
 	if code != 0 || !strings.Contains(out, "r1") {
@@ -69,7 +73,7 @@ func TestStoreCommands(t *testing.T) {
 			t.Fatalf("export of checkpoint %d differs from its dump", i)
 		}
 	}
-	if code, out, errs := ckptfs(t, "--store", store, "verify"); code != 0 || !strings.HasPrefix(out, "ok:") {
+	if code, out, errs := ckptfs(t, "--store", store, "verify"); code != 0 || !strings.HasPrefix(out, "ok:") || !strings.Contains(out, "2 working-set packs") {
 		t.Fatalf("verify: %d %q %q", code, out, errs)
 	}
 	if code, _, _ := ckptfs(t, "--store", store, "rm", "r1"); code != 0 {

@@ -173,8 +173,8 @@ func infoCommand() *cli.Command {
 					fmt.Fprintf(c.App.Writer, "run:         %s\nram:         %s (%d frames of %d bytes)\ncheckpoints: %d\nintervals:   %d (with working sets)\nrecorder:    %s\ntracker:     %s\ncreated:     %s\n",
 						x.Name, humanBytes(x.RAMSize), x.Frames, x.PageSize, x.Checkpoints, x.Intervals, x.Recorder, x.Tracker, x.Created.Local().Format(time.RFC3339))
 				case index.IntervalStats:
-					fmt.Fprintf(c.App.Writer, "interval:      %d\nws frames:     %d\ndirty frames:  %d\nnew frames:    %d\nbytes stored:  %s\ndowntime:      %s\ndevice state:  %s\n",
-						x.Interval, x.WorkingSetFrames, x.DirtyFrames, x.NewFrames, humanBytes(x.BytesStored), time.Duration(x.DowntimeNS), humanBytes(x.DeviceStateBytes))
+					fmt.Fprintf(c.App.Writer, "interval:      %d\nws frames:     %d\ndirty frames:  %d\nnew frames:    %d\nbytes stored:  %s\ndowntime:      %s\ndevice state:  %s\nws packed:     %t\n",
+						x.Interval, x.WorkingSetFrames, x.DirtyFrames, x.NewFrames, humanBytes(x.BytesStored), time.Duration(x.DowntimeNS), humanBytes(x.DeviceStateBytes), x.Packed)
 				}
 				return nil
 			})
@@ -198,8 +198,8 @@ func verifyCommand() *cli.Command {
 				if err != nil {
 					return fmt.Errorf("verify failed: %w", err)
 				}
-				fmt.Fprintf(c.App.Writer, "ok: %d runs, %d checkpoints, %d versions, %d frames (%s) verified\n",
-					rep.Runs, rep.Checkpoints, rep.Versions, rep.Blobs, humanBytes(rep.BlobBytes))
+				fmt.Fprintf(c.App.Writer, "ok: %d runs, %d checkpoints, %d versions, %d frames (%s), %d working-set packs verified\n",
+					rep.Runs, rep.Checkpoints, rep.Versions, rep.Blobs, humanBytes(rep.BlobBytes), rep.Packs)
 				return nil
 			})
 		},
