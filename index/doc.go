@@ -27,6 +27,16 @@
 //     Pebble's own block checksums are reported the same way (IsCorruption).
 //   - One process owns a store: Open takes an flock on ckptfs.lock and a
 //     second Open fails with ErrStoreBusy.
+//   - A working-set pack (pack.go) is derived data: W_i's frames at
+//     checkpoint i, copied contiguously so that a sparse load reads a few
+//     large blocks. It is built after the checkpoints it copies are
+//     committed, ingested whole or not at all, read only for ranges that
+//     lie inside W_i, and checked by Verify against the frame versions. A
+//     damaged pack costs a log line and a slower read from the versions,
+//     never wrong bytes; a missing pack only costs speed.
+//   - Frame and pack tables are written with O_DIRECT (direct.go): the page
+//     cache gains nothing from holding what was just written, and filling
+//     it was most of the store's write time on virtual machines.
 //
 // Key layout and value formats are documented in keys.go, the only file
 // that encodes keys.
