@@ -1,0 +1,68 @@
+package integration
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestPackKilled kills `ckptfs pack` with SIGKILL at several moments: the
+// store must verify clean every time, every checkpoint must export as its
+// dump, and a later `ckptfs pack` must finish the packs (which verify then
+// compares with the frame versions).
+func TestPackKilled(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	const frames = 16384 // 64 MiB
+	img := make([]byte, frames*4096)
+	rand.Read(img)
+	wsDir := filepath.Join(dir, "ws")
+	os.Mkdir(wsDir, 0o700)
+	var dumps []string
+	for i := 0; i < 4; i++ {
+		p := filepath.Join(dir, fmt.Sprintf("dump%d", i))
+		os.WriteFile(p, img, 0o600)
+		dumps = append(dumps, p)
+		// W_i: every other run of 16 frames, half of RAM.
+		var list []string
+		for s := i; s+16 <= frames; s += 32 {
+			list = append(list, fmt.Sprintf("%d-%d", s, s+15))
+		}
+		os.WriteFile(filepath.Join(wsDir, fmt.Sprintf("%d.ws", i)), []byte(strings.Join(list, ",")+"\n"), 0o600)
+		rand.Read(img[:frames/8*4096])
+	}
+	mustCkptfs(t, store, append([]string{"import", "--no-pack", "--run", "k", "--ws-dir", wsDir}, dumps...)...)
+
+	for _, delay := range []time.Duration{5 * time.Millisecond, 40 * time.Millisecond, 120 * time.Millisecond, 300 * time.Millisecond} {
+		cmd := exec.Command(ckptfsBin, "--store", store, "pack", "k")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(delay)
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+		out := mustCkptfs(t, store, "verify", "k")
+		t.Logf("killed after %v: %s", delay, strings.TrimSpace(out))
+	}
+	mustCkptfs(t, store, "pack", "k")
+	out := mustCkptfs(t, store, "verify", "k")
+	if !strings.Contains(out, "3 working-set packs") {
+		t.Fatalf("after a full pack, verify says %q; want 3 packs", out)
+	}
+	for i, d := range dumps {
+		exp := filepath.Join(dir, "exp")
+		mustCkptfs(t, store, "export", "--run", "k", "--interval", fmt.Sprint(i), exp)
+		a, _ := os.ReadFile(exp)
+		b, _ := os.ReadFile(d)
+		if !bytes.Equal(a, b) {
+			t.Fatalf("checkpoint %d differs from its dump after the killed packs", i)
+		}
+	}
+}
