@@ -9,12 +9,12 @@ import (
 // that byte order is numeric order. The one-byte kind prefixes and the value
 // layouts below are part of the on-disk format: never renumber them.
 //
+//	'a' pack      a | run u32 | interval u32 | chunk u32 → n × xxh3-64(frame) u64 | n frames
 //	'b' blob      b | run u32 | interval u32 | pfn u64  → xxh3-64(frame) u64 | frame
 //	'c' commit    c | run u32 | interval u32            → JSON CheckpointStats
 //	'd' devstate  d | run u32 | interval u32            → QEMU migration stream
 //	'm' run       m | run u32                           → JSON runRecord
 //	'n' name      n | name                              → run u32
-//	'p' pack      p | run u32 | interval u32 | chunk u32 → n × xxh3-64(frame) u64 | n frames
 //	's' sequence  s | "run"                             → next run id u32
 //	'v' version   v | run u32 | pfn u64 | ^interval u32 → kind u8 | ref interval u32 | ref pfn u64
 //	'w' ws        w | run u32 | interval u32            → xxh3-64(bitmap) u64 | roaring portable bitmap
@@ -22,6 +22,9 @@ import (
 // A version key stores the interval inverted so that, for one pfn, the newest
 // version sorts first: SeekGE(v|run|pfn|^i) lands on the newest version at or
 // before checkpoint i in one seek, however many checkpoints the run has.
+// Frame data ('a' packs, 'b' blobs) sorts before every other kind, so that
+// an ingested frame or pack table overlaps no meta table (c..w) and Pebble
+// places it at the bottom level, where it is never rewritten.
 // The presence of the 'c' key is what makes a checkpoint visible; it is always
 // written in the same atomic ingest or batch as everything it refers to.
 
@@ -29,12 +32,12 @@ import (
 type keyKind byte
 
 const (
+	kindPack     keyKind = 'a'
 	kindBlob     keyKind = 'b'
 	kindCommit   keyKind = 'c'
 	kindDevState keyKind = 'd'
 	kindRun      keyKind = 'm'
 	kindName     keyKind = 'n'
-	kindPack     keyKind = 'p'
 	kindSequence keyKind = 's'
 	kindVersion  keyKind = 'v'
 	kindWS       keyKind = 'w'
