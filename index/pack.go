@@ -37,6 +37,7 @@ const packSegment = 512 * packFrames
 
 // PackStats describes the packs PackRun built.
 type PackStats struct {
+	Empty     int    // intervals with an empty W_i: nothing to pack
 	Intervals int    // packs built now
 	Frames    uint64 // frames written into them
 	Present   int    // intervals that already had a pack
@@ -47,18 +48,8 @@ type PackStats struct {
 // (only intervals whose W is known are packed) and concurrently with itself.
 func (s *Store) PackRun(ctx context.Context, name string) (PackStats, error) {
 	var st PackStats
-	// Registered before the run is looked up: DeleteRun refuses a run
-	// being packed, so a pack is never ingested after its run is gone.
-	s.mu.Lock()
-	s.mu.packing[name]++
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		if s.mu.packing[name]--; s.mu.packing[name] == 0 {
-			delete(s.mu.packing, name)
-		}
-		s.mu.Unlock()
-	}()
+	ps := s.startPacking(name)
+	defer s.endPacking(name)
 	ri, err := s.Run(name)
 	if err != nil {
 		return st, err
@@ -67,39 +58,87 @@ func (s *Store) PackRun(ctx context.Context, name string) (PackStats, error) {
 		if err := ctx.Err(); err != nil {
 			return st, err
 		}
-		n, built, err := s.buildPack(ctx, ri, i)
-		if err != nil {
+		n, built, err := s.buildPack(ctx, ps, ri, i)
+		switch {
+		case err != nil:
 			return st, fmt.Errorf("packing interval %d of %q: %w", i, name, err)
-		}
-		if built {
+		case built:
 			st.Intervals++
 			st.Frames += n
-		} else {
+		case n == 0:
+			st.Empty++
+		default:
 			st.Present++
 		}
 	}
 	return st, nil
 }
 
-// packLocks serialises builders of the same pack.
-var packLocks sync.Map // string(pack key of chunk 0) → *sync.Mutex
-
-// buildPack writes the pack of interval i unless it exists; it returns the
-// frames packed.
-func (s *Store) buildPack(ctx context.Context, ri RunInfo, i int) (uint64, bool, error) {
-	first := appendPackKey(nil, ri.ID, uint32(i), 0)
-	mu, _ := packLocks.LoadOrStore(string(first), &sync.Mutex{})
-	mu.(*sync.Mutex).Lock()
-	defer mu.(*sync.Mutex).Unlock()
-	if ok, err := s.hasPack(ri.ID, uint32(i)); err != nil || ok {
-		return 0, false, err
+// PackInterval builds the pack of interval i of run name unless it exists
+// or W_i is empty; it returns the frames packed. The recorder calls it as
+// each W_i becomes known (kvmrec Config.PackLive).
+func (s *Store) PackInterval(ctx context.Context, name string, i int) (uint64, error) {
+	ps := s.startPacking(name)
+	defer s.endPacking(name)
+	ri, err := s.Run(name)
+	if err != nil {
+		return 0, err
 	}
+	if i < 0 || i >= ri.Intervals {
+		return 0, fmt.Errorf("%w: interval %d of %q", ErrNoWorkingSet, i, name)
+	}
+	n, built, err := s.buildPack(ctx, ps, ri, i)
+	if err != nil {
+		return 0, fmt.Errorf("packing interval %d of %q: %w", i, name, err)
+	}
+	if !built {
+		return 0, nil
+	}
+	return n, nil
+}
+
+// packState is a run whose packs are being built.
+type packState struct {
+	users int
+	mu    sync.Mutex // serialises the builders of the run's packs
+}
+
+// startPacking registers a builder of name's packs before the run is
+// looked up: DeleteRun refuses a run being packed, so a pack is never
+// ingested after its run is gone.
+func (s *Store) startPacking(name string) *packState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ps := s.mu.packing[name]
+	if ps == nil {
+		ps = &packState{}
+		s.mu.packing[name] = ps
+	}
+	ps.users++
+	return ps
+}
+
+func (s *Store) endPacking(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ps := s.mu.packing[name]; ps != nil {
+		if ps.users--; ps.users == 0 {
+			delete(s.mu.packing, name)
+		}
+	}
+}
+
+// buildPack writes the pack of interval i unless it exists. It returns
+// |W_i|, and whether it built the pack now.
+func (s *Store) buildPack(ctx context.Context, ps *packState, ri RunInfo, i int) (uint64, bool, error) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
 	ws, err := s.workingSet(ri.ID, ri.Name, i)
 	if err != nil {
 		return 0, false, err
 	}
-	if ws.IsEmpty() {
-		return 0, false, nil
+	if ok, err := s.hasPack(ri.ID, uint32(i)); err != nil || ok || ws.IsEmpty() {
+		return ws.GetCardinality(), false, err
 	}
 	c, err := s.OpenCheckpoint(ri.Name, i)
 	if err != nil {

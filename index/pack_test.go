@@ -128,15 +128,11 @@ func TestPack(t *testing.T) {
 
 	c.Close()
 	// A run being packed is not removed: its pack would outlive it.
-	st.mu.Lock()
-	st.mu.packing["r"]++
-	st.mu.Unlock()
+	st.startPacking("r")
 	if err := st.DeleteRun("r"); err == nil || !strings.Contains(err.Error(), "being packed") {
 		t.Fatalf("rm during packing: %v", err)
 	}
-	st.mu.Lock()
-	delete(st.mu.packing, "r")
-	st.mu.Unlock()
+	st.endPacking("r")
 	if err := st.DeleteRun("r"); err != nil {
 		t.Fatal(err)
 	}

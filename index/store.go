@@ -79,8 +79,8 @@ type Store struct {
 
 	mu struct {
 		sync.Mutex
-		writers map[string]bool // runs being written by a RunWriter
-		packing map[string]int  // runs whose packs PackRun is building
+		writers map[string]bool       // runs being written by a RunWriter
+		packing map[string]*packState // runs whose packs are being built
 		// open checkpoint handles, closed with the store: Pebble refuses
 		// to close with iterators still open.
 		checkpoints map[*Checkpoint]struct{}
@@ -168,7 +168,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	s.db = db
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	s.mu.writers = map[string]bool{}
-	s.mu.packing = map[string]int{}
+	s.mu.packing = map[string]*packState{}
 	s.mu.checkpoints = map[*Checkpoint]struct{}{}
 	return s, nil
 }
@@ -408,7 +408,7 @@ func (s *Store) DeleteRun(name string) error {
 	// it, so no pack can start on a run that is going away.
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	busy, packing := s.mu.writers[name], s.mu.packing[name] > 0
+	busy, packing := s.mu.writers[name], s.mu.packing[name] != nil
 	if busy {
 		return fmt.Errorf("run %q is being written; stop the recording first", name)
 	}

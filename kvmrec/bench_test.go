@@ -34,8 +34,9 @@ var benchInterval = func() time.Duration {
 const minBenchCheckpoints = 10
 
 type benchResult struct {
-	mu    sync.Mutex
-	stats []CheckpointStats
+	mu     sync.Mutex
+	stats  []CheckpointStats
+	packed int // intervals with a working-set pack when the recording ended
 }
 
 func (r *benchResult) add(cs CheckpointStats) {
@@ -109,6 +110,11 @@ func benchRecord(b *testing.B, gcfg synthguest.Config, cfg Config) *benchResult 
 	if len(res.stats) < 2 {
 		b.Fatal("no checkpoint after checkpoint 0")
 	}
+	for i := 0; i < len(res.stats)-1; i++ {
+		if ok, _ := st.HasPack(cfg.Run, i); ok {
+			res.packed++
+		}
+	}
 	b.ReportMetric(base, "bare-stop-cont-ms")
 	return res
 }
@@ -178,15 +184,19 @@ func BenchmarkKeepUp(b *testing.B) {
 	for _, tc := range []struct {
 		tracker   string
 		noPrecopy bool
-	}{{TrackerPagemap, false}, {TrackerPagemap, true}, {TrackerHash, false}} {
+		packLive  bool
+	}{{TrackerPagemap, false, false}, {TrackerPagemap, true, false}, {TrackerHash, false, false}, {TrackerPagemap, false, true}} {
 		name := "tracker=" + tc.tracker
 		if tc.noPrecopy {
 			name += "/no-precopy"
 		}
+		if tc.packLive {
+			name += "/pack-live"
+		}
 		b.Run(name, func(b *testing.B) {
 			const interval = time.Second
 			res := benchRecord(b, synthguest.Config{RAMSize: 1 << 30, WSFraction: 0.2, DirtyFraction: 0.2, Locality: 0.25, Seed: 1},
-				Config{Interval: interval, Tracker: tc.tracker, NoPrecopy: tc.noPrecopy})
+				Config{Interval: interval, Tracker: tc.tracker, NoPrecopy: tc.noPrecopy, PackLive: tc.packLive})
 			for _, cs := range res.stats {
 				b.Logf("checkpoint %d: downtime %v scan %v changed %d new %d stored %d MiB store %v lagging %v",
 					cs.Checkpoint, cs.Downtime.Round(time.Millisecond), cs.Phases.Scan.Round(time.Millisecond), cs.ChangedFrames,
@@ -203,6 +213,9 @@ func BenchmarkKeepUp(b *testing.B) {
 				}
 			}
 			b.ReportMetric(lag, "lagging-checkpoints")
+			if tc.packLive {
+				b.ReportMetric(float64(res.packed)/float64(len(res.stats)-1), "packed-live-fraction")
+			}
 			b.ReportMetric(res.mean(func(cs CheckpointStats) float64 { return float64(cs.ChangedFrames) }), "changed-frames")
 			var bytes, ns float64
 			for _, cs := range res.stats[1:] {

@@ -162,6 +162,14 @@
 // it copies. Reserving all of it again cost a 1 GiB guest about 1 GiB of
 // freshly populated memory, seconds of CPU taken from the store.
 //
+// # Working-set packs
+//
+// With Config.PackLive a goroutine of its own builds each interval's pack
+// (index.PackInterval) once W_i is committed. Its queue is two intervals
+// long; an interval that finds it full is left to the caller's final
+// index.PackRun, so packing never delays the store or a pause, only
+// shares the CPU and the disk with them.
+//
 // # Device state
 //
 // With Config.DeviceState, every checkpoint carries QEMU's migration stream

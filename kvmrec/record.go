@@ -73,6 +73,12 @@ type Config struct {
 	// the pause handles only what the VM touched since (see doc.go,
 	// "Pre-copy").
 	NoPrecopy bool
+	// PackLive builds each interval's working-set pack (index.PackInterval)
+	// as soon as W_i is committed, on a goroutine of its own, so that
+	// replays started during the recording load fast. A packer that falls
+	// behind skips intervals (the caller's final index.PackRun fills them
+	// in); it never delays a checkpoint.
+	PackLive bool
 
 	Logger *slog.Logger // default slog.Default()
 	// OnCheckpoint is called after each commit, in checkpoint order, from
@@ -237,13 +243,59 @@ func Record(ctx context.Context, st *index.Store, cfg Config) (Summary, error) {
 	r.metrics = newMetrics(cfg.Registerer, cfg.Run)
 	cfg.Logger.Info("recording", "run", cfg.Run, "pid", r.pid, "ram", r.m.size, "tracker", cfg.Tracker,
 		"interval", cfg.Interval, "device_state", cfg.DeviceState)
-	return r.loop(ctx, w)
+	return r.loop(ctx, st, w)
+}
+
+// livePacker packs intervals as their working sets are committed. Its
+// queue is short: an interval that finds it full is left to the final
+// pass, so packing never holds up the store.
+type livePacker struct {
+	st   *index.Store
+	run  string
+	log  *slog.Logger
+	in   chan int
+	done chan struct{}
+}
+
+func startLivePacker(ctx context.Context, st *index.Store, run string, log *slog.Logger) *livePacker {
+	p := &livePacker{st: st, run: run, log: log, in: make(chan int, 2), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for i := range p.in {
+			if ctx.Err() != nil {
+				continue // drain: the final pass packs what is left
+			}
+			t := time.Now()
+			n, err := st.PackInterval(ctx, run, i)
+			if err != nil && ctx.Err() == nil {
+				log.Warn("packing a working set", "run", run, "interval", i, "err", err)
+				continue
+			}
+			log.Debug("packed", "run", run, "interval", i, "frames", n, "took", time.Since(t))
+		}
+	}()
+	return p
+}
+
+// offer queues interval i, or drops it when the packer is behind.
+func (p *livePacker) offer(i int) {
+	select {
+	case p.in <- i:
+	default:
+		p.log.Debug("packer behind; interval left to the final pass", "run", p.run, "interval", i)
+	}
+}
+
+func (p *livePacker) stop() {
+	close(p.in)
+	<-p.done
 }
 
 // storeLoop commits captures in order, one at a time.
 type storeLoop struct {
 	r        *recorder
 	w        *index.RunWriter
+	packer   *livePacker // nil unless Config.PackLive
 	ctx      context.Context
 	in       chan *capture
 	done     chan struct{}
@@ -300,6 +352,9 @@ func (s *storeLoop) commit(c *capture) error {
 	cs.CheckpointStats = ist
 	cs.Dirty = dirty
 	cs.StoreTime = time.Since(t)
+	if s.packer != nil && c.hasWS {
+		s.packer.offer(ist.Checkpoint - 1)
+	}
 	s.mu.Lock()
 	s.mu.committed++
 	s.mu.downtimes = append(s.mu.downtimes, cs.Downtime)
@@ -318,10 +373,13 @@ func (s *storeLoop) commit(c *capture) error {
 	return nil
 }
 
-func (r *recorder) loop(ctx context.Context, w *index.RunWriter) (Summary, error) {
+func (r *recorder) loop(ctx context.Context, st *index.Store, w *index.RunWriter) (Summary, error) {
 	cfg := r.cfg
 	s := &storeLoop{r: r, w: w, ctx: context.WithoutCancel(ctx), in: make(chan *capture, 1),
 		done: make(chan struct{}), failed: make(chan struct{})}
+	if cfg.PackLive {
+		s.packer = startLivePacker(ctx, st, cfg.Run, cfg.Logger)
+	}
 	go s.run()
 
 	start := time.Now()
@@ -382,6 +440,9 @@ loop:
 	}
 	close(s.in)
 	<-s.done
+	if s.packer != nil {
+		s.packer.stop()
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()

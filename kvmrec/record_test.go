@@ -30,9 +30,10 @@ func TestRecordSynthetic(t *testing.T) {
 		tracker string
 		dev     bool
 		exact   bool
+		pack    bool // Config.PackLive
 		guest   synthguest.Config
 	}{
-		{name: "pagemap-local", tracker: TrackerPagemap,
+		{name: "pagemap-local", tracker: TrackerPagemap, pack: true,
 			guest: synthguest.Config{WSFraction: 0.05, DirtyFraction: 0.02, Locality: 0.25}},
 		{name: "pagemap-local-exact", tracker: TrackerPagemap, exact: true,
 			guest: synthguest.Config{WSFraction: 0.05, DirtyFraction: 0.02, Locality: 0.25}},
@@ -62,7 +63,7 @@ func TestRecordSynthetic(t *testing.T) {
 			sum, err := Record(context.Background(), st, Config{
 				Run: "r", QMPSocket: g.cfg.QMPSocket, MemPath: g.cfg.MemPath,
 				Interval: 60 * time.Millisecond, Count: count, Tracker: tc.tracker, DeviceState: tc.dev, ExactWorkingSets: tc.exact,
-				Logger: quietLogger(), Registerer: reg,
+				PackLive: tc.pack, Logger: quietLogger(), Registerer: reg,
 				OnCheckpoint: func(cs CheckpointStats) {
 					mu.Lock()
 					stats = append(stats, cs)
@@ -90,6 +91,27 @@ func TestRecordSynthetic(t *testing.T) {
 				t.Fatalf("run info %+v", ri)
 			}
 			checkImages(t, st, "r", gcfg.TruthDir)
+			if tc.pack {
+				// The live packer packed at least the first interval it
+				// was offered (its queue takes two); a final pass packs
+				// the rest; verify compares every pack with the versions.
+				packed := 0
+				for i := 0; i < ri.Intervals; i++ {
+					if ok, err := st.HasPack("r", i); err != nil {
+						t.Fatal(err)
+					} else if ok {
+						packed++
+					}
+				}
+				ps, err := st.PackRun(context.Background(), "r")
+				if err != nil || packed == 0 || ps.Present != packed || ps.Present+ps.Intervals+ps.Empty != ri.Intervals {
+					t.Fatalf("live packs %d, then PackRun %+v, %v; want every interval packed", packed, ps, err)
+				}
+				if rep, err := st.Verify(context.Background(), "r", nil); err != nil || rep.Packs != ri.Intervals-ps.Empty {
+					t.Fatalf("verify: %+v, %v", rep, err)
+				}
+				t.Logf("%d of %d intervals packed live", packed, ri.Intervals)
+			}
 
 			frames := gcfg.RAMSize / PageSize
 			var accessed, present uint64

@@ -199,6 +199,7 @@ func recordCommand() *cli.Command {
 			&cli.BoolFlag{Name: "allow-other", Usage: "with --mount: let other users read it"},
 			&cli.BoolFlag{Name: "cleanup-stale", Usage: "with --mount: unmount a stale mount first"},
 			noPackFlag,
+			&cli.BoolFlag{Name: "pack-live", Usage: "also pack each interval's working set while recording (for replays during the recording)"},
 			metricsFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -220,7 +221,8 @@ func recordCommand() *cli.Command {
 				Run: c.String("run"), QMPSocket: absPath(c, c.String("qmp")), MemPath: absPath(c, c.String("mem")),
 				Interval: c.Duration("interval"), Count: c.Int("count"), Duration: c.Duration("duration"),
 				Tracker: c.String("tracker"), DeviceState: c.Bool("device-state"), ExactWorkingSets: c.Bool("exact-ws"), NoPrecopy: c.Bool("no-precopy"),
-				Logger: slog.Default(),
+				PackLive: c.Bool("pack-live") && !c.Bool("no-pack"),
+				Logger:   slog.Default(),
 			}
 			out := c.App.ErrWriter
 			cfg.OnCheckpoint = func(s kvmrec.CheckpointStats) { fmt.Fprintln(out, formatCheckpoint(s)) }
