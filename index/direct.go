@@ -93,16 +93,11 @@ func (w *directWritable) Write(p []byte) error {
 // most one write is in flight: waiting for it here is what keeps the
 // writer at the disk's pace.
 func (w *directWritable) submit() {
-	next := directBufs.Get().([]byte)[:0]
-	if w.inflight != nil {
-		done := <-w.inflight
-		directBufs.Put(done.buf[:cap(done.buf)])
-		if done.err != nil {
-			w.err = done.err
-			directBufs.Put(next)
-			return
-		}
+	w.wait()
+	if w.err != nil {
+		return
 	}
+	next := directBufs.Get().([]byte)[:0]
 	buf, off := w.buf, w.off
 	w.inflight = make(chan directDone, 1)
 	go func(ch chan<- directDone) {
@@ -129,7 +124,7 @@ func pwriteAll(f *os.File, b []byte, off int64) error {
 	for len(b) > 0 {
 		n, err := f.WriteAt(b, off)
 		if err != nil {
-			return fmt.Errorf("writing %s: %w", f.Name(), err)
+			return err // an *os.PathError: "write PATH: no space left on device"
 		}
 		b, off = b[n:], off+int64(n)
 	}

@@ -1,0 +1,83 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestFullDisk imports into a store on a 48 MiB tmpfs: the import must end
+// (not hang) with one clear line and exit 1, and what it committed before
+// the disk filled must verify and export byte for byte.
+func TestFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CKPTFS_REQUIRE_FUSE") == "1" {
+			t.Fatal("mounting a small tmpfs needs root")
+		}
+		t.Skip("mounting a small tmpfs needs root")
+	}
+	dir := t.TempDir()
+	small := filepath.Join(dir, "small")
+	os.Mkdir(small, 0o700)
+	if err := unix.Mount("tmpfs", small, "tmpfs", 0, "size=48m"); err != nil {
+		t.Fatalf("mount tmpfs: %v", err)
+	}
+	defer unix.Unmount(small, unix.MNT_DETACH)
+	store := filepath.Join(small, "store")
+
+	img := make([]byte, 16<<20) // random: it does not compress
+	var dumps []string
+	for i := 0; i < 5; i++ {
+		rand.Read(img)
+		p := filepath.Join(dir, fmt.Sprintf("dump%d", i))
+		os.WriteFile(p, img, 0o600)
+		dumps = append(dumps, p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, ckptfsBin, append([]string{"--store", store, "import", "--run", "f"}, dumps...)...)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatal("import on a full disk hung")
+	}
+	msg := errb.String()
+	if err == nil || cmd.ProcessState.ExitCode() != 1 || strings.Count(msg, "\n") != 1 || !strings.Contains(msg, "no space") {
+		t.Fatalf("import on a full disk: %v, stderr %q; want exit 1 and one line about space", err, msg)
+	}
+	t.Logf("%s", strings.TrimSpace(msg))
+	// Room for verify and export to open the store again.
+	code, out, errs := ckptfs(t, store, "info", "f", "--json")
+	if code != 0 {
+		if strings.Contains(errs, "not found") {
+			t.Fatal("the disk filled before checkpoint 0: make the tmpfs larger")
+		}
+		t.Fatalf("info after a full disk: %s", errs)
+	}
+	var n int
+	fmt.Sscanf(out[strings.Index(out, `"checkpoints":`)+len(`"checkpoints":`):], "%d", &n)
+	if n == 0 || n >= len(dumps) {
+		t.Fatalf("%d checkpoints committed; want some but not all", n)
+	}
+	mustCkptfs(t, store, "verify", "f")
+	for i := 0; i < n; i++ {
+		exp := filepath.Join(dir, "exp")
+		mustCkptfs(t, store, "export", "--run", "f", "--interval", fmt.Sprint(i), exp)
+		a, _ := os.ReadFile(exp)
+		b, _ := os.ReadFile(dumps[i])
+		if !bytes.Equal(a, b) {
+			t.Fatalf("checkpoint %d differs from its dump after the disk filled", i)
+		}
+		os.Remove(exp)
+	}
+}
