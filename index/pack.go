@@ -20,15 +20,16 @@ import (
 // one 64 KiB block read per scattered run of frames (a working set in runs
 // of 32 frames needed about 3x its size in blocks, read at random, 200-300
 // ms for 51 MiB cold here). The price is W_i's size again on disk and one
-// read of W_i to build it, so packs are built when a run is finished (or
-// asked for with PackRun), never on the recorder's path.
+// read of W_i to build it, so packs are built after the fact: PackRun when
+// a run is finished, or PackInterval beside a recording (kvmrec's
+// PackLive), never inside a commit.
 //
 // Frame r of W_i (in pfn order, counting from 0) is slot r%packFrames of
 // chunk r/packFrames. A pack is ingested as one table, so it exists whole
 // or not at all.
 
 // packFrames is the number of frames of one pack chunk (512 KiB): one table
-// block, one direct read.
+// block, so a pack is read in large blocks, in order.
 const packFrames = 128
 
 // packSegment is how many frames of W_i a pack build holds in memory at
