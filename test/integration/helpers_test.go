@@ -162,3 +162,18 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
 		}
 	}
 }
+
+// checkExports exports checkpoints 0..n-1 of run and fails unless each is
+// byte-identical to its dump; what says which situation is being checked.
+func checkExports(t *testing.T, store, run string, dumps []string, n int, what string) {
+	t.Helper()
+	exp := filepath.Join(t.TempDir(), "exp")
+	for i := 0; i < n; i++ {
+		mustCkptfs(t, store, "export", "--run", run, "--interval", fmt.Sprint(i), exp)
+		got, _ := os.ReadFile(exp)
+		want, _ := os.ReadFile(dumps[i])
+		if !bytes.Equal(got, want) {
+			t.Fatalf("checkpoint %d %s differs from its dump", i, what)
+		}
+	}
+}

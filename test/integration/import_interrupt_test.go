@@ -56,15 +56,7 @@ func TestImportCtrlC(t *testing.T) {
 		}
 		var n int
 		fmt.Sscanf(out[strings.Index(out, `"checkpoints":`)+len(`"checkpoints":`):], "%d", &n)
-		for i := 0; i < n; i++ {
-			exp := filepath.Join(dir, "exp")
-			mustCkptfs(t, store, "export", "--run", run, "--interval", fmt.Sprint(i), exp)
-			got, _ := os.ReadFile(exp)
-			want, _ := os.ReadFile(dumps[i])
-			if !bytes.Equal(got, want) {
-				t.Fatalf("checkpoint %d of an interrupted import differs from its dump", i)
-			}
-		}
+		checkExports(t, store, run, dumps, n, "of an interrupted import")
 	}
 	if out := mustCkptfs(t, store, "verify"); !strings.HasPrefix(out, "ok:") {
 		t.Fatalf("verify: %q", out)
