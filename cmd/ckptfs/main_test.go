@@ -114,6 +114,9 @@ func TestBadInput(t *testing.T) {
 		{[]string{"export", "--run", "exists", "--interval", "7", filepath.Join(dir, "o")}, 1, "not committed"},
 		{[]string{"export", "--run", "exists", "--interval", "-1", filepath.Join(dir, "o")}, 2, "interval"},
 		{[]string{"ls", "--nope"}, 2, "flag provided but not defined"},
+		{[]string{"pack"}, 2, "give one run"},
+		{[]string{"pack", "a/b"}, 2, "bad run name"},
+		{[]string{"pack", "nope"}, 1, "run not found"},
 		{[]string{"--store", filepath.Join(dir, "nostore"), "ls"}, 1, "no store"},
 	} {
 		args := tc.args

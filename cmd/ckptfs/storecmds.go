@@ -250,10 +250,18 @@ func packRun(c *cli.Context, st *index.Store, run string) error {
 		fmt.Fprintf(c.App.ErrWriter, "working sets of %s not packed; `ckptfs pack %s` builds the packs\n", run, run)
 		return nil
 	}
+	if err := buildPacks(c, st, run); err != nil {
+		return fmt.Errorf("%w (every checkpoint of %s is committed; `ckptfs pack %s` finishes the packs)", err, run, run)
+	}
+	return nil
+}
+
+// buildPacks packs run and says what it built.
+func buildPacks(c *cli.Context, st *index.Store, run string) error {
 	start := time.Now()
 	ps, err := st.PackRun(c.Context, run)
 	if err != nil {
-		return fmt.Errorf("%w (every checkpoint of %s is committed; `ckptfs pack %s` finishes the packs)", err, run, run)
+		return err
 	}
 	if ps.Intervals > 0 {
 		fmt.Fprintf(c.App.Writer, "packed %d working sets of %s (%s) in %.1fs\n", ps.Intervals, run,
@@ -275,7 +283,7 @@ func packCommand() *cli.Command {
 				return usageErrorf("pack: %v", err)
 			}
 			return withStore(c, false, func(st *index.Store) error {
-				return packRun(c, st, c.Args().First())
+				return buildPacks(c, st, c.Args().First())
 			})
 		},
 	}
