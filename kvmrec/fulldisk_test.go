@@ -3,15 +3,13 @@ package kvmrec
 import (
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/ckptfs/ckptfs/internal/fulldisk"
 	"github.com/ckptfs/ckptfs/kvmrec/synthguest"
 )
 
@@ -20,18 +18,7 @@ import (
 // running, and every checkpoint it committed must hold the guest's RAM of
 // that pause.
 func TestRecordFullDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CKPTFS_REQUIRE_FUSE") == "1" {
-			t.Fatal("mounting a small tmpfs needs root")
-		}
-		t.Skip("mounting a small tmpfs needs root")
-	}
-	small := filepath.Join(t.TempDir(), "small")
-	os.Mkdir(small, 0o700)
-	if err := unix.Mount("tmpfs", small, "tmpfs", 0, "size=40m"); err != nil {
-		t.Fatalf("mount tmpfs: %v", err)
-	}
-	defer unix.Unmount(small, unix.MNT_DETACH)
+	small := fulldisk.Mount(t, "40m")
 
 	gcfg := synthguest.Config{RAMSize: 32 << 20, WSFraction: 0.5, DirtyFraction: 0.5, Locality: 1, Seed: 9, TruthDir: t.TempDir()}
 	g := startGuest(t, gcfg)

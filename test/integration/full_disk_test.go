@@ -12,26 +12,15 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/ckptfs/ckptfs/internal/fulldisk"
 )
 
 // TestFullDisk imports into a store on a 48 MiB tmpfs: the import must end
 // (not hang) with one clear line and exit 1, and what it committed before
 // the disk filled must verify and export byte for byte.
 func TestFullDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CKPTFS_REQUIRE_FUSE") == "1" {
-			t.Fatal("mounting a small tmpfs needs root")
-		}
-		t.Skip("mounting a small tmpfs needs root")
-	}
 	dir := t.TempDir()
-	small := filepath.Join(dir, "small")
-	os.Mkdir(small, 0o700)
-	if err := unix.Mount("tmpfs", small, "tmpfs", 0, "size=48m"); err != nil {
-		t.Fatalf("mount tmpfs: %v", err)
-	}
-	defer unix.Unmount(small, unix.MNT_DETACH)
+	small := fulldisk.Mount(t, "48m")
 	store := filepath.Join(small, "store")
 
 	img := make([]byte, 16<<20) // random: it does not compress
