@@ -292,10 +292,11 @@ func (c *Checkpoint) readPacked(first uint64, dst []byte) (ok bool, err error) {
 	}
 	defer c.putIter(kindPack, it)
 	total := ws.GetCardinality()
+	key := make([]byte, 0, packKeyLen)
 	for k := uint64(0); k < n; {
 		r := r0 + k
 		chunkNo, slot := uint32(r/packFrames), r%packFrames
-		key := appendPackKey(make([]byte, 0, packKeyLen), c.run.ID, c.index, chunkNo)
+		key = appendPackKey(key[:0], c.run.ID, c.index, chunkNo)
 		if !(it.Valid() && equalKey(it.Key(), key)) && (!it.SeekGE(key) || !equalKey(it.Key(), key)) {
 			if err := it.Error(); err != nil {
 				return false, wrapRead(err, keyString(key))
@@ -387,12 +388,12 @@ func (s *Store) comparePack(ri RunInfo, i int, ws *roaring.Bitmap, rep *VerifyRe
 	if err := c.resolve(); err != nil {
 		return err
 	}
-	var packed, plain []byte
+	packedBuf, plainBuf := make([]byte, packFrames*PageSize), make([]byte, packFrames*PageSize)
 	var ferr error
 	forEachRun(ws, func(start, end uint64) bool {
 		for p := start; p < end; p += packFrames {
 			n := min(end-p, packFrames) * PageSize
-			packed, plain = grow(packed, n), grow(plain, n)
+			packed, plain := packedBuf[:n], plainBuf[:n]
 			ok, err := c.readPacked(p, packed)
 			if err != nil || !ok {
 				rep.add("run %q: pack of interval %d unreadable at pfn %d: %v", ri.Name, i, p, err)
@@ -411,11 +412,4 @@ func (s *Store) comparePack(ri RunInfo, i int, ws *roaring.Bitmap, rep *VerifyRe
 		return true
 	})
 	return ferr
-}
-
-func grow(b []byte, n uint64) []byte {
-	if uint64(cap(b)) < n {
-		return make([]byte, n)
-	}
-	return b[:n]
 }
