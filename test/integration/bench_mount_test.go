@@ -22,16 +22,12 @@ func TestReplayBenchOnMount(t *testing.T) {
 	dir := t.TempDir()
 	store, mnt := filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
 	const frames = 16384 // 64 MiB
-	img := make([]byte, frames*index.PageSize)
-	rand.Read(img)
+	// The next checkpoint differs in a tenth of the frames.
+	dumps := writeRandomDumps(t, dir, 4, frames*index.PageSize, frames/10*index.PageSize)
 	wsDir := filepath.Join(dir, "ws")
 	os.Mkdir(wsDir, 0o700)
-	var dumps []string
 	var wsFrames []uint64
-	for i := 0; i < 4; i++ {
-		p := filepath.Join(dir, fmt.Sprintf("dump%d", i))
-		os.WriteFile(p, img, 0o600)
-		dumps = append(dumps, p)
+	for i := range dumps {
 		// W_i: 20 % of the frames, in runs of 32 at random places.
 		ws := roaring.New()
 		for ws.GetCardinality() < frames/5 {
@@ -42,7 +38,6 @@ func TestReplayBenchOnMount(t *testing.T) {
 		}
 		os.WriteFile(filepath.Join(wsDir, fmt.Sprintf("%d.ws", i)), []byte(index.FormatList(ws)), 0o600)
 		wsFrames = append(wsFrames, ws.GetCardinality())
-		rand.Read(img[:frames/10*index.PageSize]) // the next checkpoint differs
 	}
 	mustCkptfs(t, store, "import", "--run", "b", "--ws-dir", wsDir, dumps[0], dumps[1], dumps[2], dumps[3])
 	startMount(t, store, mnt)

@@ -3,9 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -23,14 +21,7 @@ func TestFullDisk(t *testing.T) {
 	small := fulldisk.Mount(t, "48m")
 	store := filepath.Join(small, "store")
 
-	img := make([]byte, 16<<20) // random: it does not compress
-	var dumps []string
-	for i := 0; i < 5; i++ {
-		rand.Read(img)
-		p := filepath.Join(dir, fmt.Sprintf("dump%d", i))
-		os.WriteFile(p, img, 0o600)
-		dumps = append(dumps, p)
-	}
+	dumps := writeRandomDumps(t, dir, 5, 16<<20, 16<<20) // every dump all new
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, ckptfsBin, append([]string{"--store", store, "import", "--run", "f"}, dumps...)...)

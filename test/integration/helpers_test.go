@@ -5,6 +5,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"os"
 	"os/exec"
@@ -161,6 +162,28 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// writeRandomDumps writes n raw RAM images of size bytes into dir as
+// dump0, dump1, ...: the first random, each next one with its first changed
+// bytes replaced by new random bytes. Random data does not compress, so the
+// store holds what a test expects it to.
+func writeRandomDumps(t *testing.T, dir string, n, size, changed int) []string {
+	t.Helper()
+	img := make([]byte, size)
+	rand.Read(img)
+	var dumps []string
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			rand.Read(img[:changed])
+		}
+		p := filepath.Join(dir, fmt.Sprintf("dump%d", i))
+		if err := os.WriteFile(p, img, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		dumps = append(dumps, p)
+	}
+	return dumps
 }
 
 // checkExports exports checkpoints 0..n-1 of run and fails unless each is

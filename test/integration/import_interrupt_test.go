@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"crypto/rand"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,15 +17,7 @@ import (
 func TestImportCtrlC(t *testing.T) {
 	dir := t.TempDir()
 	store := filepath.Join(dir, "store")
-	img := make([]byte, 32<<20)
-	rand.Read(img)
-	var dumps []string
-	for i := 0; i < 8; i++ {
-		rand.Read(img[:4<<20])
-		p := filepath.Join(dir, fmt.Sprintf("dump%d", i))
-		os.WriteFile(p, img, 0o600)
-		dumps = append(dumps, p)
-	}
+	dumps := writeRandomDumps(t, dir, 8, 32<<20, 4<<20)
 	for _, delay := range []time.Duration{150 * time.Millisecond, 400 * time.Millisecond} {
 		run := fmt.Sprintf("r%d", delay.Milliseconds())
 		cmd := exec.Command(ckptfsBin, append([]string{"--store", store, "import", "--run", run}, dumps...)...)

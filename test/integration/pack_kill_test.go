@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"crypto/rand"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,22 +19,16 @@ func TestPackKilled(t *testing.T) {
 	dir := t.TempDir()
 	store := filepath.Join(dir, "store")
 	const frames = 16384 // 64 MiB
-	img := make([]byte, frames*4096)
-	rand.Read(img)
+	dumps := writeRandomDumps(t, dir, 4, frames*4096, frames/8*4096)
 	wsDir := filepath.Join(dir, "ws")
 	os.Mkdir(wsDir, 0o700)
-	var dumps []string
-	for i := 0; i < 4; i++ {
-		p := filepath.Join(dir, fmt.Sprintf("dump%d", i))
-		os.WriteFile(p, img, 0o600)
-		dumps = append(dumps, p)
+	for i := range dumps {
 		// W_i: every other run of 16 frames, half of RAM.
 		var list []string
 		for s := i; s+16 <= frames; s += 32 {
 			list = append(list, fmt.Sprintf("%d-%d", s, s+15))
 		}
 		os.WriteFile(filepath.Join(wsDir, fmt.Sprintf("%d.ws", i)), []byte(strings.Join(list, ",")+"\n"), 0o600)
-		rand.Read(img[:frames/8*4096])
 	}
 	mustCkptfs(t, store, append([]string{"import", "--no-pack", "--run", "k", "--ws-dir", wsDir}, dumps...)...)
 
