@@ -32,6 +32,11 @@ const (
 )
 
 // AllModes returns the four modes in report order.
+// modeFloor is not a loader but the bench's measure of what any loader
+// must at least pay here: filling fresh memory of the size it loads (see
+// BenchReport.Floor).
+const modeFloor Mode = "floor"
+
 func AllModes() []Mode { return []Mode{ModeFull, ModeSparse, ModeLazy, ModeLazyNoPrefetch} }
 
 // Letter returns the mode's letter in issue 5: a, b, c or d.
@@ -182,11 +187,27 @@ type BenchReport struct {
 	Cache string `json:"cache"`
 	// PrefetchEmulated is set when modes (b) and (c) emulated the mount's
 	// prefetch on open.
-	PrefetchEmulated bool          `json:"prefetch_emulated"`
-	Results          []ModeResult  `json:"results"`
-	Notes            []string      `json:"notes,omitempty"`
-	Started          time.Time     `json:"started"`
-	Elapsed          time.Duration `json:"elapsed_ns"`
+	PrefetchEmulated bool         `json:"prefetch_emulated"`
+	Results          []ModeResult `json:"results"`
+	// Floor is what filling fresh memory costs on this machine, measured
+	// at K=1 like (a); nil when (a) was not measured at K=1.
+	Floor   *Floor        `json:"floor,omitempty"`
+	Notes   []string      `json:"notes,omitempty"`
+	Started time.Time     `json:"started"`
+	Elapsed time.Duration `json:"elapsed_ns"`
+}
+
+// Floor bounds what a loader can achieve on this machine. A loader that
+// makes the frames of W_i resident must at least populate fresh memory for
+// them and copy them in; WS is that work alone (no file, no page cache),
+// RAM the same for all frames. BestLoadReduction = 1 - WS/(a) is the
+// largest load reduction against (a) that (b) or (c) could reach here, and
+// RAMShare = RAM/(a) says how much of (a) itself is that same work.
+type Floor struct {
+	WS                time.Duration `json:"ws_ns"`
+	RAM               time.Duration `json:"ram_ns"`
+	BestLoadReduction float64       `json:"best_load_reduction"`
+	RAMShare          float64       `json:"ram_share"`
 }
 
 // IntervalInfo describes one interval.
@@ -415,6 +436,11 @@ func Bench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 		}
 	}
 	rep.reductions()
+	if full, ok := rep.Result(ModeFull, 1); ok && full.Skipped == "" && full.Replays > 0 {
+		if err := b.measureFloor(ctx, ivs, full.LoadMean); err != nil {
+			return nil, err
+		}
+	}
 	rep.Elapsed = time.Since(rep.Started)
 	return rep, nil
 }
@@ -597,6 +623,36 @@ func (b *bench) measure(ctx context.Context, m Mode, k int, ivs []int, wsMaxByte
 	res.TotalFootprint = totalSum / uint64(res.Batches)
 	res.BatchWall = wallSum / time.Duration(res.Batches)
 	return res, nil
+}
+
+// measureFloor measures Floor: for every interval, one child fills fresh
+// memory of W_i's size, and one of the RAM size, one at a time.
+func (b *bench) measureFloor(ctx context.Context, ivs []int, full time.Duration) error {
+	var ws, ram time.Duration
+	for _, i := range ivs {
+		for _, whole := range []bool{false, true} {
+			job := childJob{Mode: modeFloor, WS: b.rd.wsPath(i), RAMSize: b.rep.RAMSize, PageSize: b.rep.PageSize}
+			if whole {
+				job.WS = ""
+			}
+			out, _, err := b.runBatch(ctx, fmt.Sprintf("floor, interval %d", i), []childJob{job})
+			if err != nil {
+				return err
+			}
+			if whole {
+				ram += time.Duration(out[0].LoadNS)
+			} else {
+				ws += time.Duration(out[0].LoadNS)
+			}
+		}
+	}
+	n := time.Duration(len(ivs))
+	f := &Floor{WS: ws / n, RAM: ram / n}
+	f.BestLoadReduction = 1 - float64(f.WS)/float64(full)
+	f.RAMShare = float64(f.RAM) / float64(full)
+	b.rep.Floor = f
+	b.log.Info("replay bench floor", "ws", f.WS.Round(time.Microsecond), "ram", f.RAM.Round(time.Microsecond))
+	return nil
 }
 
 // child is one running measurement child.

@@ -119,6 +119,19 @@ func TestBenchSynthetic(t *testing.T) {
 		}
 	}
 
+	// The floor is measured after (a) at K=1 and printed with the table.
+	if f := rep.Floor; f == nil || f.WS <= 0 || f.RAM <= 0 {
+		t.Errorf("floor %+v: want both fills measured", rep.Floor)
+	} else {
+		full, _ := rep.Result(replay.ModeFull, 1)
+		if want := 1 - float64(f.WS)/float64(full.LoadMean); f.BestLoadReduction != want {
+			t.Errorf("floor best reduction %v, want 1 - WS/(a) = %v", f.BestLoadReduction, want)
+		}
+		if !strings.Contains(tbl.String(), "floor: filling fresh memory") {
+			t.Errorf("table lacks the floor line")
+		}
+	}
+
 	data, err := json.Marshal(rep)
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +140,8 @@ func TestBenchSynthetic(t *testing.T) {
 	if err := json.Unmarshal(data, &back); err != nil {
 		t.Fatal(err)
 	}
-	if len(back.Results) != len(rep.Results) || back.Results[1].FootprintMean != rep.Results[1].FootprintMean {
+	if len(back.Results) != len(rep.Results) || back.Results[1].FootprintMean != rep.Results[1].FootprintMean ||
+		(rep.Floor != nil && (back.Floor == nil || *back.Floor != *rep.Floor)) {
 		t.Errorf("JSON round trip lost results")
 	}
 

@@ -101,7 +101,9 @@ func runChild(jobJSON string, in io.Reader, out io.Writer) int {
 	// Preparation, not measured: the lazy modes stand in for a guest that
 	// touches W_i, so they learn W_i before the clock starts.
 	var runs []frameRun
-	if job.Mode == ModeLazy || job.Mode == ModeLazyNoPrefetch {
+	if job.Mode == modeFloor && job.WS == "" {
+		runs = []frameRun{{0, frames}}
+	} else if job.Mode == ModeLazy || job.Mode == ModeLazyNoPrefetch || job.Mode == modeFloor {
 		var err error
 		if runs, _, err = readRuns(job.WS, frames); err != nil {
 			return fail(err)
@@ -220,8 +222,34 @@ func (l *loader) load() error {
 		}
 		sink = s
 		return nil
+	case modeFloor:
+		return l.fill()
 	}
 	return fmt.Errorf("unknown mode %q", l.job.Mode)
+}
+
+// fill is the floor of any loader that copies the frames of l.runs into
+// memory: populate fresh anonymous memory for them, as (a) and (b) do, and
+// copy into it from a small buffer that stays in the CPU cache, so that
+// neither a file system nor a page cache is involved.
+func (l *loader) fill() error {
+	if err := l.allocAnon(); err != nil {
+		return err
+	}
+	ps := uint64(l.job.PageSize)
+	src := make([]byte, 64<<10)
+	for i := range src {
+		src[i] = byte(i*7 + 1)
+	}
+	for _, r := range l.runs {
+		off, end := r.Start*ps, (r.Start+r.Count)*ps
+		_ = unix.Madvise(l.region[off:end], unix.MADV_POPULATE_WRITE)
+		for ; off < end; off += uint64(len(src)) {
+			copy(l.region[off:end], src)
+		}
+		l.touched += r.Count
+	}
+	return nil
 }
 
 // emulatePrefetch does what the mount does when <i>.ram is opened, when the
@@ -289,6 +317,9 @@ func (l *loader) readRuns(runs []frameRun) error {
 // just for the question, which faults nothing in.
 func (l *loader) cacheBytes() (uint64, error) {
 	m := l.region
+	if l.f == nil {
+		return 0, nil // modeFloor reads no file
+	}
 	if l.job.Mode == ModeFull || l.job.Mode == ModeSparse {
 		var err error
 		m, err = unix.Mmap(int(l.f.Fd()), 0, int(l.job.RAMSize), unix.PROT_READ, unix.MAP_PRIVATE)

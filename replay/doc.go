@@ -98,6 +98,15 @@
 //     otherwise) exceeds MemoryLimit (default 80 % of MemAvailable) is
 //     skipped with a note rather than pushing the machine into the OOM
 //     killer.
+//   - The floor (BenchReport.Floor), after (a) at K=1 was measured: one
+//     child per interval fills fresh anonymous memory of W_i's size
+//     (MADV_POPULATE_WRITE, then a copy from a buffer that stays in the CPU
+//     cache), and one fills memory of the RAM size. No file, no page cache,
+//     no store: only what a loader of W_i pays at least on this machine.
+//     1 - WS/(a) is then the largest load reduction (b) or (c) could show
+//     here, and RAM/(a) how much of (a) is the same work. On a virtual
+//     machine where a fresh page costs a trap per 4 KiB, a load is mostly
+//     this work, and the reductions approach 1 - |W_i|/RAM from above.
 //
 // # Cold starts
 //

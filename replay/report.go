@@ -54,6 +54,10 @@ func (r *BenchReport) Table(w io.Writer) error {
 	}
 	fmt.Fprintln(w, "\nfootprint: (a)/(b) the private copy in anonymous memory; (c)/(d) the page cache of the mapped file.")
 	fmt.Fprintln(w, "total footprint: all K replays of a batch together (one page cache per file). load −, footprint −: reduction against (a) at the same K.")
+	if f := r.Floor; f != nil {
+		fmt.Fprintf(w, "floor: filling fresh memory of W_i's size takes %s (of the whole RAM %s, %.0f %% of (a)); no loader of W_i beats a %.1f %% load reduction here.\n",
+			fmtDur(f.WS), fmtDur(f.RAM), 100*f.RAMShare, 100*f.BestLoadReduction)
+	}
 	if len(r.Notes) > 0 {
 		fmt.Fprintln(w, "notes:")
 		for _, n := range r.Notes {
