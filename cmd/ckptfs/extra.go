@@ -322,6 +322,7 @@ func replayCommand() *cli.Command {
 					&cli.StringFlag{Name: "no-prefetch-mount", Usage: "a second mount with --prefetch none, for mode (d)"},
 					&cli.StringFlag{Name: "concurrency", Value: "1,4,16", Usage: "replays at once, comma-separated"},
 					&cli.StringFlag{Name: "intervals", Usage: "comma-separated intervals (default: all with a working set)"},
+					&cli.StringFlag{Name: "modes", Usage: "modes to measure, comma-separated: a-d or full, sparse, lazy, lazy-noprefetch (default: all; reductions and the floor need a)"},
 					&cli.BoolFlag{Name: "warm", Usage: "do not drop caches between measurements"},
 					&cli.StringFlag{Name: "json", Usage: "write the report as JSON to FILE"},
 					&cli.StringFlag{Name: "plot", Usage: "write a plot to FILE (.png or .svg)"},
@@ -388,9 +389,20 @@ func replayBench(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	var modes []replay.Mode
+	for _, f := range strings.Split(c.String("modes"), ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		m, err := replay.ParseMode(f)
+		if err != nil {
+			return usageErrorf("replay bench: --modes: %v", err)
+		}
+		modes = append(modes, m)
+	}
 	cfg := replay.BenchConfig{Mount: absPath(c, c.String("mount")), Run: c.String("run"),
 		NoPrefetchMount: absPath(c, c.String("no-prefetch-mount")), Concurrency: conc, Intervals: intervals,
-		Logger: slog.Default()}
+		Modes: modes, Logger: slog.Default()}
 	if c.Bool("warm") {
 		cfg.Drop = replay.DropNone
 	} else {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/RoaringBitmap/roaring/v2"
@@ -97,5 +98,31 @@ func TestReplayBenchOnMount(t *testing.T) {
 	}
 	if fi, err := os.Stat(filepath.Join(dir, "bench.png")); err != nil || fi.Size() == 0 {
 		t.Errorf("no plot: %v", err)
+	}
+
+	// --modes measures only the modes asked for; without (a) there are no
+	// reductions and no floor.
+	only := filepath.Join(dir, "only-c.json")
+	mustCkptfs(t, store, "replay", "bench", "--mount", mnt, "--run", "b", "--concurrency", "1", "--modes", "c", "--json", only)
+	data, err = os.ReadFile(only)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var onlyRep struct {
+		Results []struct {
+			Mode          string   `json:"mode"`
+			LoadReduction *float64 `json:"load_reduction"`
+		} `json:"results"`
+		Floor any `json:"floor"`
+	}
+	if err := json.Unmarshal(data, &onlyRep); err != nil {
+		t.Fatal(err)
+	}
+	if len(onlyRep.Results) != 1 || onlyRep.Results[0].Mode != "lazy" || onlyRep.Results[0].LoadReduction != nil || onlyRep.Floor != nil {
+		t.Errorf("--modes c: %s", data)
+	}
+	if code, _, stderr := ckptfs(t, store, "replay", "bench", "--mount", mnt, "--run", "b", "--modes", "e"); code != 2 ||
+		strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.Contains(stderr, `unknown mode "e"`) {
+		t.Errorf("--modes e: exit %d, stderr %q", code, stderr)
 	}
 }
