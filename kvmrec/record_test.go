@@ -125,6 +125,12 @@ func TestRecordSynthetic(t *testing.T) {
 					t.Errorf("checkpoint %d: VM downtime %v, recorder's %v", i, cs.VMDowntime, cs.Downtime)
 				}
 				if i == 0 {
+					// Checkpoint 0 is pre-copied: the pause scans only
+					// what the VM touched since (checkImages checked the
+					// content).
+					if tc.tracker == TrackerPagemap && (cs.Precopied == 0 || cs.Scanned >= cs.PrecopyScanned) {
+						t.Errorf("checkpoint 0: pre-copied %d of %d frames, the pause scanned %d", cs.Precopied, cs.PrecopyScanned, cs.Scanned)
+					}
 					continue
 				}
 				acc, chg, err := synthguest.ReadIntervalTruth(gcfg.TruthDir, i-1, frames)
