@@ -71,6 +71,9 @@ func (g *demoGuest) stop() {
 	}
 }
 
+// demoRunPrefix starts the name of every run the demo records.
+const demoRunPrefix = "demo-"
+
 func runDemo(c *cli.Context) error {
 	if owned(c) != nil {
 		return errors.New("demo owns its own store; run it directly, not through a mount")
@@ -93,6 +96,20 @@ func runDemo(c *cli.Context) error {
 		return err
 	}
 	defer st.Close()
+	// The demo's store keeps only the latest demo run: each one takes
+	// hundreds of MiB, and a demo measures only the run it records.
+	runs, err := st.Runs()
+	if err != nil {
+		return err
+	}
+	for _, r := range runs {
+		if strings.HasPrefix(r.Name, demoRunPrefix) {
+			if err := st.DeleteRun(r.Name); err != nil {
+				return fmt.Errorf("removing the earlier demo run %s: %w", r.Name, err)
+			}
+			say("removed the earlier demo run %s from %s", r.Name, st.Dir())
+		}
+	}
 	reg := newRegistry()
 	mnt := filepath.Join(dir, "mnt")
 	mntNP := filepath.Join(dir, "mnt-noprefetch")
@@ -117,7 +134,7 @@ func runDemo(c *cli.Context) error {
 	defer sock.Close()
 	say("store %s mounted at %s (and at %s without prefetch)", st.Dir(), mnt, mntNP)
 
-	run := "demo-" + time.Now().Format("20060102-150405")
+	run := demoRunPrefix + time.Now().Format("20060102-150405")
 	cfg := kvmrec.Config{Run: run, QMPSocket: g.qmp, MemPath: g.mem, Interval: c.Duration("interval"),
 		Count: c.Int("count"), DeviceState: g.kind == "qemu", Logger: slog.Default(), Registerer: reg,
 		ExactWorkingSets: c.Bool("exact-ws"),
