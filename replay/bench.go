@@ -31,12 +31,12 @@ const (
 	ModeLazyNoPrefetch Mode = "lazy-noprefetch" // (d) as (c) on a mount with --prefetch none
 )
 
-// AllModes returns the four modes in report order.
 // modeFloor is not a loader but the bench's measure of what any loader
 // must at least pay here: filling fresh memory of the size it loads (see
 // BenchReport.Floor).
 const modeFloor Mode = "floor"
 
+// AllModes returns the four modes in report order.
 func AllModes() []Mode { return []Mode{ModeFull, ModeSparse, ModeLazy, ModeLazyNoPrefetch} }
 
 // Letter returns the mode's letter in issue 5: a, b, c or d.
@@ -80,6 +80,23 @@ func ParseMode(s string) (Mode, error) {
 		}
 	}
 	return "", fmt.Errorf("%w: unknown mode %q (want full, sparse, lazy, lazy-noprefetch or a-d)", ErrBadConfig, s)
+}
+
+// ParseModes parses a list of modes such as "a,c" or "full,lazy" (a
+// --modes flag); "" gives nil, which Bench takes as AllModes().
+func ParseModes(s string) ([]Mode, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []Mode
+	for _, f := range strings.Split(s, ",") {
+		m, err := ParseMode(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }
 
 // Prefetch says who puts W_i into the page cache when modes (b) and (c)

@@ -261,3 +261,17 @@ func TestParseMode(t *testing.T) {
 		t.Errorf("ParseMode(e) = %v", err)
 	}
 }
+
+func TestParseModes(t *testing.T) {
+	if got, err := replay.ParseModes(" a, lazy "); err != nil || fmt.Sprint(got) != "[full lazy]" {
+		t.Errorf("ParseModes = %v, %v", got, err)
+	}
+	if got, err := replay.ParseModes(""); err != nil || got != nil {
+		t.Errorf("ParseModes(\"\") = %v, %v; want nil: every mode", got, err)
+	}
+	for _, bad := range []string{"e", "a,,c", "a,x"} {
+		if _, err := replay.ParseModes(bad); !errors.Is(err, replay.ErrBadConfig) {
+			t.Errorf("ParseModes(%q) = %v", bad, err)
+		}
+	}
+}

@@ -99,11 +99,13 @@ func runChild(jobJSON string, in io.Reader, out io.Writer) int {
 	frames := job.RAMSize / uint64(job.PageSize)
 
 	// Preparation, not measured: the lazy modes stand in for a guest that
-	// touches W_i, so they learn W_i before the clock starts.
+	// touches W_i, so they learn W_i before the clock starts, and the
+	// floor fills W_i (or, without a list, every frame) from memory.
 	var runs []frameRun
-	if job.Mode == modeFloor && job.WS == "" {
+	switch {
+	case job.Mode == modeFloor && job.WS == "":
 		runs = []frameRun{{0, frames}}
-	} else if job.Mode == ModeLazy || job.Mode == ModeLazyNoPrefetch || job.Mode == modeFloor {
+	case job.Mode == modeFloor || job.Mode.lazy():
 		var err error
 		if runs, _, err = readRuns(job.WS, frames); err != nil {
 			return fail(err)
@@ -316,10 +318,10 @@ func (l *loader) readRuns(runs []frameRun) error {
 // lazy modes ask their own mapping; the eager ones map the file read-only
 // just for the question, which faults nothing in.
 func (l *loader) cacheBytes() (uint64, error) {
-	m := l.region
-	if l.f == nil {
-		return 0, nil // modeFloor reads no file
+	if l.job.Mode == modeFloor {
+		return 0, nil // it reads no file
 	}
+	m := l.region
 	if l.job.Mode == ModeFull || l.job.Mode == ModeSparse {
 		var err error
 		m, err = unix.Mmap(int(l.f.Fd()), 0, int(l.job.RAMSize), unix.PROT_READ, unix.MAP_PRIVATE)

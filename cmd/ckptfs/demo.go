@@ -78,6 +78,11 @@ func runDemo(c *cli.Context) error {
 	if owned(c) != nil {
 		return errors.New("demo owns its own store; run it directly, not through a mount")
 	}
+	// Checked before anything starts: a bad flag should not cost a recording.
+	conc, err := replay.ParseConcurrency(c.String("concurrency"))
+	if err != nil {
+		return usageErrorf("demo: --concurrency: %v", err)
+	}
 	dir := absPath(c, c.String("dir"))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -157,10 +162,6 @@ func runDemo(c *cli.Context) error {
 		return err
 	}
 
-	conc, err := parseInts(c.String("concurrency"))
-	if err != nil {
-		return err
-	}
 	say("measuring replays: full eager (a), sparse eager (b), lazy with prefetch (c), lazy without (d)")
 	bc := replay.BenchConfig{Mount: mnt, Run: run, NoPrefetchMount: mntNP, Concurrency: conc, Logger: slog.Default(),
 		DropStore: func() error { st.DropCache(); return nil }}

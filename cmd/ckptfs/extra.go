@@ -381,24 +381,17 @@ func replayBench(c *cli.Context) error {
 	if c.String("mount") == "" || c.String("run") == "" {
 		return usageErrorf("replay bench: want --mount MNT --run R")
 	}
-	conc, err := parseInts(c.String("concurrency"))
+	conc, err := replay.ParseConcurrency(c.String("concurrency"))
 	if err != nil {
-		return err
+		return usageErrorf("replay bench: --concurrency: %v", err)
 	}
 	intervals, err := parseInts(c.String("intervals"))
 	if err != nil {
 		return err
 	}
-	var modes []replay.Mode
-	for _, f := range strings.Split(c.String("modes"), ",") {
-		if f = strings.TrimSpace(f); f == "" {
-			continue
-		}
-		m, err := replay.ParseMode(f)
-		if err != nil {
-			return usageErrorf("replay bench: --modes: %v", err)
-		}
-		modes = append(modes, m)
+	modes, err := replay.ParseModes(c.String("modes"))
+	if err != nil {
+		return usageErrorf("replay bench: --modes: %v", err)
 	}
 	cfg := replay.BenchConfig{Mount: absPath(c, c.String("mount")), Run: c.String("run"),
 		NoPrefetchMount: absPath(c, c.String("no-prefetch-mount")), Concurrency: conc, Intervals: intervals,

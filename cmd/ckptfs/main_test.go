@@ -117,6 +117,9 @@ func TestBadInput(t *testing.T) {
 		{[]string{"pack"}, 2, "give one run"},
 		{[]string{"pack", "a/b"}, 2, "bad run name"},
 		{[]string{"pack", "nope"}, 1, "run not found"},
+		{[]string{"demo", "--concurrency", "0"}, 2, "concurrency"},
+		{[]string{"replay", "bench", "--mount", dir, "--run", "r", "--concurrency", "1,x"}, 2, "concurrency"},
+		{[]string{"replay", "bench", "--mount", dir, "--run", "r", "--modes", "a,e"}, 2, `unknown mode "e"`},
 		{[]string{"--store", filepath.Join(dir, "nostore"), "ls"}, 1, "no store"},
 	} {
 		args := tc.args
