@@ -304,11 +304,7 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 	c.stats.Checkpoint = i
 	c.stats.DeferredUnmap = late.took
 	if r.cfg.Tracker == TrackerPagemap && !r.cfg.NoPrecopy {
-		precopy := r.precopy
-		if i == 0 {
-			precopy = r.precopyAll
-		}
-		if err := precopy(c); err != nil {
+		if err := r.precopy(c, i); err != nil {
 			r.pool.put(c.chunks())
 			return nil, fmt.Errorf("checkpoint %d: %w", i, err)
 		}
@@ -787,48 +783,44 @@ func (r *recorder) fileBlocks() (int64, error) {
 // copies the changed ones. A frame written after its unmap faults, is
 // present again at the stop, and is scanned again in the pause; any other
 // frame holds at the stop what precopy read.
-func (r *recorder) precopy(c *capture) error {
+//
+// Checkpoint 0 has no last checkpoint: the prepass has already emptied the
+// VMM's page table, so precopy reads every data frame instead, and the
+// pause scans only what is present again. Without it checkpoint 0 copies
+// the whole RAM while the VM is stopped (50 ms for 256 MiB on the test
+// machine). A frame punched after the data walk keeps its pre-copied
+// content in checkpoint 0 and is zero from a later checkpoint on (see
+// punched).
+func (r *recorder) precopy(c *capture, i int) error {
 	t := time.Now()
-	present, err := r.readPagemap()
-	if err != nil {
-		return err
+	var cands []span
+	if i == 0 {
+		data, err := dataSpans(r.ram, r.frames)
+		if err != nil {
+			return err
+		}
+		cands = data
+		c.precopiedAll = true
+	} else {
+		present, err := r.readPagemap()
+		if err != nil {
+			return err
+		}
+		// No gaps: a frame absent at the pagemap read may be written
+		// before the pageout; unmapping it would hide that write.
+		if err := r.pageout(present, 0); err != nil {
+			return err
+		}
+		// The deferred frames were unmapped by startLate (waitLate):
+		// they can be read now too.
+		c.preWS = unionSpans(present, r.late)
+		r.late = nil
+		cands = c.preWS
 	}
-	// No gaps: a frame absent at the pagemap read may be written before
-	// the pageout; unmapping it would hide that write.
-	if err := r.pageout(present, 0); err != nil {
-		return err
-	}
-	// The deferred frames were unmapped by startLate (waitLate): they can
-	// be read now too.
-	c.preWS = unionSpans(present, r.late)
-	r.late = nil
-	parts, err := r.scanAll(c.preWS, nil, true)
+	parts, err := r.scanAll(cands, nil, true)
 	c.parts = append(c.parts, parts...)
 	c.stats.Phases.Precopy = time.Since(t)
-	c.stats.PrecopyScanned = spanFrames(c.preWS)
-	c.stats.Precopied = uint64(framesIn(parts))
-	return err
-}
-
-// precopyAll is checkpoint 0's pre-copy. The prepass has emptied the VMM's
-// page table, so a frame written from then on is present at the stop; it
-// reads and copies every data frame with the VM running, and the pause
-// then scans only the present frames, as after a later checkpoint's
-// pre-copy. Without it checkpoint 0 copies the whole RAM while the VM is
-// stopped (50 ms for 256 MiB on the test machine). A frame punched after
-// the data walk keeps its pre-copied content in checkpoint 0 and is zero
-// from a later checkpoint on (see punched).
-func (r *recorder) precopyAll(c *capture) error {
-	t := time.Now()
-	data, err := dataSpans(r.ram, r.frames)
-	if err != nil {
-		return err
-	}
-	parts, err := r.scanAll(data, nil, true)
-	c.parts = append(c.parts, parts...)
-	c.precopiedAll = true
-	c.stats.Phases.Precopy = time.Since(t)
-	c.stats.PrecopyScanned = spanFrames(data)
+	c.stats.PrecopyScanned = spanFrames(cands)
 	c.stats.Precopied = uint64(framesIn(parts))
 	return err
 }
