@@ -32,8 +32,9 @@
 //     large blocks. It is built after the checkpoints it copies are
 //     committed, ingested whole or not at all, read only for ranges that
 //     lie inside W_i, and checked by Verify against the frame versions. A
-//     damaged pack costs a log line and a slower read from the versions,
-//     never wrong bytes; a missing pack only costs speed.
+//     damaged pack costs one log line per checkpoint handle, which then
+//     reads from the versions (slower, never wrong bytes); a missing pack
+//     only costs speed.
 //   - Frame and pack tables are written with O_DIRECT (direct.go): the page
 //     cache gains nothing from holding what was just written, and filling
 //     it was most of the store's write time on virtual machines.

@@ -247,18 +247,20 @@ func forEachRun(bm *roaring.Bitmap, fn func(start, end uint64) bool) {
 
 // packView is what a Checkpoint knows about its interval's pack.
 type packView struct {
-	ws  *roaring.Bitmap // W_i; nil when there is no pack
-	gen uint64          // store generation when this was looked up
+	ws     *roaring.Bitmap // W_i; nil when there is no pack
+	gen    uint64          // store generation when this was looked up
+	broken bool            // the pack failed a read: this handle no longer uses it
 }
 
-// packed returns W_i when interval i (this checkpoint's) has a pack. A
-// missing pack is looked up again once the store's generation moves on, so
-// a long-lived handle finds a pack built after it was opened.
+// packed returns W_i when interval i (this checkpoint's) has a pack that
+// this handle uses. A missing pack is looked up again once the store's
+// generation moves on, so a long-lived handle finds a pack built after it
+// was opened.
 func (c *Checkpoint) packed() *roaring.Bitmap {
 	gen := c.s.generation.Load()
 	c.packMu.Lock()
 	defer c.packMu.Unlock()
-	if c.pack != nil && (c.pack.ws != nil || c.pack.gen == gen) {
+	if c.pack != nil && (c.pack.broken || c.pack.ws != nil || c.pack.gen == gen) {
 		return c.pack.ws
 	}
 	v := &packView{gen: gen}
@@ -269,6 +271,19 @@ func (c *Checkpoint) packed() *roaring.Bitmap {
 	}
 	c.pack = v
 	return v.ws
+}
+
+// dropPack stops this handle from using its pack after err, logging it
+// once: the frame versions serve every later read, so a damaged pack costs
+// one line and speed, not a line per read.
+func (c *Checkpoint) dropPack(err error) {
+	c.packMu.Lock()
+	first := c.pack == nil || !c.pack.broken
+	c.pack = &packView{broken: true}
+	c.packMu.Unlock()
+	if first {
+		c.s.log.Warn("store: working-set pack unreadable, reading frame versions", "run", c.run.Name, "checkpoint", c.index, "err", err)
+	}
 }
 
 // readPacked serves ReadFrames from the pack when every frame asked for is

@@ -299,7 +299,7 @@ func (c *Checkpoint) ReadFrames(first uint64, dst []byte) error {
 		return nil
 	case err != nil:
 		// The frame versions still hold the truth: serve from them.
-		c.s.log.Warn("store: working-set pack unreadable, reading frame versions", "run", c.run.Name, "checkpoint", c.index, "err", err)
+		c.dropPack(err)
 	}
 	return c.readVersions(first, dst)
 }
