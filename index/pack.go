@@ -11,6 +11,8 @@ import (
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/zeebo/xxh3"
+
+	"github.com/ckptfs/ckptfs/index/rawfmt"
 )
 
 // A working-set pack holds the frames of W_i at checkpoint i contiguously,
@@ -223,28 +225,6 @@ func (s *Store) HasPack(name string, i int) (bool, error) {
 	return s.hasPack(id, uint32(i))
 }
 
-// forEachRun calls fn for every run [start, end) of consecutive pfns in bm,
-// in order, until fn returns false.
-func forEachRun(bm *roaring.Bitmap, fn func(start, end uint64) bool) {
-	it := bm.Iterator()
-	var start, end uint64
-	open := false
-	for it.HasNext() {
-		p := uint64(it.Next())
-		if open && p == end {
-			end++
-			continue
-		}
-		if open && !fn(start, end) {
-			return
-		}
-		start, end, open = p, p+1, true
-	}
-	if open {
-		fn(start, end)
-	}
-}
-
 // packView is what a Checkpoint knows about its interval's pack.
 type packView struct {
 	ws     *roaring.Bitmap // W_i; nil when there is no pack
@@ -405,7 +385,7 @@ func (s *Store) comparePack(ri RunInfo, i int, ws *roaring.Bitmap, rep *VerifyRe
 	}
 	packedBuf, plainBuf := make([]byte, packFrames*PageSize), make([]byte, packFrames*PageSize)
 	var ferr error
-	forEachRun(ws, func(start, end uint64) bool {
+	rawfmt.EachRun(ws, func(start, end uint64) bool {
 		for p := start; p < end; p += packFrames {
 			n := min(end-p, packFrames) * PageSize
 			packed, plain := packedBuf[:n], plainBuf[:n]

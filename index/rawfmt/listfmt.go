@@ -59,33 +59,42 @@ func parsePfn(s string, limit uint64) (uint64, error) {
 // FormatList writes a frame set in the Linux list format, with a newline.
 func FormatList(bm *roaring.Bitmap) string {
 	var b strings.Builder
-	it := bm.ManyIterator()
-	buf := make([]uint32, 4096)
-	start, prev := int64(-1), int64(-1)
-	flush := func() {
-		if start < 0 {
-			return
-		}
+	EachRun(bm, func(start, end uint64) bool {
 		if b.Len() > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteString(strconv.FormatInt(start, 10))
-		if prev > start {
+		b.WriteString(strconv.FormatUint(start, 10))
+		if end-start > 1 {
 			b.WriteByte('-')
-			b.WriteString(strconv.FormatInt(prev, 10))
+			b.WriteString(strconv.FormatUint(end-1, 10))
 		}
-	}
-	for n := it.NextMany(buf); n > 0; n = it.NextMany(buf) {
-		for _, v := range buf[:n] {
-			if int64(v) == prev+1 && start >= 0 {
-				prev = int64(v)
-				continue
-			}
-			flush()
-			start, prev = int64(v), int64(v)
-		}
-	}
-	flush()
+		return true
+	})
 	b.WriteByte('\n')
 	return b.String()
+}
+
+// EachRun calls fn for every run [start, end) of consecutive frames in bm,
+// in increasing order, until fn returns false.
+func EachRun(bm *roaring.Bitmap, fn func(start, end uint64) bool) {
+	it := bm.ManyIterator()
+	buf := make([]uint32, 4096)
+	var start, end uint64
+	open := false
+	for n := it.NextMany(buf); n > 0; n = it.NextMany(buf) {
+		for _, v := range buf[:n] {
+			p := uint64(v)
+			if open && p == end {
+				end++
+				continue
+			}
+			if open && !fn(start, end) {
+				return
+			}
+			start, end, open = p, p+1, true
+		}
+	}
+	if open {
+		fn(start, end)
+	}
 }

@@ -3,6 +3,7 @@ package rawfmt
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/RoaringBitmap/roaring/v2"
@@ -47,6 +48,19 @@ func TestParseList(t *testing.T) {
 	}
 	if s := FormatList(roaring.New()); s != "\n" {
 		t.Errorf("FormatList(empty) = %q", s)
+	}
+	// EachRun stops when told to, also across NextMany batches.
+	bm := roaring.New()
+	bm.AddRange(0, 5000)
+	bm.Add(6000)
+	bm.AddRange(7000, 7002)
+	var runs [][2]uint64
+	EachRun(bm, func(start, end uint64) bool {
+		runs = append(runs, [2]uint64{start, end})
+		return len(runs) < 2
+	})
+	if fmt.Sprint(runs) != "[[0 5000] [6000 6001]]" {
+		t.Errorf("EachRun stopped after two runs: %v", runs)
 	}
 }
 
