@@ -292,15 +292,9 @@ func (c *Checkpoint) readPacked(first uint64, dst []byte) (ok bool, err error) {
 		r := r0 + k
 		chunkNo, slot := uint32(r/packFrames), r%packFrames
 		key = appendPackKey(key[:0], c.run.ID, c.index, chunkNo)
-		if !(it.Valid() && equalKey(it.Key(), key)) && (!it.SeekGE(key) || !equalKey(it.Key(), key)) {
-			if err := it.Error(); err != nil {
-				return false, wrapRead(err, keyString(key))
-			}
-			return false, corruptf("%s is missing from a pack", keyString(key))
-		}
-		v, err := it.ValueAndErr()
+		v, err := valueAt(it, key, "is missing from a pack")
 		if err != nil {
-			return false, wrapRead(err, keyString(key))
+			return false, err
 		}
 		want := min(uint64(packFrames), total-uint64(chunkNo)*packFrames)
 		if uint64(len(v)) != want*(blobHeaderLen+PageSize) {

@@ -155,21 +155,11 @@ func (c *Checkpoint) seekVersion(it *pebble.Iterator, pfn uint64) (kind versionK
 	return k, blobRef{ri, rp}, true, nil
 }
 
-// readBlob copies the blob ref into dst after checking its checksum.
-func (c *Checkpoint) readBlob(it *pebble.Iterator, ref blobRef, dst []byte) error {
-	v, err := c.blobValue(it, ref)
-	if err == nil {
-		copy(dst, v)
-	}
-	return err
-}
-
-// blobValue returns the checked frame bytes of blob ref. They are valid
-// until the iterator moves.
-func (c *Checkpoint) blobValue(it *pebble.Iterator, ref blobRef) ([]byte, error) {
-	key := appendBlobKey(make([]byte, 0, blobKeyLen), c.run.ID, ref.interval, ref.pfn)
-	// Reads mostly want the blob right after the last one: a Next is far
-	// cheaper than a seek through every level.
+// valueAt moves it to key and returns its value, valid until the iterator
+// moves. Reads mostly want the key right after the last one (the next blob,
+// the next pack chunk): a Next is far cheaper than a seek through every
+// level. A key that is not there is corruption: "<key> <missing>".
+func valueAt(it *pebble.Iterator, key []byte, missing string) ([]byte, error) {
 	found := false
 	if it.Valid() {
 		switch cmp := bytes.Compare(it.Key(), key); {
@@ -183,11 +173,31 @@ func (c *Checkpoint) blobValue(it *pebble.Iterator, ref blobRef) ([]byte, error)
 		if err := it.Error(); err != nil {
 			return nil, wrapRead(err, keyString(key))
 		}
-		return nil, corruptf("%s is referenced but missing", keyString(key))
+		return nil, corruptf("%s %s", keyString(key), missing)
 	}
 	v, err := it.ValueAndErr()
 	if err != nil {
 		return nil, wrapRead(err, keyString(key))
+	}
+	return v, nil
+}
+
+// readBlob copies the blob ref into dst after checking its checksum.
+func (c *Checkpoint) readBlob(it *pebble.Iterator, ref blobRef, dst []byte) error {
+	v, err := c.blobValue(it, ref)
+	if err == nil {
+		copy(dst, v)
+	}
+	return err
+}
+
+// blobValue returns the checked frame bytes of blob ref. They are valid
+// until the iterator moves.
+func (c *Checkpoint) blobValue(it *pebble.Iterator, ref blobRef) ([]byte, error) {
+	key := appendBlobKey(make([]byte, 0, blobKeyLen), c.run.ID, ref.interval, ref.pfn)
+	v, err := valueAt(it, key, "is referenced but missing")
+	if err != nil {
+		return nil, err
 	}
 	if len(v) != blobHeaderLen+PageSize {
 		return nil, corruptf("%s has %d bytes", keyString(key), len(v))
