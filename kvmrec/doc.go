@@ -120,7 +120,11 @@
 //
 // W_i is a superset of the frames interval i touched, never a subset:
 //   - fault-around: a read fault maps up to 16 neighbouring page-cache pages
-//     (64 KiB), which look touched;
+//     (64 KiB), which look touched. Nothing outside the VMM can turn it
+//     off; the synthetic guest turns it off for its own RAM (synthguest,
+//     FaultAround), and then exact mode records exactly the frames it
+//     touched (TestRecordSynthetic). At 20 % touched in runs, the
+//     superset was 23 % of RAM, 15 % more than touched;
 //   - the deferred frames above;
 //   - pages QEMU itself reads or writes (device emulation, the device-state
 //     save), which the guest did not;

@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -222,4 +224,27 @@ func trunc(s string) string {
 func isExit(err error) bool {
 	var ee *exec.ExitError
 	return errors.As(err, &ee)
+}
+
+// faultAroundOff reports whether the guest pid mapped path with fault-around
+// off: its mapping is registered with userfaultfd write-protect ("uw" in
+// the VmFlags of smaps).
+func faultAroundOff(t testing.TB, pid int, path string) bool {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := false
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":"):
+			in = len(f) == 6 && f[5] == path
+		case in && len(f) > 0 && f[0] == "VmFlags:":
+			return slices.Contains(f[1:], "uw")
+		}
+	}
+	t.Fatalf("guest %d has no mapping of %s", pid, path)
+	return false
 }

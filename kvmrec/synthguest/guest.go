@@ -32,6 +32,15 @@
 // TickFrames operations per TickInterval, and then idles until the next
 // `stop`. A `stop` interrupts the plan between two operations; the rest of
 // it is dropped.
+//
+// # Fault-around
+//
+// Unless Config.FaultAround is set, the guest registers its RAM mapping
+// with userfaultfd in write-protect mode and protects nothing: the kernel
+// then maps exactly the page a read faults on instead of up to 16
+// neighbours, so a pagemap tracker sees the frames the guest touched and no
+// more (faultaround.go). A kernel without write-protect for shared memory
+// (before 5.19) leaves fault-around on, with a warning.
 package synthguest
 
 import (
@@ -40,6 +49,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -69,6 +79,14 @@ type Config struct {
 	Seed          uint64
 
 	TruthDir string // where truth files go; "" writes none
+
+	// FaultAround leaves the kernel's fault-around on for the RAM mapping,
+	// as in a QEMU guest: a read fault then maps up to 16 neighbouring
+	// frames, and a pagemap tracker records them as touched. By default the
+	// guest turns it off (faultaround.go), so that recorded working sets
+	// are the frames it accessed; where the kernel cannot, it warns once and
+	// runs with it.
+	FaultAround bool
 
 	// TickInterval spreads an interval's plan over time: TickFrames
 	// operations, then a pause of TickInterval. 0 runs the plan at once.
@@ -157,6 +175,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer unix.Munmap(ram)
 	g.ram = ram
+	if !cfg.FaultAround {
+		if uffd, err := disableFaultAround(ram); err != nil {
+			slog.Warn("synthguest: fault-around stays on: recorded working sets include neighbours of read frames", "err", err)
+		} else {
+			defer unix.Close(uffd)
+		}
+	}
 	g.initRAM()
 	if cfg.TruthDir != "" {
 		if err := os.MkdirAll(cfg.TruthDir, 0o755); err != nil {

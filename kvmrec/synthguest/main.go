@@ -29,6 +29,9 @@ func Args(cfg Config) []string {
 	if cfg.TruthDir != "" {
 		a = append(a, "-truth", cfg.TruthDir)
 	}
+	if cfg.FaultAround {
+		a = append(a, "-fault-around")
+	}
 	if cfg.TickInterval > 0 {
 		a = append(a, "-tick", cfg.TickInterval.String())
 	}
@@ -60,6 +63,7 @@ func mainTo(args []string, stderr io.Writer) int {
 	fs.Uint64Var(&cfg.Seed, "seed", 1, "workload seed")
 	fs.StringVar(&cfg.TruthDir, "truth", "", "`dir` for truth files (accessed/changed frames, RAM hashes per pause)")
 	fs.DurationVar(&cfg.TickInterval, "tick", 0, "spread each interval's accesses: -tick-frames operations per tick")
+	fs.BoolVar(&cfg.FaultAround, "fault-around", false, "leave the kernel's fault-around on for the RAM mapping (as in a QEMU guest)")
 	fs.IntVar(&cfg.TickFrames, "tick-frames", 256, "operations per tick")
 	if err := fs.Parse(args); err != nil {
 		return 2
