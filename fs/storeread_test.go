@@ -26,9 +26,11 @@ func BenchmarkSourceRead(b *testing.B) {
 			ext := extentsOf(d.ws)
 			b.SetBytes(int64(ext.frames() * pageSize))
 			for range b.N {
-				for _, e := range pieces(ext) {
-					if err := readSplit(fr, e.start, buf[:(e.end-e.start)*pageSize], k); err != nil {
-						b.Fatal(err)
+				for _, pc := range pieces(ext) {
+					for _, e := range pc {
+						if err := readSplit(fr, e.start, buf[:(e.end-e.start)*pageSize], k); err != nil {
+							b.Fatal(err)
+						}
 					}
 				}
 			}

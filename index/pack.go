@@ -34,6 +34,11 @@ import (
 // block, so a pack is read in large blocks, in order.
 const packFrames = 128
 
+// PackChunkFrames is the number of working-set frames in one chunk of a
+// pack: readers that split W_i among goroutines cut it in multiples of
+// this, counted from W_i's first frame, so that no chunk is decoded twice.
+const PackChunkFrames = packFrames
+
 // packSegment is how many frames of W_i a pack build holds in memory at
 // once (64 MiB); a multiple of packFrames.
 const packSegment = 512 * packFrames
