@@ -50,7 +50,8 @@
 // runs of up to 1 MiB, so that the VMM's faults on its working set are
 // page-cache hits. The work is cut into pieces of 256 frames of W_i
 // counted from its first frame, whole chunks of the store's pack, so that
-// two loaders never decode one chunk. Loader goroutines read batches from the store while as
+// two loaders never decode one chunk. Loader goroutines (twice as many as
+// cores: cold reads wait for the disk) read batches from the store while as
 // many others push the batches already read (notify-store is mostly the
 // kernel allocating and filling pages, which runs in parallel). At most
 // eight prefetches run at once. The push follows the faults: every
