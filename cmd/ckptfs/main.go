@@ -34,6 +34,7 @@ func main() {
 	if handled := maybeRunChild(); handled {
 		return
 	}
+	reexecForMount()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr, nil)
 	stop()
