@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -138,6 +139,16 @@ func startMount(t *testing.T, store, mnt string, extra ...string) *daemon {
 		_, err := os.Stat(filepath.Join(mnt, "."))
 		return isMounted(mnt) && err == nil && strings.Contains(d.stderr.String(), "serving")
 	}, "mount of "+mnt+": "+d.stderr.String())
+	// A serving process re-executes itself with MADV_FREE for its heap
+	// (cmd/ckptfs/godebug.go), unless the caller chose.
+	if !strings.Contains(os.Getenv("GODEBUG"), "madvdontneed=") {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", d.cmd.Process.Pid))
+		if err != nil || !slices.ContainsFunc(strings.Split(string(env), "\x00"), func(kv string) bool {
+			return strings.HasPrefix(kv, "GODEBUG=") && strings.Contains(kv, "madvdontneed=0")
+		}) {
+			t.Errorf("the mount runs without GODEBUG=madvdontneed=0 (%v)", err)
+		}
+	}
 	return d
 }
 
