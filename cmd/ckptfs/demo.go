@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	ckfs "github.com/ckptfs/ckptfs/fs"
@@ -79,8 +80,7 @@ func runDemo(c *cli.Context) error {
 		return errors.New("demo owns its own store; run it directly, not through a mount")
 	}
 	// Checked before anything starts: a bad flag should not cost a recording.
-	conc, err := replay.ParseConcurrency(c.String("concurrency"))
-	if err != nil {
+	if _, err := replay.ParseConcurrency(c.String("concurrency")); err != nil {
 		return usageErrorf("demo: --concurrency: %v", err)
 	}
 	dir := absPath(c, c.String("dir"))
@@ -163,10 +163,17 @@ func runDemo(c *cli.Context) error {
 	}
 
 	say("measuring replays: full eager (a), sparse eager (b), lazy with prefetch (c), lazy without (d)")
-	bc := replay.BenchConfig{Mount: mnt, Run: run, NoPrefetchMount: mntNP, Concurrency: conc, Logger: slog.Default(),
-		DropStore: func() error { st.DropCache(); return nil }}
-	if err := runBench(c, bc, filepath.Join(dir, "bench.json"), filepath.Join(dir, "bench.png")); err != nil {
-		return err
+	// The bench runs as a process of its own, as a user would run it:
+	// inside the mount's process its goroutines and mode (d)'s READs took
+	// the cores the prefetch needs. It empties the store's cache through
+	// the store socket.
+	bench := exec.CommandContext(c.Context, selfPath(), "--log-level", c.String("log-level"), "replay", "bench",
+		"--mount", mnt, "--no-prefetch-mount", mntNP, "--run", run, "--concurrency", c.String("concurrency"),
+		"--json", filepath.Join(dir, "bench.json"), "--plot", filepath.Join(dir, "bench.png"))
+	bench.Stdout, bench.Stderr = out, c.App.ErrWriter
+	bench.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := bench.Run(); err != nil {
+		return fmt.Errorf("replay bench: %w", err)
 	}
 	last := sum.Checkpoints - 2
 	fmt.Fprintf(out, `
