@@ -102,14 +102,16 @@
 // test machine a cold working-set prefetch (51 MiB, store cache and page
 // cache dropped) went from 260-385 ms to 130-235 ms, and a cold sequential
 // read of a 1 GiB full/<i>.ram from 58,000 page faults to a few hundred.
-// An explicit GOGC or GOMEMLIMIT wins. The runtime still hands freed
-// spans back to the kernel near the limit, and the mount then faults the
-// same memory in again; the CLI therefore runs its serving commands with
-// GODEBUG=madvdontneed=0 (cmd/ckptfs/godebug.go), which returns them with
-// MADV_FREE, reclaimed only under memory pressure. `ckptfs mount` and `demo` call it;
+// An explicit GOGC or GOMEMLIMIT wins. `ckptfs mount` and `demo` call it;
 // `record --mount` does not: the recorder's store writes allocate heavily,
 // and GOGC=off with a fixed 2 GiB limit cut its store rate from ≈ 200 to
 // 66 MiB/s in the keep-up benchmark.
+//
+// Near the limit the runtime still hands freed spans back to the kernel,
+// and the mount then faults the same memory in again. The CLI therefore
+// runs every process that serves a mount (mount, demo, record --mount)
+// with GODEBUG=madvdontneed=0 (cmd/ckptfs/godebug.go): freed spans go back
+// with MADV_FREE, which the kernel reclaims only under memory pressure.
 //
 // # Errors
 //

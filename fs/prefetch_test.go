@@ -1,16 +1,11 @@
 package fs
 
-import (
-	"testing"
-
-	"github.com/ckptfs/ckptfs/index"
-)
+import "testing"
 
 // TestPieces checks how a push cuts W: every piece but the last holds
-// exactly pieceFrames frames, so piece k covers pack chunks
-// [k*pieceFrames/PackChunkFrames, (k+1)*pieceFrames/PackChunkFrames) and no
-// two loaders decode the same chunk; runs keep their order and no frame is
-// lost or repeated.
+// exactly pieceFrames frames (whole pack chunks, which prefetch.go checks
+// at compile time), so no two loaders decode the same chunk; runs keep
+// their order and no frame is lost or repeated.
 func TestPieces(t *testing.T) {
 	ext := extents{{3, 5}, {10, 10 + pieceFrames - 1}, {600, 601}, {1000, 1000 + 2*pieceFrames + 7}, {5000, 5003}}
 	ps := pieces(ext)
@@ -40,8 +35,5 @@ func TestPieces(t *testing.T) {
 	}
 	if want := (ext.frames() + pieceFrames - 1) / pieceFrames; uint64(len(ps)) != want {
 		t.Errorf("%d pieces, want %d", len(ps), want)
-	}
-	if pieceFrames%index.PackChunkFrames != 0 {
-		t.Errorf("a piece of %d frames is not whole pack chunks of %d", pieceFrames, index.PackChunkFrames)
 	}
 }

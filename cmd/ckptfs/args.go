@@ -14,17 +14,8 @@ func permuteArgs(app *cli.App, args []string) []string {
 	if len(args) < 2 {
 		return args
 	}
-	out := []string{args[0]}
-	i := 1
-	// Global flags before the command.
-	for i < len(args) && strings.HasPrefix(args[i], "-") && args[i] != "--" {
-		out = append(out, args[i])
-		if takesValue(app.Flags, args[i]) && i+1 < len(args) {
-			out = append(out, args[i+1])
-			i++
-		}
-		i++
-	}
+	i := commandIndex(app, args)
+	out := append([]string(nil), args[:i]...)
 	if i >= len(args) {
 		return out
 	}
@@ -63,6 +54,46 @@ func permuteArgs(app *cli.App, args []string) []string {
 	out = append(out, flags...)
 	out = append(out, positional...)
 	return append(out, rest...)
+}
+
+// commandIndex returns the index in args of the command's name: the first
+// argument after the program name and the global flags (and their values).
+// It is len(args) when there is none.
+func commandIndex(app *cli.App, args []string) int {
+	i := 1
+	for i < len(args) && strings.HasPrefix(args[i], "-") && args[i] != "--" {
+		if takesValue(app.Flags, args[i]) && i+1 < len(args) {
+			i++
+		}
+		i++
+	}
+	return min(i, len(args))
+}
+
+// servesMount reports whether the command line args starts a process that
+// serves a mount: mount, demo, or record with --mount.
+func servesMount(app *cli.App, args []string) bool {
+	i := commandIndex(app, args)
+	if i >= len(args) {
+		return false
+	}
+	cmd := findCommand(app.Commands, args[i])
+	switch {
+	case cmd == nil:
+		return false
+	case cmd.Name == "mount" || cmd.Name == "demo":
+		return true
+	case cmd.Name == "record":
+		for _, a := range args[i+1:] {
+			if a == "--" {
+				break
+			}
+			if name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "="); strings.HasPrefix(a, "-") && name == "mount" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func findCommand(cmds []*cli.Command, name string) *cli.Command {

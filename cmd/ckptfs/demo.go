@@ -173,6 +173,11 @@ func runDemo(c *cli.Context) error {
 	bench.Stdout, bench.Stderr = out, c.App.ErrWriter
 	bench.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := bench.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() > 0 {
+			// The bench said why on stderr; one line is enough.
+			return &exitError{code: ee.ExitCode(), err: errAlreadyReported}
+		}
 		return fmt.Errorf("replay bench: %w", err)
 	}
 	last := sum.Checkpoints - 2

@@ -1,16 +1,14 @@
 package main
 
 import (
+	"io"
 	"os"
 	"slices"
 	"strings"
 	"syscall"
 )
 
-// servingCommands are the commands whose process serves a mount.
-var servingCommands = []string{"mount", "demo", "record"}
-
-// reexecForMount re-executes a process that will serve a mount with
+// reexecForMount re-executes a process that will serve a mount (servesMount) with
 // GODEBUG=madvdontneed=0 added, which the Go runtime reads only at start.
 // The runtime then hands freed memory back with MADV_FREE instead of
 // MADV_DONTNEED: the kernel takes the pages only under memory pressure,
@@ -19,13 +17,15 @@ var servingCommands = []string{"mount", "demo", "record"}
 // faulting in the same memory: 80,000-88,000 page faults in the mount
 // during one replay bench, 17,000-19,000 with it, and (c) 52 ms instead of
 // 58 ms (medians of five alternating runs). The price: the process's RSS
-// counts freed memory until the kernel reclaims it. An explicit
+// counts freed memory until the kernel reclaims it. Under record --mount
+// the recorder shares the process and the setting; its store rate was not
+// measured apart with and without it. An explicit
 // madvdontneed setting wins; if the re-exec fails, the process runs on.
 func reexecForMount() {
 	if strings.Contains(os.Getenv("GODEBUG"), "madvdontneed=") {
 		return
 	}
-	if !slices.ContainsFunc(os.Args[1:], func(a string) bool { return slices.Contains(servingCommands, a) }) {
+	if !servesMount(newApp(nil, io.Discard, io.Discard, nil), os.Args) {
 		return
 	}
 	exe, err := os.Executable()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -193,5 +194,33 @@ func TestForwardToOwner(t *testing.T) {
 	}
 	if n := st.CacheSize(); n != 0 {
 		t.Fatalf("block cache holds %d bytes after drop-caches", n)
+	}
+}
+
+// TestServesMount checks which command lines re-exec with MADV_FREE for
+// the heap (godebug.go): the serving commands, wherever the global flags
+// put them, and no other command that merely names one.
+func TestServesMount(t *testing.T) {
+	app := newApp(nil, io.Discard, io.Discard, nil)
+	for _, tc := range []struct {
+		args string
+		want bool
+	}{
+		{"mount MNT", true},
+		{"--store S --log-level debug mount MNT --prefetch none", true},
+		{"demo --synthetic", true},
+		{"record --qmp Q --mem M --run R --mount MNT", true},
+		{"record --mount=MNT --qmp Q", true},
+		{"record --qmp Q --mem M --run R", false},
+		{"record --qmp Q -- --mount", false},
+		{"ls record", false},
+		{"--store mount ls", false},
+		{"replay bench --mount MNT --run R", false},
+		{"", false},
+	} {
+		args := append([]string{"ckptfs"}, strings.Fields(tc.args)...)
+		if got := servesMount(app, args); got != tc.want {
+			t.Errorf("servesMount(%q) = %v, want %v", tc.args, got, tc.want)
+		}
 	}
 }
