@@ -13,6 +13,8 @@ import (
 //	'b' blob      b | run u32 | interval u32 | pfn u64  → xxh3-64(frame) u64 | frame
 //	'c' commit    c | run u32 | interval u32            → JSON CheckpointStats
 //	'd' devstate  d | run u32 | interval u32            → QEMU migration stream
+//	'l' replaylog l | run u32                           → JSON replayLogRecord {size, complete, updated}
+//	'l' log chunk l | run u32 | offset u64              → xxh3-64(chunk) u64 | chunk (1..1 MiB bytes)
 //	'm' run       m | run u32                           → JSON runRecord
 //	'n' name      n | name                              → run u32
 //	's' sequence  s | "run"                             → next run id u32
@@ -27,6 +29,11 @@ import (
 // places it at the bottom level, where it is never rewritten.
 // The presence of the 'c' key is what makes a checkpoint visible; it is always
 // written in the same atomic ingest or batch as everything it refers to.
+// The replay log of a deterministic run (replaylog.go) is one record, l|run,
+// which sorts before the run's chunks, and chunks keyed by the byte offset at
+// which they start: the log is append-only, so chunks tile [0, size) without
+// gaps or overlap. Both use lower-case 'l' so that they sort after frame data
+// and stay out of the frame tables' key range.
 
 // keyKind is the first byte of every key.
 type keyKind byte
@@ -36,6 +43,7 @@ const (
 	kindBlob     keyKind = 'b'
 	kindCommit   keyKind = 'c'
 	kindDevState keyKind = 'd'
+	kindLog      keyKind = 'l'
 	kindRun      keyKind = 'm'
 	kindName     keyKind = 'n'
 	kindSequence keyKind = 's'
@@ -61,6 +69,8 @@ const (
 	blobHeaderLen = 8
 	wsHeaderLen   = 8
 	packKeyLen    = 1 + 4 + 4 + 4
+	logKeyLen     = 1 + 4 + 8
+	logHeaderLen  = 8
 )
 
 var sequenceKey = []byte{byte(kindSequence), 'r', 'u', 'n'}
@@ -135,6 +145,20 @@ func firstByte(b []byte) int {
 	return int(b[0])
 }
 
+// appendLogKey encodes the key of the replay-log chunk that starts at byte
+// off; appendRunKey(nil, kindLog, run) is the key of the log's record.
+func appendLogKey(dst []byte, run RunID, off uint64) []byte {
+	dst = appendRunKey(dst, kindLog, run)
+	return binary.BigEndian.AppendUint64(dst, off)
+}
+
+func decodeLogKey(k []byte) (run RunID, off uint64, ok bool) {
+	if len(k) != logKeyLen || keyKind(k[0]) != kindLog {
+		return 0, 0, false
+	}
+	return RunID(binary.BigEndian.Uint32(k[1:])), binary.BigEndian.Uint64(k[5:]), true
+}
+
 func appendNameKey(dst []byte, name string) []byte {
 	return append(append(dst, byte(kindName)), name...)
 }
@@ -165,6 +189,13 @@ func keyString(k []byte) string {
 	case kindCommit, kindDevState, kindWS:
 		if len(k) == 9 {
 			return fmt.Sprintf("%c/run%d/%d", k[0], binary.BigEndian.Uint32(k[1:]), binary.BigEndian.Uint32(k[5:]))
+		}
+	case kindLog:
+		if r, off, ok := decodeLogKey(k); ok {
+			return fmt.Sprintf("replaylog/run%d/offset%d", r, off)
+		}
+		if len(k) == 5 {
+			return fmt.Sprintf("replaylog/run%d", binary.BigEndian.Uint32(k[1:]))
 		}
 	case kindRun:
 		if len(k) == 5 {

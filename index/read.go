@@ -487,6 +487,10 @@ type IntervalStats struct {
 	DeviceStateBytes uint64 `json:"device_state_bytes"`
 	// Packed tells whether W_i has a working-set pack (pack.go).
 	Packed bool `json:"ws_packed"`
+	// ICount is the guest instruction count at checkpoint i (the start of
+	// the interval), in a deterministic run; the interval ends at
+	// checkpoint i+1's.
+	ICount *uint64 `json:"icount,omitempty"`
 	// Checkpoint i itself (the start of the interval).
 	Checkpoint CheckpointStats `json:"checkpoint"`
 }
@@ -501,7 +505,7 @@ func (s *Store) IntervalStats(name string, i int) (IntervalStats, error) {
 	if err != nil {
 		return IntervalStats{}, err
 	}
-	out := IntervalStats{Interval: i, Checkpoint: cur, DeviceStateBytes: cur.DeviceStateBytes}
+	out := IntervalStats{Interval: i, Checkpoint: cur, DeviceStateBytes: cur.DeviceStateBytes, ICount: cur.ICount}
 	next, err := s.checkpointStats(id, name, i+1)
 	if errors.Is(err, ErrCheckpointMissing) {
 		return out, nil

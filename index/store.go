@@ -283,6 +283,13 @@ type RunInfo struct {
 	Tracker  string            `json:"tracker"`
 	Created  time.Time         `json:"created"`
 	Meta     map[string]string `json:"meta,omitempty"`
+	// Deterministic runs were recorded with QEMU in record mode; they have a
+	// replay log and instruction counts (replaylog.go).
+	Deterministic bool `json:"deterministic,omitempty"`
+	// QEMUArgs is the QEMU command line of the recording. Runs recorded
+	// before it was a field of its own have it from Meta["qemu_args"] (a
+	// JSON list).
+	QEMUArgs []string `json:"qemu_args,omitempty"`
 	// Checkpoints is the number of committed checkpoints (0..Checkpoints-1).
 	Checkpoints int `json:"checkpoints"`
 	// Intervals is the number of intervals whose working set is known; for
@@ -299,6 +306,9 @@ type runRecord struct {
 	Tracker  string            `json:"tracker"`
 	Created  time.Time         `json:"created"`
 	Meta     map[string]string `json:"meta,omitempty"`
+	// Deterministic and QEMUArgs are stored only when set.
+	Deterministic bool     `json:"deterministic,omitempty"`
+	QEMUArgs      []string `json:"qemu_args,omitempty"`
 }
 
 // Runs lists every run, by name.
@@ -367,7 +377,12 @@ func (s *Store) runInfo(id RunID) (RunInfo, error) {
 		return RunInfo{}, corruptf("run %d record: %v", id, err)
 	}
 	ri := RunInfo{Name: rec.Name, ID: id, RAMSize: rec.RAMSize, PageSize: rec.PageSize, Frames: rec.RAMSize / PageSize,
-		Recorder: rec.Recorder, Tracker: rec.Tracker, Created: rec.Created, Meta: rec.Meta}
+		Recorder: rec.Recorder, Tracker: rec.Tracker, Created: rec.Created, Meta: rec.Meta,
+		Deterministic: rec.Deterministic, QEMUArgs: rec.QEMUArgs}
+	if ri.QEMUArgs == nil {
+		ri.QEMUArgs = metaQEMUArgs(rec.Meta)
+	}
+	ri.Deterministic = ri.Deterministic || rec.Meta["deterministic"] == "true"
 	if ri.Checkpoints, err = s.countIntervalKeys(kindCommit, id); err != nil {
 		return RunInfo{}, err
 	}
@@ -423,7 +438,7 @@ func (s *Store) DeleteRun(name string) error {
 	b := s.db.NewBatch()
 	defer b.Close()
 	_ = b.Delete(appendNameKey(nil, name), nil)
-	for _, k := range []keyKind{kindBlob, kindCommit, kindDevState, kindPack, kindRun, kindVersion, kindWS} {
+	for _, k := range []keyKind{kindBlob, kindCommit, kindDevState, kindLog, kindPack, kindRun, kindVersion, kindWS} {
 		_ = b.DeleteRange(appendRunKey(nil, k, id), runPrefixEnd(k, id), nil)
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
@@ -434,7 +449,7 @@ func (s *Store) DeleteRun(name string) error {
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
-		for _, k := range []keyKind{kindBlob, kindPack} {
+		for _, k := range []keyKind{kindBlob, kindPack, kindLog} {
 			_ = s.db.Compact(s.bgCtx, appendRunKey(nil, k, id), runPrefixEnd(k, id), false)
 		}
 	}()

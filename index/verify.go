@@ -18,6 +18,8 @@ type VerifyReport struct {
 	Blobs       uint64 `json:"blobs"`
 	Packs       int    `json:"packs"`
 	BlobBytes   uint64 `json:"blob_bytes"`
+	// ReplayLogBytes is the size of the replay logs checked.
+	ReplayLogBytes uint64 `json:"replay_log_bytes,omitempty"`
 	// Problems lists every inconsistency found; empty means the store is sound.
 	Problems []string `json:"problems,omitempty"`
 }
@@ -134,6 +136,10 @@ func (s *Store) verifyRun(ctx context.Context, ri RunInfo, rep *VerifyReport, pr
 	// Working-set packs: whole, checksummed, and equal to the frame
 	// versions they were built from.
 	if err := s.verifyPacks(ctx, ri, rep); err != nil {
+		return fmt.Errorf("run %q: %w", name, err)
+	}
+	// Replay log: checksums, no gaps up to its size; instruction counts.
+	if err := s.verifyReplayLog(ri, rep); err != nil {
 		return fmt.Errorf("run %q: %w", name, err)
 	}
 	// Versions: committed, well-formed, referring to an existing older blob.

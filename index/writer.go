@@ -25,6 +25,13 @@ type RunSpec struct {
 	Recorder string // who made the run: "import", "kvmrec/qemu", ...
 	Tracker  string // how working sets were found: "pagemap", "hash", "import", "none"
 	Meta     map[string]string
+	// Deterministic marks a run recorded with QEMU in record mode: it has a
+	// replay log (from checkpoint 0 on, possibly empty) and its checkpoints
+	// carry instruction counts.
+	Deterministic bool
+	// QEMUArgs is the full QEMU command line the guest was recorded with
+	// (without the program name), for building a replay.
+	QEMUArgs []string
 }
 
 // CommitInfo is what a checkpoint carries besides its frames.
@@ -36,6 +43,14 @@ type CommitInfo struct {
 	DeviceState []byte
 	// Downtime is how long the VM was paused to take this checkpoint.
 	Downtime time.Duration
+	// ICount is the guest instruction count at this checkpoint (QMP
+	// query-replay); nil when the run is not deterministic. Counts never
+	// decrease from one checkpoint to the next.
+	ICount *uint64
+	// ReplayLog is what the VMM appended to its record/replay log since
+	// the previous commit. It is committed atomically with the checkpoint
+	// (replaylog.go).
+	ReplayLog []byte
 }
 
 // CheckpointStats is the commit record of checkpoint i.
@@ -55,6 +70,9 @@ type CheckpointStats struct {
 	WorkingSetFrames uint64    `json:"prev_ws_frames"`
 	DowntimeNS       int64     `json:"downtime_ns"`
 	CommittedAt      time.Time `json:"committed_at"`
+	// ICount is the guest instruction count at this checkpoint, in a
+	// deterministic run.
+	ICount *uint64 `json:"icount,omitempty"`
 }
 
 // smallCheckpoint is the size under which a checkpoint is committed with a
@@ -96,6 +114,7 @@ type RunWriter struct {
 	table     *sstable.Writer
 	tablePath string
 	stats     CheckpointStats
+	log       replayLogState
 	err       error
 	closed    bool
 }
@@ -311,6 +330,9 @@ func (w *RunWriter) Commit(ctx context.Context, info CommitInfo) (CheckpointStat
 		}
 		w.stats.WorkingSetFrames = info.WorkingSet.GetCardinality()
 	}
+	if err := w.checkReplay(info); err != nil {
+		return CheckpointStats{}, w.fail(err)
+	}
 	w.stats.DeviceStateBytes = uint64(len(info.DeviceState))
 	w.stats.BytesStored += uint64(len(info.DeviceState))
 	w.stats.DowntimeNS = int64(info.Downtime)
@@ -320,7 +342,11 @@ func (w *RunWriter) Commit(ctx context.Context, info CommitInfo) (CheckpointStat
 	if err != nil {
 		return CheckpointStats{}, w.fail(err)
 	}
-	if w.table == nil {
+	ingest, err := w.ingestForLog(info)
+	if err != nil {
+		return CheckpointStats{}, w.fail(err)
+	}
+	if !ingest {
 		err = w.commitBatch(meta)
 	} else {
 		err = w.commitIngest(ctx, meta)
@@ -328,6 +354,7 @@ func (w *RunWriter) Commit(ctx context.Context, info CommitInfo) (CheckpointStat
 	if err != nil {
 		return CheckpointStats{}, w.fail(err)
 	}
+	w.replayLogCommitted(info.ReplayLog, false, info.ICount)
 	st := w.stats
 	w.s.generation.Add(1)
 	w.next++
@@ -345,9 +372,11 @@ func (w *RunWriter) metaKVs(info CommitInfo) ([]kv, error) {
 	if info.DeviceState != nil {
 		out = append(out, kv{appendIntervalKey(nil, kindDevState, w.id, w.next), info.DeviceState})
 	}
+	out = append(out, w.replayLogKVs(info.ReplayLog, false)...)
 	if w.next == 0 {
 		rec, _ := json.Marshal(runRecord{Name: w.spec.Name, RAMSize: w.spec.RAMSize, PageSize: PageSize,
-			Recorder: w.spec.Recorder, Tracker: w.spec.Tracker, Created: time.Now().UTC(), Meta: w.spec.Meta})
+			Recorder: w.spec.Recorder, Tracker: w.spec.Tracker, Created: time.Now().UTC(), Meta: w.spec.Meta,
+			Deterministic: w.spec.Deterministic, QEMUArgs: w.spec.QEMUArgs})
 		out = append(out, kv{appendRunKey(nil, kindRun, w.id), rec})
 		out = append(out, kv{appendNameKey(nil, w.spec.Name), binary.BigEndian.AppendUint32(nil, uint32(w.id))})
 	}
@@ -385,16 +414,20 @@ func (w *RunWriter) commitBatch(meta []kv) error {
 // one atomic step. The blob table's keys are new to the LSM (b|run|i|*), so
 // Pebble can place it at the bottom level where it is never rewritten.
 func (w *RunWriter) commitIngest(ctx context.Context, meta []kv) error {
-	paths := []string{w.tablePath}
+	var paths []string
 	defer func() {
 		for _, p := range paths {
 			_ = w.s.fs.Remove(p)
 		}
 	}()
-	if err := w.table.Close(); err != nil {
-		return fmt.Errorf("finishing frame table: %w", err)
+	// Without frames (a large replay log alone) only the meta table.
+	if w.table != nil {
+		paths = append(paths, w.tablePath)
+		if err := w.table.Close(); err != nil {
+			return fmt.Errorf("finishing frame table: %w", err)
+		}
+		w.table = nil
 	}
-	w.table = nil
 	mt, mpath, err := w.newTable("meta")
 	if err != nil {
 		return err
