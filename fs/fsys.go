@@ -309,7 +309,8 @@ func errno(err error) syscall.Errno {
 	case err == nil:
 		return 0
 	case errors.Is(err, index.ErrRunNotFound), errors.Is(err, index.ErrCheckpointMissing),
-		errors.Is(err, index.ErrNoWorkingSet), errors.Is(err, index.ErrNoDeviceState):
+		errors.Is(err, index.ErrNoWorkingSet), errors.Is(err, index.ErrNoDeviceState),
+		errors.Is(err, index.ErrNoReplayLog):
 		return syscall.ENOENT
 	case errors.Is(err, context.Canceled):
 		return syscall.EINTR

@@ -27,6 +27,13 @@ type memRun struct {
 	ws      []*roaring.Bitmap
 	dev     [][]byte
 	corrupt map[[2]uint64]bool // (checkpoint, pfn)
+
+	// A deterministic run (setReplay, appendLog).
+	icount      []uint64
+	hasLog      bool
+	log         []byte
+	logComplete bool
+	logTime     time.Time
 }
 
 func newMemSource() *memSource { return &memSource{runs: map[string]*memRun{}} }
@@ -134,6 +141,12 @@ func (s *memSource) IntervalStats(name string, i int) (index.IntervalStats, erro
 	if i < len(r.ws) {
 		st.WorkingSetFrames = r.ws[i].GetCardinality()
 	}
+	s.mu.Lock()
+	if i < len(r.icount) {
+		v := r.icount[i]
+		st.ICount, st.Checkpoint.ICount = &v, &v
+	}
+	s.mu.Unlock()
 	return st, nil
 }
 
@@ -191,5 +204,55 @@ func (f *memFrames) ReadFrames(first uint64, dst []byte) error {
 }
 
 func (f *memFrames) Close() error { return nil }
+
+// setReplay makes run name deterministic, with the recording's QEMU
+// arguments, the instruction count of each checkpoint and an empty log.
+func (s *memSource) setReplay(name string, args []string, icount []uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.runs[name]
+	r.info.Deterministic, r.info.QEMUArgs = true, args
+	r.icount, r.hasLog, r.logTime = icount, true, time.Unix(1700000100, 0)
+	s.gen.Add(1)
+}
+
+// appendLog appends to the replay log of run name, as a commit would.
+func (s *memSource) appendLog(name string, data []byte, complete bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.runs[name]
+	r.hasLog = true
+	r.log = append(r.log, data...)
+	r.logComplete = r.logComplete || complete
+	r.logTime = r.logTime.Add(time.Second)
+	s.gen.Add(1)
+}
+
+func (s *memSource) ReplayLog(name string) (ReplayLog, error) {
+	r, err := s.run(name)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !r.hasLog {
+		return nil, fmt.Errorf("%w: %q", index.ErrNoReplayLog, name)
+	}
+	return &memLog{data: r.log[:len(r.log):len(r.log)], complete: r.logComplete, mod: r.logTime}, nil
+}
+
+// memLog is a snapshot of a memRun's log.
+type memLog struct {
+	data     []byte
+	complete bool
+	mod      time.Time
+}
+
+func (l *memLog) Size() int64        { return int64(len(l.data)) }
+func (l *memLog) Complete() bool     { return l.complete }
+func (l *memLog) ModTime() time.Time { return l.mod }
+func (l *memLog) ReadAt(p []byte, off int64) (int, error) {
+	return bytes.NewReader(l.data).ReadAt(p, off)
+}
 
 var _ Source = (*memSource)(nil)

@@ -40,6 +40,7 @@ const (
 	kindJSON   // <i>.json
 	kindDev    // <i>.dev
 	kindFull   // full/<i>.ram
+	kindReplayLog
 )
 
 const maxInterval = 1<<28 - 1
@@ -228,6 +229,8 @@ func (n *runDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 		}
 		out.SetAttrTimeout(dynamicTimeout)
 		return n.NewInode(ctx, ch, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: ino(ri.ID, kindRunJSON, 0)}), 0
+	case replayLogName:
+		return n.lookupReplayLog(ctx, ino(ri.ID, kindReplayLog, 0), out)
 	}
 	i, ext, ok := parseEntry(name)
 	if !ok || i >= ri.Checkpoints {
@@ -294,6 +297,11 @@ func (n *runDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		{Name: "full", Mode: syscall.S_IFDIR, Ino: ino(ri.ID, kindFullDir, 0)},
 		{Name: "run.json", Mode: syscall.S_IFREG, Ino: ino(ri.ID, kindRunJSON, 0)},
 	}
+	if has, err := n.hasReplayLog(); err != nil {
+		return nil, n.f.fail(nil, "readdir", n.name, 0, 0, err)
+	} else if has {
+		ents = append(ents, fuse.DirEntry{Name: replayLogName, Mode: syscall.S_IFREG, Ino: ino(ri.ID, kindReplayLog, 0)})
+	}
 	for i := 0; i < ri.Checkpoints && i <= maxInterval; i++ {
 		cs, err := n.checkpointStats(i)
 		if err != nil {
@@ -333,8 +341,12 @@ func (n *runDir) runJSON() ([]byte, error) {
 		Tracker     string            `json:"tracker"`
 		Created     time.Time         `json:"created"`
 		Meta        map[string]string `json:"meta,omitempty"`
+		// A deterministic run can be replayed: qemu_args is the QEMU
+		// command line it was recorded with.
+		Deterministic bool     `json:"deterministic,omitempty"`
+		QEMUArgs      []string `json:"qemu_args,omitempty"`
 	}{ri.Name, ri.RAMSize, max(ri.PageSize, pageSize), ri.Frames, ri.Checkpoints, ri.Intervals,
-		ri.Recorder, ri.Tracker, ri.Created, ri.Meta}, "", "  ")
+		ri.Recorder, ri.Tracker, ri.Created, ri.Meta, ri.Deterministic, ri.QEMUArgs}, "", "  ")
 }
 
 // intervalJSON is the content of <i>.json: the store's interval statistics

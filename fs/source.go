@@ -13,7 +13,8 @@ import (
 //
 // Errors follow the index package: errors.Is(err, index.ErrRunNotFound),
 // index.ErrCheckpointMissing, index.ErrNoWorkingSet, index.ErrNoDeviceState,
-// and index.IsCorruption(err) for data that failed a check.
+// index.ErrNoReplayLog, and index.IsCorruption(err) for data that failed a
+// check.
 type Source interface {
 	// Generation increases whenever something visible changes (a commit,
 	// a deleted run). The mount compares it to drop cached listings.
@@ -26,6 +27,9 @@ type Source interface {
 	WorkingSet(run string, i int) (*roaring.Bitmap, error)
 	IntervalStats(run string, i int) (index.IntervalStats, error)
 	DeviceState(run string, i int) ([]byte, error)
+	// ReplayLog returns the replay log of a deterministic run as committed
+	// now; index.ErrNoReplayLog for other runs.
+	ReplayLog(run string) (ReplayLog, error)
 }
 
 // Frames is the content of one committed checkpoint. It never changes and is
