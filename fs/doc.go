@@ -10,6 +10,7 @@
 //	MNT/<run>/<i>.json          interval stats and this mount's counters
 //	MNT/<run>/<i>.dev           device state of checkpoint i, when recorded
 //	MNT/<run>/full/<i>.ram      complete checkpoint i
+//	MNT/<run>/replay.log        the record/replay log of a deterministic run
 //	MNT/.status                 the mount's counters, last error and store directory (not listed)
 //
 // # Files
@@ -38,6 +39,14 @@
 // changes. run.json, <i>.json and .status change and are opened with
 // direct I/O. Inode numbers are derived from (run ID, file kind, interval),
 // so a node looked up twice is one inode; run IDs are never reused.
+//
+// replay.log exists only for runs that have a replay log. The log only
+// grows, by whole commits: until the recording marks it complete its
+// attributes are not cached (the size is read afresh) and it is opened with
+// direct I/O, because a cached last page would keep the zeros beyond the
+// old end of file; a complete log never changes again and is cached like a
+// checkpoint. run.json of a deterministic run says "deterministic": true
+// and lists "qemu_args"; <i>.json has "icount" (also inside "checkpoint").
 //
 // Checkpoint handles (with their frame maps) are shared by the files of one
 // checkpoint and reference-counted by the kernel's inodes; a few idle ones

@@ -35,6 +35,14 @@
 //     damaged pack costs one log line per checkpoint handle, which then
 //     reads from the versions (slower, never wrong bytes); a missing pack
 //     only costs speed.
+//   - The replay log of a deterministic run (replaylog.go) is append-only:
+//     the bytes QEMU appended during interval i-1 are committed with
+//     checkpoint i, in the same batch or ingest, and the tail after the
+//     last checkpoint with AppendReplayLog. Committed bytes never change,
+//     the size never shrinks, and a log marked complete takes no more
+//     bytes. Every chunk carries an xxh3-64 checksum, checked on every read
+//     like a frame's. A ReplayLog handle reads the log as of its opening.
+//     Instruction counts (CheckpointStats.ICount) never decrease.
 //   - Frame and pack tables are written with O_DIRECT (direct.go): the page
 //     cache gains nothing from holding what was just written, and filling
 //     it was most of the store's write time on virtual machines.
