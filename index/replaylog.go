@@ -395,6 +395,8 @@ func (s *Store) verifyReplayLog(ri RunInfo, rep *VerifyReport) error {
 		return err
 	}
 	switch {
+	case rec == nil && ri.Deterministic && ri.Checkpoints > 0:
+		rep.add("replay log of run %q: missing (the run is deterministic)", name)
 	case rec == nil && chunks:
 		rep.add("replay log of run %q: %d bytes stored but no record of its size", name, next)
 	case rec != nil && next < rec.Size:

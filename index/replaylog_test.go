@@ -268,6 +268,28 @@ func TestReplayLog(t *testing.T) {
 	if _, err := st.Verify(ctx, "r", nil); err != nil {
 		t.Fatalf("verify after repair: %v", err)
 	}
+	// A deterministic run whose log record is lost.
+	ri2, err := st.Run("r2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	recKey := appendRunKey(nil, kindLog, ri2.ID)
+	v, closer, err = st.db.Get(recKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := bytes.Clone(v)
+	closer.Close()
+	if err := st.db.Delete(recKey, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	rep, _ = st.Verify(ctx, "r2", nil)
+	if !strings.Contains(strings.Join(rep.Problems, "\n"), `replay log of run "r2": missing`) {
+		t.Fatalf("verify of a lost log record: %q", rep.Problems)
+	}
+	if err := st.db.Set(recKey, rec, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
 
 	// rm removes every key of the log; an open reader then says so.
 	l, _ = st.ReplayLog("r")

@@ -382,7 +382,6 @@ func (s *Store) runInfo(id RunID) (RunInfo, error) {
 	if ri.QEMUArgs == nil {
 		ri.QEMUArgs = metaQEMUArgs(rec.Meta)
 	}
-	ri.Deterministic = ri.Deterministic || rec.Meta["deterministic"] == "true"
 	if ri.Checkpoints, err = s.countIntervalKeys(kindCommit, id); err != nil {
 		return RunInfo{}, err
 	}
