@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -207,10 +208,23 @@ func TestMountedReplayLog(t *testing.T) {
 	}
 	commit(0, []byte("QEMU replay log header"))
 	check("checkpoint 0")
-	commit(1, nil)
-	check("checkpoint 1")
-	commit(2, big)
+	// A reader that keeps the file open (tail -f) reads what is appended.
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if got, err := io.ReadAll(f); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("open file: read %q, %v", got, err)
+	}
+	commit(1, []byte("+more"))
+	if got, err := io.ReadAll(f); err != nil || string(got) != "+more" {
+		t.Fatalf("open file after a commit: read %q, %v", got, err)
+	}
+	commit(2, nil)
 	check("checkpoint 2")
+	commit(3, big)
+	check("checkpoint 3")
 	if err := w.AppendReplayLog(ctx, []byte("the end"), true); err != nil {
 		t.Fatal(err)
 	}
@@ -229,8 +243,8 @@ func TestMountedReplayLog(t *testing.T) {
 	var ij struct {
 		ICount *uint64 `json:"icount"`
 	}
-	readJSON(t, filepath.Join(mnt, "det", "2.json"), &ij)
-	if ij.ICount == nil || *ij.ICount != 2000 {
+	readJSON(t, filepath.Join(mnt, "det", "3.json"), &ij)
+	if ij.ICount == nil || *ij.ICount != 3000 {
 		t.Errorf("2.json icount %v", ij.ICount)
 	}
 }
