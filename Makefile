@@ -10,7 +10,8 @@ export PATH := /usr/local/go/bin:$(PATH)
 export CGO_ENABLED := 0
 GO       ?= go
 BIN      := bin/ckptfs
-APT_PKGS := fuse3 attr qemu-system-x86 busybox-static cpio
+APT_PKGS := fuse3 attr qemu-system-x86 busybox-static cpio gcc
+PLUGIN   := bin/ckptfs-ws.so
 GUEST_DIR ?= /var/cache/ckptfs-guest
 export CKPTFS_GUEST_DIR ?= $(GUEST_DIR)
 FUZZTIME ?= 5s
@@ -19,8 +20,14 @@ FUZZTIME ?= 5s
 
 all: build
 
-build:
+build: $(PLUGIN)
 	$(GO) build -o $(BIN) ./cmd/ckptfs
+
+# The working-set TCG plugin, the one C file: QEMU loads it into a
+# deterministic recording (kvmrec/wsplugin/wsplugin.c says why).
+$(PLUGIN): kvmrec/wsplugin/wsplugin.c
+	@mkdir -p bin
+	cc -O2 -Wall -Wextra -shared -fPIC -o $@ $<
 
 # Debian packages only when missing (apt-get update is slow), then modules.
 deps:

@@ -50,6 +50,8 @@ type recorder struct {
 	scratch2 []byte // for the second scan goroutine
 	pmBuf    []byte
 	lastUse  int // chunks the last capture used
+
+	det *detState // a deterministic recording's additions, or nil
 }
 
 var zeroHash = xxh3.Hash128(make([]byte, PageSize))
@@ -222,6 +224,29 @@ type capture struct {
 	precopiedAll bool
 	dev          []byte
 	stats        CheckpointStats
+
+	// Deterministic recordings: the instruction count at the checkpoint,
+	// the frames whose code ran in the interval before (the plugin), and
+	// the restore trial of the checkpoint before, whose frames belong to
+	// ws as well.
+	icount       uint64
+	exec         []span
+	restoreTrial chan trialResult
+}
+
+// addRestoreSet waits for the restore trial of the checkpoint before and
+// adds its frames to the working set.
+func (c *capture) addRestoreSet() error {
+	if c.restoreTrial == nil {
+		return nil
+	}
+	res := <-c.restoreTrial
+	c.restoreTrial = nil
+	if res.err != nil {
+		return fmt.Errorf("working set of interval %d: %w", c.stats.Checkpoint-1, res.err)
+	}
+	c.ws = unionSpans(c.ws, res.frames)
+	return nil
 }
 
 func (c *capture) chunks() [][]byte {
@@ -341,6 +366,15 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 		}
 	}()
 
+	if r.det != nil {
+		if c.icount, err = r.queryICount(pctx); err != nil {
+			return c, fmt.Errorf("checkpoint %d: %w", i, err)
+		}
+		if c.dev, err = r.saveReplayDeviceState(pctx, r.det.dir, i); err != nil {
+			return c, fmt.Errorf("device state of checkpoint %d: %w", i, err)
+		}
+		c.exec = r.det.exec.take()
+	}
 	var dev *deviceSave
 	if r.cfg.DeviceState {
 		if dev, err = r.startDeviceSave(pctx); err != nil {
@@ -350,6 +384,9 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 	}
 	if err := r.capture(i, c, zeroed); err != nil {
 		return c, fmt.Errorf("checkpoint %d: %w", i, err)
+	}
+	if c.hasWS {
+		c.ws = unionSpans(c.ws, c.exec)
 	}
 	if dev != nil {
 		td := time.Now()
@@ -638,21 +675,27 @@ func (r *recorder) prepass() error {
 // readPagemap returns the frames whose page is present in the VMM's page
 // table (pagemap bit 63).
 func (r *recorder) readPagemap() ([]span, error) {
+	return presentFrames(r.pagemap, r.m, &r.pmBuf)
+}
+
+// presentFrames reads which frames of mapping m are present in the page
+// table that pagemap (/proc/PID/pagemap) shows; buf is reused.
+func presentFrames(pagemap *os.File, m ramMapping, buf *[]byte) ([]span, error) {
 	var present []span
-	for _, s := range r.m.segs {
+	for _, s := range m.segs {
 		need := int(s.n * 8)
-		if cap(r.pmBuf) < need {
-			r.pmBuf = make([]byte, need)
+		if cap(*buf) < need {
+			*buf = make([]byte, need)
 		}
-		buf := r.pmBuf[:need]
-		if _, err := r.pagemap.ReadAt(buf, int64(s.addr/PageSize*8)); err != nil {
+		b := (*buf)[:need]
+		if _, err := pagemap.ReadAt(b, int64(s.addr/PageSize*8)); err != nil {
 			if errors.Is(err, unix.ESRCH) || errors.Is(err, io.EOF) {
 				return nil, fmt.Errorf("%w: reading its page table: %v", ErrVMGone, err)
 			}
 			return nil, fmt.Errorf("reading the VMM's pagemap: %w", err)
 		}
 		for k := uint64(0); k < s.n; k++ {
-			if binary.LittleEndian.Uint64(buf[k*8:])>>63 != 0 {
+			if binary.LittleEndian.Uint64(b[k*8:])>>63 != 0 {
 				present = appendSpan(present, span{s.first + k, s.first + k + 1})
 			}
 		}

@@ -207,6 +207,14 @@ func Record(ctx context.Context, st *index.Store, cfg Config) (Summary, error) {
 	if err := cfg.check(); err != nil {
 		return Summary{}, err
 	}
+	return record(ctx, st, cfg, nil, nil)
+}
+
+// record is Record, with the additions of a deterministic recording when
+// det is not nil; after runs once the last checkpoint is committed, with
+// the recorder's QMP connection (QEMU serves one at a time), before the
+// run's writer closes.
+func record(ctx context.Context, st *index.Store, cfg Config, det *detState, after func(*qmp.Client, *index.RunWriter) error) (Summary, error) {
 	if _, err := st.Run(cfg.Run); err == nil {
 		return Summary{}, fmt.Errorf("%w: %q", index.ErrRunExists, cfg.Run)
 	} else if !errors.Is(err, index.ErrRunNotFound) {
@@ -217,6 +225,7 @@ func Record(ctx context.Context, st *index.Store, cfg Config) (Summary, error) {
 		return Summary{}, err
 	}
 	defer r.close()
+	r.det = det
 	meta := map[string]string{
 		"exact_working_sets": strconv.FormatBool(cfg.ExactWorkingSets),
 		"interval":           cfg.Interval.String(),
@@ -235,15 +244,29 @@ func Record(ctx context.Context, st *index.Store, cfg Config) (Summary, error) {
 	for k, v := range cfg.Meta {
 		meta[k] = v
 	}
-	w, err := st.CreateRun(index.RunSpec{Name: cfg.Run, RAMSize: r.m.size, Recorder: Recorder, Tracker: cfg.Tracker, Meta: meta})
+	spec := index.RunSpec{Name: cfg.Run, RAMSize: r.m.size, Recorder: Recorder, Tracker: cfg.Tracker, Meta: meta}
+	if det != nil {
+		spec.Deterministic = true
+		var args []string
+		if err := json.Unmarshal([]byte(meta["qemu_args"]), &args); err == nil {
+			spec.QEMUArgs = args
+		}
+	}
+	w, err := st.CreateRun(spec)
 	if err != nil {
 		return Summary{}, err
 	}
 	defer w.Close()
 	r.metrics = newMetrics(cfg.Registerer, cfg.Run)
 	cfg.Logger.Info("recording", "run", cfg.Run, "pid", r.pid, "ram", r.m.size, "tracker", cfg.Tracker,
-		"interval", cfg.Interval, "device_state", cfg.DeviceState)
-	return r.loop(ctx, st, w)
+		"interval", cfg.Interval, "device_state", cfg.DeviceState, "deterministic", det != nil)
+	sum, err := r.loop(ctx, st, w)
+	if after != nil && sum.Checkpoints > 0 {
+		if aerr := after(r.qmp, w); aerr != nil {
+			err = errors.Join(err, aerr)
+		}
+	}
+	return sum, err
 }
 
 // livePacker packs intervals as their working sets are committed. Its
@@ -340,11 +363,24 @@ func (s *storeLoop) commit(c *capture) error {
 	if err := c.each(s.w.Put); err != nil {
 		return fmt.Errorf("storing checkpoint %d: %w", c.stats.Checkpoint, err)
 	}
+	info := index.CommitInfo{DeviceState: c.dev, Downtime: c.stats.Downtime}
+	if det := s.r.det; det != nil {
+		if err := c.addRestoreSet(); err != nil {
+			return err
+		}
+		icount := c.icount
+		info.ICount = &icount
+		var err error
+		if info.ReplayLog, err = det.log.next(); err != nil {
+			return fmt.Errorf("checkpoint %d: %w", c.stats.Checkpoint, err)
+		}
+	}
 	if c.hasWS {
 		c.stats.WorkingSet = spansBitmap(c.ws)
 	}
+	info.WorkingSet = c.stats.WorkingSet
 	dirty := s.w.Dirty()
-	ist, err := s.w.Commit(s.ctx, index.CommitInfo{WorkingSet: c.stats.WorkingSet, DeviceState: c.dev, Downtime: c.stats.Downtime})
+	ist, err := s.w.Commit(s.ctx, info)
 	if err != nil {
 		return fmt.Errorf("committing checkpoint %d: %w", c.stats.Checkpoint, err)
 	}
@@ -416,6 +452,9 @@ loop:
 			cfg.Logger.Warn("the store falls behind: the previous checkpoint is not committed yet", "run", cfg.Run, "checkpoint", i)
 		}
 		c, err := r.take(ctx, i)
+		if c != nil && r.det != nil {
+			c.restoreTrial = r.det.startTrial(ctx, i, c.dev)
+		}
 		if c != nil {
 			c.stats.Lagging = lagging
 			s.inflight.Add(1)

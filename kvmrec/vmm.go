@@ -32,6 +32,12 @@ type ramMapping struct {
 // findMapping returns the VMAs of process pid that map the file at path,
 // checking that they map it shared, whole and once.
 func findMapping(pid int, path string) (ramMapping, error) {
+	return mappingOf(pid, path, true)
+}
+
+// mappingOf is findMapping for shared (a recorded VMM) or private (a VMM
+// that restores from the file) mappings.
+func mappingOf(pid int, path string, shared bool) (ramMapping, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return ramMapping{}, fmt.Errorf("RAM file %s: %w", path, err)
@@ -55,8 +61,8 @@ func findMapping(pid int, path string) (ramMapping, error) {
 		if !ok || v.ino != m.ino || v.major != unix.Major(m.dev) || v.minor != unix.Minor(m.dev) {
 			continue
 		}
-		if !v.shared {
-			private = true
+		if v.shared != shared {
+			private = !v.shared
 			continue
 		}
 		if v.offset%PageSize != 0 {

@@ -181,9 +181,13 @@ func waitUnmount(ctx context.Context, srv *ckfs.Server, stderr io.Writer) error 
 
 func recordCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "record",
-		Usage: "record a running QEMU as continuous checkpoints",
+		Name:      "record",
+		Usage:     "record a running QEMU as continuous checkpoints, or start one deterministically (--deterministic -- QEMU-ARGS)",
+		ArgsUsage: "[-- QEMU-ARGS...]",
 		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "deterministic", Usage: "start QEMU in record mode with the machine arguments after --, so that every interval can be replayed exactly (replay interval, replay run)"},
+			&cli.StringFlag{Name: "ws-plugin", Usage: "with --deterministic: the working-set TCG plugin (default: ckptfs-ws.so beside this binary, or $CKPTFS_WS_PLUGIN)"},
+			&cli.StringFlag{Name: "qemu", Value: "qemu-system-x86_64", Usage: "with --deterministic: the QEMU binary to start"},
 			&cli.StringFlag{Name: "run", Usage: "name of the new run"},
 			&cli.StringFlag{Name: "qmp", Usage: "QEMU's QMP unix socket"},
 			&cli.StringFlag{Name: "mem", Usage: "QEMU's memory-backend-file mem-path (share=on)"},
@@ -203,7 +207,16 @@ func recordCommand() *cli.Command {
 			metricsFlag,
 		},
 		Action: func(c *cli.Context) error {
-			for _, f := range []string{"run", "qmp", "mem"} {
+			required := []string{"run", "qmp", "mem"}
+			if c.Bool("deterministic") {
+				required = []string{"run"}
+				if c.NArg() == 0 {
+					return usageErrorf("record --deterministic: give QEMU's machine arguments after --")
+				}
+			} else if c.NArg() > 0 {
+				return usageErrorf("record: unexpected arguments %q (QEMU arguments need --deterministic)", c.Args().Slice())
+			}
+			for _, f := range required {
 				if c.String(f) == "" {
 					return usageErrorf("record: --%s is required", f)
 				}
@@ -228,7 +241,14 @@ func recordCommand() *cli.Command {
 			cfg.OnCheckpoint = func(s kvmrec.CheckpointStats) { fmt.Fprintln(out, formatCheckpoint(s)) }
 			record := func(st *index.Store, reg prometheus.Registerer) error {
 				cfg.Registerer = reg
-				sum, err := kvmrec.Record(c.Context, st, cfg)
+				var sum kvmrec.Summary
+				var err error
+				if c.Bool("deterministic") {
+					sum, err = kvmrec.RecordDeterministic(c.Context, st, kvmrec.DeterministicConfig{
+						Config: cfg, QEMU: c.String("qemu"), MachineArgs: c.Args().Slice(), Plugin: wsPlugin(c)})
+				} else {
+					sum, err = kvmrec.Record(c.Context, st, cfg)
+				}
 				if sum.Checkpoints > 0 {
 					fmt.Fprintf(c.App.Writer, "recorded %s: %d checkpoints of %s in %s (%s); downtime median %s, p99 %s; %s stored\n",
 						sum.Run, sum.Checkpoints, humanBytes(sum.RAMSize), sum.Elapsed.Round(time.Millisecond), sum.Stopped,

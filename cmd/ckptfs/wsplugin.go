@@ -1,0 +1,28 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+
+	"github.com/urfave/cli/v2"
+)
+
+// wsPluginName is the working-set TCG plugin that make builds beside the
+// binary (from kvmrec/wsplugin).
+const wsPluginName = "ckptfs-ws.so"
+
+// wsPlugin returns the working-set plugin to load: --ws-plugin, else
+// $CKPTFS_WS_PLUGIN, else ckptfs-ws.so in the binary's directory.
+func wsPlugin(c *cli.Context) string {
+	if p := c.String("ws-plugin"); p != "" {
+		return absPath(c, p)
+	}
+	if p := os.Getenv("CKPTFS_WS_PLUGIN"); p != "" {
+		return p
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return wsPluginName
+	}
+	return filepath.Join(filepath.Dir(exe), wsPluginName)
+}

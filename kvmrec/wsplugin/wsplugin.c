@@ -1,0 +1,213 @@
+/*
+ * ckptfs working-set plugin for QEMU's TCG (plugin API version 1).
+ *
+ * Guest code that QEMU runs from its translation cache never touches guest
+ * RAM again, so the host page table (the pagemap tracker) cannot see it.
+ * This plugin counts, per frame of the RAM backend, the executions of every
+ * translated block that holds code of that frame: one inline add per frame
+ * and block, no callback. The counters live in a file that the recorder maps
+ * too; while the VM is paused it reads the frames with a non-zero counter and
+ * zeroes them. Loads, stores and QEMU's page-table walks go through the host
+ * mapping and stay with the pagemap tracker.
+ *
+ * With wp=on the plugin also registers the RAM mapping with a userfaultfd in
+ * write-protect mode and protects nothing: the kernel then skips fault-around
+ * on it, so the host page table shows exactly the 4 KiB frames that were
+ * touched instead of 64 KiB blocks around them.
+ *
+ * Arguments: ram=PATH (the memory backend's mem-path), counters=PATH (a file
+ * of 8 bytes per frame of the RAM size), wp=on|off (default on).
+ *
+ * Debian's QEMU ships no qemu-plugin.h: the few declarations used are below.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/userfaultfd.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+typedef uint64_t qemu_plugin_id_t;
+typedef struct {
+	const char *target_name;
+	struct { int min, cur; } version;
+	bool system_emulation;
+	union { struct { int smp_vcpus, max_vcpus; } system; };
+} qemu_info_t;
+struct qemu_plugin_tb;
+struct qemu_plugin_insn;
+enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
+typedef void (*tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
+typedef void (*vcpu_cb_t)(qemu_plugin_id_t id, unsigned int vcpu_index);
+
+void qemu_plugin_register_vcpu_init_cb(qemu_plugin_id_t id, vcpu_cb_t cb);
+void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, tb_trans_cb_t cb);
+void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb,
+	enum qemu_plugin_op op, void *ptr, uint64_t imm);
+size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
+struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t idx);
+void *qemu_plugin_insn_haddr(const struct qemu_plugin_insn *insn);
+
+__attribute__((visibility("default"))) int qemu_plugin_version = 1;
+
+#define FRAME_SHIFT 12
+
+static char ram_path[PATH_MAX];
+static uintptr_t ram_base;   /* host address of the RAM mapping, 0 until found */
+static uint64_t ram_frames;
+static uint64_t *counters;   /* one per frame, shared with the recorder */
+static bool want_wp = true;
+static bool located_failed;
+
+static void say(const char *fmt, const char *arg)
+{
+	/* qemu_plugin_outs only reaches QEMU's log with -d plugin. */
+	fprintf(stderr, fmt, arg);
+}
+
+/* The kernel skips fault-around on a mapping registered for write-protect
+ * faults; nothing is ever protected, so no fault is ever reported. */
+static void disable_fault_around(void)
+{
+	int fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	if (fd < 0) {
+		say("ckptfs-ws: userfaultfd: %s; working sets keep fault-around\n", strerror(errno));
+		return;
+	}
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_WP_HUGETLBFS_SHMEM };
+	struct uffdio_register reg = {
+		.range = { .start = ram_base, .len = ram_frames << FRAME_SHIFT },
+		.mode = UFFDIO_REGISTER_MODE_WP,
+	};
+	if (ioctl(fd, UFFDIO_API, &api) < 0 || ioctl(fd, UFFDIO_REGISTER, &reg) < 0) {
+		say("ckptfs-ws: userfaultfd write-protect: %s; working sets keep fault-around\n", strerror(errno));
+		close(fd);
+		return;
+	}
+	/* fd stays open for the life of QEMU: closing it ends the registration. */
+}
+
+/* locate finds the RAM backend's mapping in /proc/self/maps. QEMU maps it
+ * after plugins are installed, so this runs when the first vCPU starts. */
+static bool locate(void)
+{
+	if (ram_base)
+		return true;
+	if (located_failed)
+		return false;
+	FILE *f = fopen("/proc/self/maps", "r");
+	if (!f)
+		return false;
+	char line[PATH_MAX + 256];
+	while (fgets(line, sizeof line, f)) {
+		unsigned long lo, hi, off;
+		int path_at = 0;
+		if (sscanf(line, "%lx-%lx %*s %lx %*s %*s %n", &lo, &hi, &off, &path_at) < 3 || !path_at)
+			continue;
+		char *p = line + path_at;
+		p[strcspn(p, "\n")] = 0;
+		if (off == 0 && strcmp(p, ram_path) == 0 && (hi - lo) >> FRAME_SHIFT >= ram_frames) {
+			ram_base = lo;
+			break;
+		}
+	}
+	fclose(f);
+	if (!ram_base) {
+		located_failed = true;
+		say("ckptfs-ws: %s is not mapped by QEMU; no frames are counted\n", ram_path);
+		return false;
+	}
+	if (want_wp)
+		disable_fault_around();
+	return true;
+}
+
+/* vCPUs are created after the RAM backend: locating it here turns
+ * fault-around off before the guest (or an incoming migration) runs. */
+static void vcpu_init(qemu_plugin_id_t id, unsigned int vcpu_index)
+{
+	(void)id;
+	(void)vcpu_index;
+	locate();
+}
+
+static void mark(struct qemu_plugin_tb *tb, uintptr_t h, uint64_t *last)
+{
+	if (h < ram_base)
+		return;
+	uint64_t pfn = (h - ram_base) >> FRAME_SHIFT;
+	if (pfn >= ram_frames || pfn == *last)
+		return;
+	*last = pfn;
+	qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &counters[pfn], 1);
+}
+
+static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
+{
+	(void)id;
+	if (!locate())
+		return;
+	uint64_t last = UINT64_MAX;
+	size_t n = qemu_plugin_tb_n_insns(tb);
+	for (size_t i = 0; i < n; i++) {
+		struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+		uintptr_t h = (uintptr_t)qemu_plugin_insn_haddr(insn);
+		if (!h)
+			continue;
+		/* An instruction that crosses into the next guest page has its
+		 * tail there, which need not be the next frame; the block's
+		 * later instructions, if any, name that frame themselves. */
+		mark(tb, h, &last);
+	}
+}
+
+__attribute__((visibility("default")))
+int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, char **argv)
+{
+	const char *counters_path = NULL;
+	(void)info;
+	for (int i = 0; i < argc; i++) {
+		if (strncmp(argv[i], "ram=", 4) == 0) {
+			if (!realpath(argv[i] + 4, ram_path))
+				snprintf(ram_path, sizeof ram_path, "%s", argv[i] + 4);
+		} else if (strncmp(argv[i], "counters=", 9) == 0) {
+			counters_path = argv[i] + 9;
+		} else if (strcmp(argv[i], "wp=off") == 0) {
+			want_wp = false;
+		} else if (strcmp(argv[i], "wp=on") != 0) {
+			say("ckptfs-ws: unknown argument %s (ram=, counters=, wp=)\n", argv[i]);
+			return -1;
+		}
+	}
+	if (!ram_path[0] || !counters_path) {
+		say("ckptfs-ws: %s\n", "ram=PATH and counters=PATH are required");
+		return -1;
+	}
+	int fd = open(counters_path, O_RDWR | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0 || st.st_size < 8) {
+		say("ckptfs-ws: cannot use counters file %s\n", counters_path);
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	ram_frames = (uint64_t)st.st_size / 8;
+	counters = mmap(NULL, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (counters == MAP_FAILED) {
+		say("ckptfs-ws: mmap %s failed\n", counters_path);
+		return -1;
+	}
+	qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
+	qemu_plugin_register_vcpu_tb_trans_cb(id, tb_trans);
+	return 0;
+}
