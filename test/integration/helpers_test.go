@@ -34,6 +34,14 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "building ckptfs: %v\n%s", err, out)
 		os.Exit(1)
 	}
+	// The working-set plugin goes beside the binary, where record
+	// --deterministic looks for it, as make puts it.
+	out, err = exec.Command("cc", "-O2", "-Wall", "-shared", "-fPIC", "-o", filepath.Join(dir, "ckptfs-ws.so"),
+		filepath.Join("..", "..", "kvmrec", "wsplugin", "wsplugin.c")).CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building the working-set plugin: %v\n%s", err, out)
+		os.Exit(1)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
