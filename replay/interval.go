@@ -311,7 +311,7 @@ func planInterval(cfg IntervalConfig, rep *IntervalReport) (*intervalPlan, error
 		return nil, fmt.Errorf("%w (%s)", err, nextDev)
 	}
 	if pos.ICount != p.tgt {
-		return nil, fmt.Errorf("replay: %s says icount %d, %s says %d", nextDev, pos.ICount, rd.statPath(i+1), p.tgt)
+		return nil, errorf(ErrBadConfig, "checkpoint %d of run %s is inconsistent: %s says icount %d, %s says %d", i+1, cfg.Run, nextDev, pos.ICount, rd.statPath(i+1), p.tgt)
 	}
 	lf, err := os.Stat(p.logFile)
 	if err != nil {
@@ -429,12 +429,17 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	cmd := exec.Command(p.qemu, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.Dir = tmp
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// A process group of its own: the kill takes QEMU's helpers (the
+	// "exec:" migration's shell and cat) too. WaitDelay: a helper that
+	// kept the output pipe open must not hold Wait.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	cmd.WaitDelay = time.Second
 	tStart := time.Now()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("replay: start %s: %w", p.qemu, err)
 	}
 	pid := cmd.Process.Pid
+	kill := func() { _ = syscall.Kill(-pid, syscall.SIGKILL); _ = cmd.Process.Kill() }
 	done := make(chan struct{})
 	var waitErr error
 	go func() { waitErr = cmd.Wait(); close(done) }()
@@ -460,7 +465,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 		if client != nil {
 			client.Close()
 		}
-		_ = cmd.Process.Kill()
+		kill()
 		<-done
 	}()
 	exited := func(while string) error {
@@ -545,7 +550,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 		rep.FramesVerified = v.compared
 	}
 	// Kill QEMU before reading the counters: nothing reads after that.
-	_ = cmd.Process.Kill()
+	kill()
 	<-done
 	if p.countersKnow {
 		if c, err := readCheckpointJSON(p.statFile); err == nil && c.Mount != nil {
