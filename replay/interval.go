@@ -422,7 +422,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 		return errorf(ErrNotDeterministic, "run %s is not deterministic: %v", cfg.Run, err)
 	}
 	rep.QEMUArgs = append([]string{p.qemu}, args...)
-	log.Info("replay interval", "run", cfg.Run, "interval", i, "source", rep.Source, "icount", p.tgt, "deadline", p.deadline,
+	log.Debug("replay interval", "run", cfg.Run, "interval", i, "source", rep.Source, "icount", p.tgt, "deadline", p.deadline,
 		"args", strings.Join(rep.QEMUArgs, " "))
 
 	var out lockedBuffer
@@ -455,7 +455,11 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	}
 	var client *qmp.Client
 	peakKnown := false
+	var tCont time.Time
 	defer func() {
+		if !tCont.IsZero() && rep.ReplayTime == 0 {
+			rep.ReplayTime = time.Since(tCont) // cont to the kill
+		}
 		if !peakKnown {
 			if hwm, ok := procStatusKB(pid, "VmHWM"); ok {
 				rep.PeakRSS = hwm
@@ -519,7 +523,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	if err := client.Execute(dctx, "replay-break", map[string]uint64{"icount": p.tgt}, nil); err != nil {
 		return failed("during the replay", err)
 	}
-	tCont := time.Now()
+	tCont = time.Now()
 	if err := client.Execute(dctx, "cont", nil, nil); err != nil {
 		return failed("during the replay", err)
 	}
@@ -535,7 +539,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 		return failed("during the replay", err)
 	}
 	rep.ReachedICount = rs.ICount
-	log.Info("replay interval stopped", "interval", i, "icount", rs.ICount, "load", rep.LoadTime, "replay", rep.ReplayTime)
+	log.Debug("replay interval stopped", "interval", i, "icount", rs.ICount, "load", rep.LoadTime, "replay", rep.ReplayTime)
 
 	// Verify W_i against checkpoint i+1 while QEMU is stopped.
 	tv := time.Now()
