@@ -200,3 +200,28 @@ func noChildren(t *testing.T) {
 		}
 	}
 }
+
+func TestRunNotVerified(t *testing.T) {
+	mnt := detRun(t)
+	var seen []int
+	cfg := replay.RunConfig{Mount: mnt, Run: "d", Jobs: 2, Compare: true,
+		QEMU:       fakeQEMU(t, `echo "qemu-system-x86_64: no" >&2; exit 1`),
+		OnInterval: func(r replay.IntervalReport) { seen = append(seen, r.Interval) }}
+	rep, err := replay.Run(context.Background(), cfg)
+	if !errors.Is(err, replay.ErrNotVerified) || !strings.Contains(err.Error(), "2 of 2 replays of run d not verified; the first: QEMU exited") {
+		t.Errorf("%v", err)
+	}
+	if len(rep.Sparse.Intervals) != 1 || rep.Full == nil || len(rep.Full.Intervals) != 1 || rep.AllVerified ||
+		rep.Sparse.Intervals[0].Verdict != replay.VerdictFailed || rep.Full.Intervals[0].Source != "full" || len(seen) != 2 {
+		t.Errorf("%+v", rep)
+	}
+	var b strings.Builder
+	rep.Table(&b)
+	if !strings.Contains(b.String(), "NOT all verified") || !strings.Contains(b.String(), "interval 0: QEMU exited") {
+		t.Errorf("table:\n%s", b.String())
+	}
+	cfg.Run = "nope"
+	if _, err := replay.Run(context.Background(), cfg); !errors.Is(err, replay.ErrRunNotFound) {
+		t.Errorf("no run: %v", err)
+	}
+}
