@@ -319,8 +319,8 @@ func formatCheckpoint(s kvmrec.CheckpointStats) string {
 func replayCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "replay",
-		Usage: "restore a checkpoint into QEMU, or measure loading",
-		Subcommands: []*cli.Command{
+		Usage: "restore a checkpoint into QEMU, re-execute intervals deterministically, or measure loading",
+		Subcommands: append([]*cli.Command{
 			{
 				Name:      "qemu",
 				Usage:     "start a QEMU that continues the recorded VM from checkpoint I",
@@ -349,7 +349,7 @@ func replayCommand() *cli.Command {
 				},
 				Action: replayBench,
 			},
-		},
+		}, replayIntervalCommands()...),
 	}
 }
 

@@ -1,0 +1,290 @@
+package replay
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+)
+
+// RunConfig describes the replay of every interval of a deterministic run.
+type RunConfig struct {
+	Mount string
+	Run   string
+	// Intervals to replay; nil means every interval whose working set is
+	// known (<I>.ram, <I>.ws) and whose end, checkpoint I+1, is committed.
+	Intervals []int
+	// Jobs is how many replays run at once; default 1.
+	Jobs int
+	// Plugins, QEMU and Deadline are those of IntervalConfig, for every
+	// interval (Deadline per interval).
+	Plugins  []string
+	QEMU     string
+	Deadline time.Duration
+	// Compare runs a second pass from full/<I>.ram after the one from
+	// <I>.ram, for the sparse/full ratios of memory and start time.
+	Compare bool
+	Logger  *slog.Logger
+	// OnInterval, when set, is called with each interval's report as it
+	// ends (one call at a time).
+	OnInterval func(IntervalReport)
+}
+
+// PassReport is one pass over the intervals, from <I>.ram ("sparse") or from
+// full/<I>.ram ("full"). Times are in nanoseconds in JSON.
+type PassReport struct {
+	Source    string           `json:"source"`
+	Intervals []IntervalReport `json:"intervals"`
+	// Wall: the whole pass. ReplaySum: the sum of the intervals' replay
+	// times (cont to STOP); ReplayPerWall = ReplaySum / Wall, the
+	// parallelism gained (below 1 at one job: loading and verifying take
+	// time too). TotalSum: the sum of the intervals' whole times.
+	Wall          time.Duration `json:"wall_ns"`
+	ReplaySum     time.Duration `json:"replay_sum_ns"`
+	LoadSum       time.Duration `json:"load_sum_ns"`
+	TotalSum      time.Duration `json:"total_sum_ns"`
+	ReplayPerWall float64       `json:"replay_sum_per_wall"`
+	// MeanLoad is the mean time to start replaying: exec to the incoming
+	// migration completed.
+	MeanLoad     time.Duration `json:"mean_load_ns"`
+	Instructions uint64        `json:"instructions"`
+	// PeakRSS is the largest sum of VmRSS of the QEMUs replaying at the same
+	// time, sampled every 20 ms from each one's exec to its STOP (the
+	// verification, whose reads fault W_I into QEMU, is not counted).
+	// MaxReplayRSS is the largest single QEMU's VmHWM.
+	PeakRSS      uint64 `json:"peak_rss_bytes"`
+	MaxReplayRSS uint64 `json:"max_replay_rss_bytes"`
+	Misses       uint64 `json:"misses"`
+	MissFrames   uint64 `json:"miss_frames"`
+	Verified     int    `json:"verified"`
+	AllVerified  bool   `json:"all_verified"`
+}
+
+// RunReport is the result of Run.
+type RunReport struct {
+	Run    string      `json:"run"`
+	Mount  string      `json:"mount"`
+	Jobs   int         `json:"jobs"`
+	Sparse PassReport  `json:"sparse"`
+	Full   *PassReport `json:"full,omitempty"`
+	// With Compare: sparse / full of PeakRSS and of MeanLoad.
+	MemoryRatio float64 `json:"memory_ratio,omitempty"`
+	LoadRatio   float64 `json:"load_ratio,omitempty"`
+	AllVerified bool    `json:"all_verified"`
+}
+
+// Run replays every interval of a deterministic run with Interval, Jobs at
+// a time, each verified, and then, with Compare, all of them again from the
+// full checkpoints. It returns an error before replaying anything when the
+// run cannot be replayed at all (not found, not deterministic, a plugin
+// missing, no interval); otherwise the report holds every interval's
+// result, and the error, which wraps ErrNotVerified, says how many were
+// not verified.
+func Run(ctx context.Context, cfg RunConfig) (RunReport, error) {
+	rep := RunReport{Run: cfg.Run, Mount: cfg.Mount, Jobs: max(cfg.Jobs, 1)}
+	rd, err := openRun(cfg.Mount, cfg.Run)
+	if err != nil {
+		return rep, err
+	}
+	det, _, err := readRunMeta(rd.dir)
+	if err != nil {
+		return rep, fmt.Errorf("replay: %v", err)
+	}
+	if !det {
+		return rep, errorf(ErrNotDeterministic, "run %s is not deterministic: record it with ckptfs record --deterministic", cfg.Run)
+	}
+	for _, pl := range cfg.Plugins {
+		if st, err := os.Stat(pluginFile(pl)); err != nil || !st.Mode().IsRegular() {
+			return rep, errorf(ErrNoPlugin, "plugin %s: no such file", pluginFile(pl))
+		}
+	}
+	ivs := cfg.Intervals
+	if ivs == nil {
+		all, err := rd.intervalsWithWS()
+		if err != nil {
+			return rep, err
+		}
+		for _, i := range all {
+			_, e1 := os.Stat(rd.wsPath(i))
+			_, e2 := os.Stat(rd.fullPath(i + 1))
+			if e1 == nil && e2 == nil {
+				ivs = append(ivs, i)
+			}
+		}
+	}
+	if len(ivs) == 0 {
+		return rep, errorf(ErrNoNextCheckpoint, "run %s has no interval to replay yet (none with a working set and a next checkpoint)", cfg.Run)
+	}
+	rep.Sparse = runPass(ctx, cfg, ivs, false)
+	rep.AllVerified = rep.Sparse.AllVerified
+	if cfg.Compare && ctx.Err() == nil {
+		full := runPass(ctx, cfg, ivs, true)
+		rep.Full = &full
+		rep.AllVerified = rep.AllVerified && full.AllVerified
+		if full.PeakRSS > 0 {
+			rep.MemoryRatio = float64(rep.Sparse.PeakRSS) / float64(full.PeakRSS)
+		}
+		if full.MeanLoad > 0 {
+			rep.LoadRatio = float64(rep.Sparse.MeanLoad) / float64(full.MeanLoad)
+		}
+	}
+	if !rep.AllVerified {
+		n, first := 0, ""
+		for _, p := range []*PassReport{&rep.Sparse, rep.Full} {
+			if p == nil {
+				continue
+			}
+			for _, r := range p.Intervals {
+				if !r.Verified() {
+					if n == 0 {
+						first = r.Error
+					}
+					n++
+				}
+			}
+		}
+		total := len(rep.Sparse.Intervals)
+		if rep.Full != nil {
+			total += len(rep.Full.Intervals)
+		}
+		return rep, errorf(ErrNotVerified, "%d of %d replays of run %s not verified; the first: %s", n, total, cfg.Run, first)
+	}
+	return rep, nil
+}
+
+// runPass replays ivs, cfg.Jobs at a time, from <I>.ram or full/<I>.ram.
+func runPass(ctx context.Context, cfg RunConfig, ivs []int, full bool) PassReport {
+	pass := PassReport{Source: "sparse", Intervals: make([]IntervalReport, len(ivs))}
+	if full {
+		pass.Source = "full"
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	mem := newRSSSampler()
+	defer mem.stop()
+	var cbMu sync.Mutex
+	next := make(chan int)
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for w := 0; w < max(cfg.Jobs, 1); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range next {
+				icfg := IntervalConfig{Mount: cfg.Mount, Run: cfg.Run, Interval: ivs[k], Full: full,
+					Plugins: cfg.Plugins, QEMU: cfg.QEMU, Deadline: cfg.Deadline, Logger: log, track: mem.track}
+				r, err := Interval(ctx, icfg)
+				if err != nil {
+					log.Debug("replay run: interval not verified", "interval", ivs[k], "source", pass.Source, "err", err)
+				}
+				pass.Intervals[k] = r
+				if cfg.OnInterval != nil {
+					cbMu.Lock()
+					cfg.OnInterval(r)
+					cbMu.Unlock()
+				}
+			}
+		}()
+	}
+	for k := range ivs {
+		if ctx.Err() != nil {
+			pass.Intervals[k] = IntervalReport{Run: cfg.Run, Interval: ivs[k], Source: pass.Source,
+				Verdict: VerdictFailed, Error: fmt.Sprintf("not replayed: %v", ctx.Err())}
+			continue
+		}
+		next <- k
+	}
+	close(next)
+	wg.Wait()
+	pass.Wall = time.Since(t0)
+	pass.PeakRSS = mem.stop()
+	pass.AllVerified = true
+	for _, r := range pass.Intervals {
+		pass.ReplaySum += r.ReplayTime
+		pass.LoadSum += r.LoadTime
+		pass.TotalSum += r.Total
+		pass.Instructions += r.Instructions
+		pass.Misses += r.Misses
+		pass.MissFrames += r.MissFrames
+		pass.MaxReplayRSS = max(pass.MaxReplayRSS, r.PeakRSS)
+		if r.Verified() {
+			pass.Verified++
+		} else {
+			pass.AllVerified = false
+		}
+	}
+	if n := len(pass.Intervals); n > 0 {
+		pass.MeanLoad = pass.LoadSum / time.Duration(n)
+	}
+	if pass.Wall > 0 {
+		pass.ReplayPerWall = float64(pass.ReplaySum) / float64(pass.Wall)
+	}
+	return pass
+}
+
+// rssSampler sums the VmRSS of the tracked processes every 20 ms and keeps
+// the largest sum.
+type rssSampler struct {
+	mu      sync.Mutex
+	pids    map[int]bool
+	peak    uint64
+	quit    chan struct{}
+	stopped chan struct{}
+	once    sync.Once
+}
+
+func newRSSSampler() *rssSampler {
+	s := &rssSampler{pids: map[int]bool{}, quit: make(chan struct{}), stopped: make(chan struct{})}
+	go func() {
+		defer close(s.stopped)
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.quit:
+				return
+			case <-t.C:
+				s.mu.Lock()
+				s.sampleLocked()
+				s.mu.Unlock()
+			}
+		}
+	}()
+	return s
+}
+
+func (s *rssSampler) sampleLocked() {
+	var sum uint64
+	for pid := range s.pids {
+		if v, ok := procStatusKB(pid, "VmRSS"); ok {
+			sum += v
+		}
+	}
+	s.peak = max(s.peak, sum)
+}
+
+// track adds pid (running) or, after a last sample, removes it.
+func (s *rssSampler) track(pid int, running bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if running {
+		s.pids[pid] = true
+		return
+	}
+	s.sampleLocked()
+	delete(s.pids, pid)
+}
+
+// stop ends the sampling and returns the peak.
+func (s *rssSampler) stop() uint64 {
+	s.once.Do(func() { close(s.quit) })
+	<-s.stopped
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peak
+}

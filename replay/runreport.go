@@ -1,0 +1,96 @@
+package replay
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+)
+
+// Table writes the report of one interval, one field a line.
+func (r *IntervalReport) Table(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "run\t%s\n", r.Run)
+	fmt.Fprintf(tw, "interval\t%d (from %s)\n", r.Interval, r.sourceFile())
+	fmt.Fprintf(tw, "verdict\t%s\n", r.Verdict)
+	fmt.Fprintf(tw, "instructions\t%d (icount %d to %d)\n", r.Instructions, r.StartICount, r.TargetICount)
+	if r.ReachedICount > 0 || r.Verdict == VerdictVerified {
+		fmt.Fprintf(tw, "reached icount\t%d\n", r.ReachedICount)
+	}
+	fmt.Fprintf(tw, "load\t%s (exec to device state loaded)\n", fmtDur(r.LoadTime))
+	until := "stop"
+	if r.ReachedICount == 0 && r.Verdict != VerdictVerified {
+		until = "end"
+	}
+	fmt.Fprintf(tw, "replay\t%s (cont to %s)\n", fmtDur(r.ReplayTime), until)
+	fmt.Fprintf(tw, "verify\t%s\n", fmtDur(r.VerifyTime))
+	fmt.Fprintf(tw, "frames verified\t%d\n", r.FramesVerified)
+	diff := fmt.Sprint(r.DifferingFrames)
+	if r.FirstDifferingPFN != nil {
+		diff += fmt.Sprintf(" (first pfn %#x)", *r.FirstDifferingPFN)
+	}
+	fmt.Fprintf(tw, "differing frames\t%s\n", diff)
+	misses := fmt.Sprintf("%d (%d frames)", r.Misses, r.MissFrames)
+	if !r.CountersKnown {
+		misses = "unknown (no mount counters in <I>.json)"
+	}
+	fmt.Fprintf(tw, "misses\t%s\n", misses)
+	fmt.Fprintf(tw, "peak RSS\t%s\n", fmtBytes(r.PeakRSS))
+	fmt.Fprintf(tw, "deadline\t%s\n", r.Deadline)
+	fmt.Fprintf(tw, "total\t%s\n", fmtDur(r.Total))
+	if r.Error != "" {
+		fmt.Fprintf(tw, "error\t%s\n", r.Error)
+	}
+	return tw.Flush()
+}
+
+func (r *IntervalReport) sourceFile() string {
+	if r.Source == "full" {
+		return fmt.Sprintf("full/%d.ram", r.Interval)
+	}
+	return fmt.Sprintf("%d.ram", r.Interval)
+}
+
+// Table writes the report of a run: a table per pass, one row per
+// interval, then the totals.
+func (r *RunReport) Table(w io.Writer) error {
+	for _, p := range []*PassReport{&r.Sparse, r.Full} {
+		if p == nil {
+			continue
+		}
+		file := "<I>.ram"
+		if p.Source == "full" {
+			file = "full/<I>.ram"
+		}
+		fmt.Fprintf(w, "replay run %s from %s, %d at a time:\n", r.Run, file, r.Jobs)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "interval\tinstructions\tload ms\treplay ms\tframes\tdiffer\tmisses\tpeak RSS\tverdict\t")
+		for _, iv := range p.Intervals {
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t\n", iv.Interval, iv.Instructions, ms(iv.LoadTime), ms(iv.ReplayTime),
+				iv.FramesVerified, iv.DifferingFrames, iv.Misses, fmtBytes(iv.PeakRSS), iv.Verdict)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "  %d of %d verified; %d instructions; wall %s, replay times sum %s (%.2f× the wall), load mean %s\n",
+			p.Verified, len(p.Intervals), p.Instructions, fmtDur(p.Wall), fmtDur(p.ReplaySum), p.ReplayPerWall, fmtDur(p.MeanLoad))
+		fmt.Fprintf(w, "  peak memory of the replays running together %s (largest replay %s); misses %d (%d frames)\n",
+			fmtBytes(p.PeakRSS), fmtBytes(p.MaxReplayRSS), p.Misses, p.MissFrames)
+		for _, iv := range p.Intervals {
+			if iv.Error != "" {
+				fmt.Fprintf(w, "  interval %d: %s\n", iv.Interval, iv.Error)
+			}
+		}
+	}
+	if r.Full != nil {
+		fmt.Fprintf(w, "sparse/full: peak memory %.2f, time to start replaying %.2f\n", r.MemoryRatio, r.LoadRatio)
+	}
+	verdict := "all verified"
+	if !r.AllVerified {
+		verdict = "NOT all verified"
+	}
+	_, err := fmt.Fprintln(w, verdict)
+	return err
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/float64(time.Millisecond)) }
