@@ -367,6 +367,9 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 	}()
 
 	if r.det != nil {
+		if c.stats.BoundaryRetries, err = r.settleBoundary(pctx, i); err != nil {
+			return c, err
+		}
 		if c.icount, err = r.queryICount(pctx); err != nil {
 			return c, fmt.Errorf("checkpoint %d: %w", i, err)
 		}

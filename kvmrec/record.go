@@ -146,6 +146,9 @@ type CheckpointStats struct {
 	// Lagging reports that the previous checkpoint was not yet committed
 	// when this one was taken: the store does not keep up.
 	Lagging bool
+	// BoundaryRetries counts the extra stops a deterministic recording
+	// made because a vCPU stood on an interrupt handler's entry.
+	BoundaryRetries int
 }
 
 // Summary describes a finished recording.
