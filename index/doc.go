@@ -43,6 +43,12 @@
 //     bytes. Every chunk carries an xxh3-64 checksum, checked on every read
 //     like a frame's. A ReplayLog handle reads the log as of its opening.
 //     Instruction counts (CheckpointStats.ICount) never decrease.
+//   - A store holds guest memory: every file it writes (tables, WAL,
+//     manifest, lock files, tmp/) is owner-only, 0600, and every directory
+//     it makes 0700, whatever the umask (perm.go wraps Pebble's vfs). A
+//     store directory that already exists keeps the mode its user gave it,
+//     but what is inside is owner-only all the same; Open takes group and
+//     other bits off files an older version left readable.
 //   - Frame and pack tables are written with O_DIRECT (direct.go): the page
 //     cache gains nothing from holding what was just written, and filling
 //     it was most of the store's write time on virtual machines.

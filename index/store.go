@@ -101,7 +101,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	case opts.InMemory:
 		s.fs = vfs.NewMem()
 	default:
-		s.fs = sequentialFS{vfs.Default}
+		s.fs = sequentialFS{privateFS{vfs.Default}}
 	}
 	comp, err := compressionProfile(opts.Compression)
 	if err != nil {
@@ -111,6 +111,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		if err := s.lockDir(opts.Create); err != nil {
 			return nil, err
 		}
+		tightenModes(dir)
 	}
 	if err := s.fs.MkdirAll(s.tmpDir(), 0o700); err != nil {
 		s.unlock()
