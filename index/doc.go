@@ -25,6 +25,11 @@
 //   - Every stored frame carries an xxh3-64 checksum that is verified on every
 //     read; a mismatch is an error wrapping ErrCorrupt, never wrong bytes.
 //     Pebble's own block checksums are reported the same way (IsCorruption).
+//   - A damaged file is noticed once (health.go): one log line per file,
+//     other repeated error lines at most once a minute, and compactions
+//     that fail on corruption are retried with a backoff (1 s doubling to
+//     5 min) instead of at once, so a damaged store never spins or floods
+//     the log. A whole-store Verify checks every block of every table.
 //   - One process owns a store: Open takes an flock on ckptfs.lock and a
 //     second Open fails with ErrStoreBusy.
 //   - A working-set pack (pack.go) is derived data: W_i's frames at

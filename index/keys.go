@@ -206,3 +206,70 @@ func keyString(k []byte) string {
 	}
 	return fmt.Sprintf("raw/%x", k)
 }
+
+// keyWords says in a user's words what key k holds, e.g. "frames of run
+// r1, checkpoint 3"; name gives a run's name for its ID (or "").
+func keyWords(k []byte, name func(RunID) string) string {
+	if len(k) == 0 {
+		return "no key"
+	}
+	run := func() string {
+		if len(k) < 5 {
+			return "a run"
+		}
+		id := RunID(binary.BigEndian.Uint32(k[1:]))
+		if n := name(id); n != "" {
+			return "run " + n
+		}
+		return fmt.Sprintf("run #%d (removed or unnamed)", id)
+	}
+	at := func(what string) string {
+		if len(k) < 9 {
+			return what + " of " + run()
+		}
+		return fmt.Sprintf("%s of %s, checkpoint %d", what, run(), binary.BigEndian.Uint32(k[5:]))
+	}
+	switch keyKind(k[0]) {
+	case kindPack:
+		return at("working-set pack")
+	case kindBlob:
+		return at("frames")
+	case kindCommit:
+		return at("commit record")
+	case kindDevState:
+		return at("device state")
+	case kindWS:
+		if len(k) >= 9 {
+			return fmt.Sprintf("working set of %s, interval %d", run(), binary.BigEndian.Uint32(k[5:]))
+		}
+		return "working sets of " + run()
+	case kindVersion:
+		if _, _, i, ok := decodeVersionKey(k); ok {
+			return fmt.Sprintf("frame versions of %s, checkpoint %d", run(), i)
+		}
+		return "frame versions of " + run()
+	case kindLog:
+		if _, off, ok := decodeLogKey(k); ok {
+			return fmt.Sprintf("replay log of %s at offset %d", run(), off)
+		}
+		return "replay log of " + run()
+	case kindRun:
+		return "the record of " + run()
+	case kindName:
+		return fmt.Sprintf("the name of run %q", k[1:])
+	case kindSequence:
+		return "the run sequence"
+	}
+	return "unknown key " + keyString(k)
+}
+
+// kindWords names the records of kind for run name, for messages.
+func kindWords(kind keyKind, name string) string {
+	what := map[keyKind]string{kindPack: "working-set packs", kindBlob: "frames", kindCommit: "commit records",
+		kindDevState: "device states", kindWS: "working sets", kindVersion: "frame versions", kindRun: "record",
+		kindLog: "replay log"}[kind]
+	if what == "" {
+		what = fmt.Sprintf("%c records", kind)
+	}
+	return what + " of run " + name
+}

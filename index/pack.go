@@ -325,7 +325,7 @@ func (s *Store) verifyPacks(ctx context.Context, ri RunInfo, rep *VerifyReport) 
 	type chunkInfo struct{ frames int }
 	packs := map[uint32][]chunkInfo{}
 	var bad []string
-	if err := s.scanKeys(kindPack, ri.ID, func(k, v []byte) {
+	if err := s.scanKeys(kindPack, ri.ID, ri.Name, func(k, v []byte) {
 		_, i, c, ok := decodePackKey(k)
 		if !ok {
 			bad = append(bad, fmt.Sprintf("malformed key %s", keyString(k)))

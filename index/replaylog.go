@@ -360,7 +360,7 @@ func (s *Store) verifyReplayLog(ri RunInfo, rep *VerifyReport) error {
 		next   uint64
 		chunks bool
 	)
-	if err := s.scanKeys(kindLog, ri.ID, func(k, v []byte) {
+	if err := s.scanKeys(kindLog, ri.ID, name, func(k, v []byte) {
 		if len(k) == 5 {
 			var r replayLogRecord
 			if err := json.Unmarshal(v, &r); err != nil {

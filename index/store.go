@@ -67,6 +67,7 @@ type Store struct {
 	cache    *pebble.Cache // released by Close: DropCache and CacheSize check mu.closed
 	cacheCap int64
 	log      *slog.Logger
+	health   *health // damage and error lines, noticed once (health.go)
 	lockFD   int
 
 	bg       sync.WaitGroup // background compactions; Close waits for them
@@ -95,6 +96,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.health = newHealth(s.log)
 	switch {
 	case opts.FS != nil:
 		s.fs = opts.FS
@@ -136,18 +138,17 @@ func Open(dir string, opts Options) (*Store, error) {
 		// keeps a fast recorder from waiting on compactions of tiny tables.
 		L0CompactionThreshold: 8,
 		L0StopWritesThreshold: 64,
-		Logger:                quietLogger{s.log},
+		Logger:                quietLogger{s.log, s.health},
 		EventListener: &pebble.EventListener{
 			// Pebble's default is Fatalf: a corrupt block must fail the
-			// read that found it, not the process.
+			// read that found it, not the process. One line per file.
 			DataCorruption: func(info pebble.DataCorruptionInfo) {
-				s.log.Error("store: on-disk corruption", "file", info.Path, "err", firstLine(info.Details))
+				s.health.damaged(info.Path, firstLine(info.Details))
 			},
-			BackgroundError: func(err error) {
-				s.log.Error("store: background error", "err", err)
-			},
+			BackgroundError: s.health.backgroundError,
 		},
 	}
+	po.Experimental.CompactionScheduler = s.health.sched
 	blockSize := opts.BlockSize
 	if blockSize <= 0 {
 		blockSize = 64 << 10
@@ -492,14 +493,22 @@ func (s *Store) compactRunInBackground(id RunID) {
 // table files; benchmarks call it so that cold reads really come from disk.
 func (s *Store) Flush() error { return s.db.Flush() }
 
-// quietLogger sends Pebble's informational lines to slog at debug level.
-type quietLogger struct{ l *slog.Logger }
+// quietLogger sends Pebble's informational lines to slog at debug level,
+// and its error lines as one line each (no stack traces), rate-limited.
+type quietLogger struct {
+	l *slog.Logger
+	h *health
+}
 
 func (q quietLogger) Infof(format string, args ...any) {
 	q.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
 }
 func (q quietLogger) Errorf(format string, args ...any) {
-	q.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	msg := fmt.Sprintf(format, args...)
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		msg = msg[:i]
+	}
+	q.h.errorLine(msg, "component", "pebble")
 }
 func (q quietLogger) Fatalf(format string, args ...any) {
 	q.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
