@@ -30,6 +30,9 @@
 //     that fail on corruption are retried with a backoff (1 s doubling to
 //     5 min) instead of at once, so a damaged store never spins or floods
 //     the log. A whole-store Verify checks every block of every table.
+//   - A run removed (DeleteRun) while a Checkpoint handle of it is open is
+//     not damage: every later read of the handle fails with ErrRunRemoved
+//     (which is also ErrRunNotFound, never IsCorruption) and logs nothing.
 //   - One process owns a store: Open takes an flock on ckptfs.lock and a
 //     second Open fails with ErrStoreBusy.
 //   - A working-set pack (pack.go) is derived data: W_i's frames at

@@ -77,6 +77,10 @@ type Store struct {
 	// generation counts commits and deletions so that readers (the mount)
 	// can tell cheaply whether anything changed.
 	generation atomic.Uint64
+	// removed holds the RunIDs DeleteRun removed while the store is open,
+	// so that a checkpoint handle of such a run fails with ErrRunRemoved
+	// instead of finding its frames "missing".
+	removed sync.Map
 
 	mu struct {
 		sync.Mutex
@@ -445,6 +449,7 @@ func (s *Store) DeleteRun(name string) error {
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("removing run %q: %w", name, err)
 	}
+	s.removed.Store(id, struct{}{})
 	s.generation.Add(1)
 	// Reclaim the space in the background; the deletion is already durable.
 	s.bg.Add(1)
