@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -226,7 +227,11 @@ func LockPath(dir string) string { return filepath.Join(dir, "ckptfs.lock") }
 // lockDir takes an exclusive flock on the store directory so that a second
 // process gets a clear ErrStoreBusy instead of Pebble's lock error.
 func (s *Store) lockDir(create bool) error {
-	if !isStoreDir(s.dir) {
+	isStore, err := isStoreDir(s.dir)
+	if err != nil {
+		return err
+	}
+	if !isStore {
 		if fi, err := os.Stat(s.dir); err == nil && !fi.IsDir() {
 			return fmt.Errorf("%w: %s is not a directory", ErrNoStore, s.dir)
 		}
@@ -255,10 +260,37 @@ func (s *Store) lockDir(create bool) error {
 	return nil
 }
 
-// isStoreDir reports whether dir holds a Pebble database.
-func isStoreDir(dir string) bool {
-	names, _ := filepath.Glob(filepath.Join(dir, "MANIFEST-*"))
-	return len(names) > 0
+// isStoreDir reports whether dir holds a Pebble database. A directory this
+// process may not read is an error (permission denied), not "no store".
+func isStoreDir(dir string) (bool, error) {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("store %s: %w", dir, unwrapPath(err))
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil && !errors.Is(err, unix.ENOTDIR) {
+		return false, fmt.Errorf("store %s: %w", dir, unwrapPath(err))
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, "MANIFEST-") {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// unwrapPath drops the *PathError around an errno, whose path the caller's
+// message already names.
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 func readOwner(fd int) string {
