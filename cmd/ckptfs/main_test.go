@@ -122,13 +122,17 @@ func TestBadInput(t *testing.T) {
 		{[]string{"replay", "bench", "--mount", dir, "--run", "r", "--concurrency", "1,x"}, 2, "concurrency"},
 		{[]string{"replay", "bench", "--mount", dir, "--run", "r", "--modes", "a,e"}, 2, `unknown mode "e"`},
 		{[]string{"--store", filepath.Join(dir, "nostore"), "ls"}, 1, "no store"},
+		{[]string{"info", "exists", "-1"}, 2, "interval -1 is negative"},
+		{[]string{"info", "exists", "x"}, 2, `interval "x" is not a number`},
+		{[]string{"info", "-1", "--json"}, 1, "bad run name"},
+		{[]string{"mount", short}, 1, "is not a directory"},
 	} {
 		args := tc.args
 		if args[0] != "--store" {
 			args = append([]string{"--store", store}, args...)
 		}
 		code, _, errs := ckptfs(t, args...)
-		if code != tc.code || !strings.Contains(errs, tc.msg) || strings.Count(errs, "\n") != 1 {
+		if code != tc.code || !strings.Contains(errs, tc.msg) || strings.Count(errs, "\n") != 1 || strings.Contains(errs, "ckptfs: ckptfs:") {
 			t.Errorf("%v: exit %d, stderr %q; want exit %d and one line with %q", tc.args, code, errs, tc.code, tc.msg)
 		}
 	}

@@ -83,8 +83,11 @@ func exportCommand() *cli.Command {
 
 func parseInterval(s string) (int, error) {
 	i, err := strconv.Atoi(s)
-	if err != nil || i < 0 {
-		return 0, usageErrorf("interval %q is not a non-negative integer", s)
+	switch {
+	case err != nil:
+		return 0, usageErrorf("interval %q is not a number (intervals are 0, 1, 2, ...)", s)
+	case i < 0:
+		return 0, usageErrorf("interval %d is negative (intervals are 0, 1, 2, ...)", i)
 	}
 	return i, nil
 }
