@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -225,6 +228,45 @@ func TestServesMount(t *testing.T) {
 		args := append([]string{"ckptfs"}, strings.Fields(tc.args)...)
 		if got := servesMount(app, args); got != tc.want {
 			t.Errorf("servesMount(%q) = %v, want %v", tc.args, got, tc.want)
+		}
+	}
+}
+
+// TestForwardOwnerDies: when the store's owner goes away in the middle of
+// a forwarded command, the client says so in one line, not "unexpected
+// EOF". A fake owner reads the request and hangs up, before the answer
+// or in the middle of it.
+func TestForwardOwnerDies(t *testing.T) {
+	for _, partial := range []bool{false, true} {
+		store := filepath.Join(t.TempDir(), "store")
+		st, err := index.Open(store, index.Options{Create: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("unix", filepath.Join(store, socketName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			req, err := http.ReadRequest(bufio.NewReader(c))
+			if err == nil {
+				io.Copy(io.Discard, req.Body)
+				if partial {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"out\":\"part\\n\"}\r\n")
+				}
+			}
+			c.Close()
+		}()
+		code, _, errs := ckptfs(t, "--store", store, "ls")
+		ln.Close()
+		st.Close()
+		if code != 1 || !strings.Contains(errs, "owner process exited or closed the connection") ||
+			strings.Contains(errs, "EOF") || strings.Count(errs, "\n") != 1 {
+			t.Fatalf("partial=%v: exit %d, stderr %q", partial, code, errs)
 		}
 	}
 }
