@@ -547,11 +547,25 @@ func (q quietLogger) Errorf(format string, args ...any) {
 	}
 	q.h.errorLine(msg, "component", "pebble")
 }
+
+// Fatalf ends the process, as Pebble requires (a failed WAL write, on a
+// full disk say, leaves the store unusable until it is opened again): one
+// line on stderr, without the details and stack traces after it.
 func (q quietLogger) Fatalf(format string, args ...any) {
-	q.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
-	fmt.Fprintf(os.Stderr, "ckptfs: fatal store error: "+format+"\n", args...)
-	os.Exit(1)
+	msg := fmt.Sprintf(format, args...)
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		msg = msg[:i]
+	}
+	fmt.Fprintf(fatalOut, "ckptfs: fatal store error: %s\n", msg)
+	fatalExit(1)
 }
+
+// fatalOut and fatalExit are where Fatalf reports and how it ends; tests
+// replace them.
+var (
+	fatalOut  io.Writer = os.Stderr
+	fatalExit           = os.Exit
+)
 
 func compressionProfile(name string) (*sstable.CompressionProfile, error) {
 	switch strings.ToLower(name) {
