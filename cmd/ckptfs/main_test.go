@@ -77,7 +77,7 @@ func TestStoreCommands(t *testing.T) {
 			t.Fatalf("export of checkpoint %d differs from its dump", i)
 		}
 	}
-	if code, out, errs := ckptfs(t, "--store", store, "verify"); code != 0 || !strings.HasPrefix(out, "ok:") || !strings.Contains(out, "2 working-set packs") {
+	if code, out, errs := ckptfs(t, "--store", store, "verify"); code != 0 || !strings.HasPrefix(out, "ok:") || !strings.Contains(out, "2 working-set packs") || !strings.Contains(out, "table files checked") {
 		t.Fatalf("verify: %d %q %q", code, out, errs)
 	}
 	if code, _, _ := ckptfs(t, "--store", store, "rm", "r1"); code != 0 {

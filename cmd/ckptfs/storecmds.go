@@ -201,8 +201,12 @@ func verifyCommand() *cli.Command {
 				if err != nil {
 					return fmt.Errorf("verify failed: %w", err)
 				}
-				fmt.Fprintf(c.App.Writer, "ok: %d runs, %d checkpoints, %d versions, %d frames (%s), %d working-set packs verified\n",
-					rep.Runs, rep.Checkpoints, rep.Versions, rep.Blobs, humanBytes(rep.BlobBytes), rep.Packs)
+				tables := ""
+				if rep.Tables > 0 {
+					tables = fmt.Sprintf("; %d table files checked", rep.Tables)
+				}
+				fmt.Fprintf(c.App.Writer, "ok: %d runs, %d checkpoints, %d versions, %d frames (%s), %d working-set packs verified%s\n",
+					rep.Runs, rep.Checkpoints, rep.Versions, rep.Blobs, humanBytes(rep.BlobBytes), rep.Packs, tables)
 				return nil
 			})
 		},
