@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"golang.org/x/sys/unix"
@@ -82,17 +83,55 @@ func (p privateFS) MkdirAll(dir string, perm os.FileMode) error {
 
 func (p privateFS) Unwrap() vfs.FS { return p.FS }
 
-// tightenModes takes group and other bits off every file and directory
-// under the store directory (not off the directory itself, whose mode the
-// user chose): stores written before files were created owner-only.
+// tightenModes takes group and other bits off the store's own files (and
+// its tmp directory), not off the directory itself, whose mode the user
+// chose, nor off anything else a user keeps there: stores written before
+// files were created owner-only.
 func tightenModes(dir string) {
-	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || p == dir || d.Type()&fs.ModeSymlink != 0 {
-			return nil
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !storeFile(e.Name()) {
+			continue
 		}
-		if fi, err := d.Info(); err == nil && fi.Mode().Perm()&0o077 != 0 && (fi.Mode().IsRegular() || fi.IsDir()) {
+		p := filepath.Join(dir, e.Name())
+		fi, err := e.Info()
+		if err != nil || !(fi.Mode().IsRegular() || fi.IsDir()) {
+			continue
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
 			_ = os.Chmod(p, fi.Mode().Perm()&^0o077)
 		}
-		return nil
-	})
+		if fi.IsDir() { // tmp/: tables being written
+			if names, err := os.ReadDir(p); err == nil {
+				for _, n := range names {
+					if ti, err := n.Info(); err == nil && ti.Mode().IsRegular() && ti.Mode().Perm()&0o077 != 0 {
+						_ = os.Chmod(filepath.Join(p, n.Name()), ti.Mode().Perm()&^0o077)
+					}
+				}
+			}
+		}
+	}
+}
+
+// storeFile reports whether name is one of the files Pebble or ckptfs
+// keeps at the top of a store directory.
+func storeFile(name string) bool {
+	switch name {
+	case "CURRENT", "LOCK", "tmp", "ckptfs.lock":
+		return true
+	}
+	for _, prefix := range []string{"MANIFEST-", "OPTIONS-", "marker."} {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	for _, suffix := range []string{".sst", ".log", ".blob"} {
+		if strings.HasSuffix(name, suffix) {
+			return true
+		}
+	}
+	return false
 }

@@ -38,16 +38,23 @@ func TestOwnerOnlyFiles(t *testing.T) {
 		}
 		checkOwnerOnly(t, dir)
 
-		// A file an older version left 0644 is 0600 after the next Open.
+		// A file an older version left 0644 is 0600 after the next Open;
+		// a file of the user's own in the directory keeps its mode.
 		tables, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
 		if len(tables) == 0 {
 			t.Fatal("no tables")
 		}
 		os.Chmod(tables[0], 0o644)
+		mine := filepath.Join(dir, "notes.txt")
+		os.WriteFile(mine, nil, 0o644)
 		if st, err = Open(dir, Options{}); err != nil {
 			t.Fatal(err)
 		}
 		st.Close()
+		if fi, _ := os.Stat(mine); fi.Mode().Perm() != 0o644 {
+			t.Fatalf("Open changed the mode of a file of the user's to %v", fi.Mode())
+		}
+		os.Remove(mine)
 		checkOwnerOnly(t, dir)
 	}
 	// A store directory ckptfs creates is 0700.
