@@ -263,6 +263,21 @@ func keyWords(k []byte, name func(RunID) string) string {
 	return "unknown key " + keyString(k)
 }
 
+// keyWordsAfter says in a user's words where a scan that last read key k
+// stopped: "frames of run r1, checkpoint 3, after pfn 17".
+func keyWordsAfter(k []byte, name func(RunID) string) string {
+	if r, i, p, ok := decodeBlobKey(k); ok {
+		return fmt.Sprintf("%s, checkpoint %d, after pfn %d", kindWords(kindBlob, name(r)), i, p)
+	}
+	if r, p, _, ok := decodeVersionKey(k); ok {
+		return fmt.Sprintf("%s, after pfn %d", kindWords(kindVersion, name(r)), p)
+	}
+	if r, i, c, ok := decodePackKey(k); ok {
+		return fmt.Sprintf("working-set pack of run %s, checkpoint %d, after chunk %d", name(r), i, c)
+	}
+	return "the records after " + keyWords(k, name)
+}
+
 // kindWords names the records of kind for run name, for messages.
 func kindWords(kind keyKind, name string) string {
 	what := map[keyKind]string{kindPack: "working-set packs", kindBlob: "frames", kindCommit: "commit records",

@@ -269,7 +269,7 @@ func (s *Store) scanKeys(kind keyKind, id RunID, name string, fn func(k, v []byt
 	if err := it.Close(); err != nil {
 		what := kindWords(kind, name)
 		if last != nil {
-			what += " after " + keyWords(last, names)
+			what = keyWordsAfter(last, names)
 		}
 		return wrapRead(err, what)
 	}
