@@ -275,6 +275,9 @@ func keyWordsAfter(k []byte, name func(RunID) string) string {
 	if r, i, c, ok := decodePackKey(k); ok {
 		return fmt.Sprintf("working-set pack of run %s, checkpoint %d, after chunk %d", name(r), i, c)
 	}
+	if r, off, ok := decodeLogKey(k); ok {
+		return fmt.Sprintf("replay log of run %s, after offset %d", name(r), off)
+	}
 	return "the records after " + keyWords(k, name)
 }
 

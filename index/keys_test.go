@@ -22,6 +22,9 @@ func TestKeyWords(t *testing.T) {
 		{keyWords(appendNameKey(nil, "r1"), name), `the name of run "r1"`},
 		{keyWordsAfter(appendBlobKey(nil, 7, 3, 17), name), "frames of run r1, checkpoint 3, after pfn 17"},
 		{keyWordsAfter(appendVersionKey(nil, 7, 17, 3), name), "frame versions of run r1, after pfn 17"},
+		{keyWords(appendLogKey(nil, 7, 4096), name), "replay log of run r1 at offset 4096"},
+		{keyWordsAfter(appendLogKey(nil, 7, 4096), name), "replay log of run r1, after offset 4096"},
+		{kindWords(kindLog, "r1"), "replay log of run r1"},
 		{kindWords(kindPack, "r1"), "working-set packs of run r1"},
 		{kindWords(kindBlob, "r1"), "frames of run r1"},
 	} {

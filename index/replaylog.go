@@ -345,7 +345,7 @@ func (l *ReplayLog) missing(it *pebble.Iterator, pos int64) error {
 		return wrapRead(err, fmt.Sprintf("replay log of run %q at offset %d", l.name, pos))
 	}
 	if id, err := l.s.runID(l.name); err != nil || id != l.id {
-		return fmt.Errorf("%w: %q was removed while its replay log was read", ErrRunNotFound, l.name)
+		return fmt.Errorf("%w: %q was removed while its replay log was read", ErrRunRemoved, l.name)
 	}
 	return corruptf("replay log of run %q at offset %d: missing", l.name, pos)
 }
