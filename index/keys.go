@@ -263,6 +263,21 @@ func keyWords(k []byte, name func(RunID) string) string {
 	return "unknown key " + keyString(k)
 }
 
+// recordWords names the one record k in a user's words, down to its pfn
+// or chunk: "frame version of run r1, checkpoint 3, pfn 17".
+func recordWords(k []byte, name func(RunID) string) string {
+	if r, i, p, ok := decodeBlobKey(k); ok {
+		return fmt.Sprintf("frame of run %s, checkpoint %d, pfn %d", name(r), i, p)
+	}
+	if r, p, i, ok := decodeVersionKey(k); ok {
+		return fmt.Sprintf("frame version of run %s, checkpoint %d, pfn %d", name(r), i, p)
+	}
+	if r, i, c, ok := decodePackKey(k); ok {
+		return fmt.Sprintf("working-set pack of run %s, checkpoint %d, chunk %d", name(r), i, c)
+	}
+	return keyWords(k, name)
+}
+
 // keyWordsAfter says in a user's words where a scan that last read key k
 // stopped: "frames of run r1, checkpoint 3, after pfn 17".
 func keyWordsAfter(k []byte, name func(RunID) string) string {

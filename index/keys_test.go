@@ -25,6 +25,9 @@ func TestKeyWords(t *testing.T) {
 		{keyWords(appendLogKey(nil, 7, 4096), name), "replay log of run r1 at offset 4096"},
 		{keyWordsAfter(appendLogKey(nil, 7, 4096), name), "replay log of run r1, after offset 4096"},
 		{kindWords(kindLog, "r1"), "replay log of run r1"},
+		{recordWords(appendBlobKey(nil, 7, 3, 17), name), "frame of run r1, checkpoint 3, pfn 17"},
+		{recordWords(appendVersionKey(nil, 7, 17, 3), name), "frame version of run r1, checkpoint 3, pfn 17"},
+		{recordWords(appendPackKey(nil, 7, 3, 2), name), "working-set pack of run r1, checkpoint 3, chunk 2"},
 		{kindWords(kindPack, "r1"), "working-set packs of run r1"},
 		{kindWords(kindBlob, "r1"), "frames of run r1"},
 	} {

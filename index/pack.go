@@ -333,11 +333,11 @@ func (s *Store) verifyPacks(ctx context.Context, ri RunInfo, rep *VerifyReport) 
 		}
 		n := len(v) / (blobHeaderLen + PageSize)
 		if len(v)%(blobHeaderLen+PageSize) != 0 || n == 0 || n > packFrames {
-			bad = append(bad, fmt.Sprintf("%s has %d bytes", keyString(k), len(v)))
+			bad = append(bad, fmt.Sprintf("%s has %d bytes", recordWords(k, func(RunID) string { return ri.Name }), len(v)))
 			n = 0
 		}
 		if int(c) != len(packs[i]) {
-			bad = append(bad, fmt.Sprintf("%s: chunks of the pack are not contiguous", keyString(k)))
+			bad = append(bad, fmt.Sprintf("%s: chunks of the pack are not contiguous", recordWords(k, func(RunID) string { return ri.Name })))
 		}
 		packs[i] = append(packs[i], chunkInfo{n})
 	}); err != nil {

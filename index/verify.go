@@ -162,6 +162,7 @@ func (s *Store) approxRunBytes(id RunID) uint64 {
 
 func (s *Store) verifyRun(ctx context.Context, ri RunInfo, rep *VerifyReport, progress func(uint64)) error {
 	id, name := ri.ID, ri.Name
+	words := func(k []byte) string { return recordWords(k, func(RunID) string { return name }) }
 	// Commit records: contiguous from 0 and decodable.
 	if err := s.scanKeys(kindCommit, id, name, func(k, v []byte) {
 		i := binary.BigEndian.Uint32(k[5:])
@@ -191,14 +192,14 @@ func (s *Store) verifyRun(ctx context.Context, ri RunInfo, rep *VerifyReport, pr
 			rep.add("run %q: malformed key %s", name, keyString(k))
 			return
 		case int(i) >= ri.Checkpoints:
-			rep.add("run %q: %s belongs to no committed checkpoint", name, keyString(k))
+			rep.add("run %q: %s belongs to no committed checkpoint", name, words(k))
 		case pfn >= ri.Frames:
-			rep.add("run %q: %s beyond %d frames", name, keyString(k), ri.Frames)
+			rep.add("run %q: %s is beyond %d frames", name, words(k), ri.Frames)
 		case len(v) != blobHeaderLen+PageSize:
-			rep.add("run %q: %s has %d bytes", name, keyString(k), len(v))
+			rep.add("run %q: %s has %d bytes", name, words(k), len(v))
 			return
 		case binary.LittleEndian.Uint64(v) != xxh3.Hash(v[blobHeaderLen:]):
-			rep.add("run %q: %s: checksum mismatch", name, keyString(k))
+			rep.add("run %q: %s: checksum mismatch", name, words(k))
 		}
 		rep.Blobs++
 		rep.BlobBytes += PageSize
@@ -232,13 +233,13 @@ func (s *Store) verifyRun(ctx context.Context, ri RunInfo, rep *VerifyReport, pr
 		kind, ri2, rp, err := decodeVersionValue(v)
 		switch {
 		case err != nil:
-			rep.add("run %q: %s: %v", name, keyString(k), err)
+			rep.add("run %q: %s: %v", name, words(k), err)
 		case int(i) >= ri.Checkpoints:
-			rep.add("run %q: %s belongs to no committed checkpoint", name, keyString(k))
+			rep.add("run %q: %s belongs to no committed checkpoint", name, words(k))
 		case pfn >= ri.Frames:
-			rep.add("run %q: %s beyond %d frames", name, keyString(k), ri.Frames)
+			rep.add("run %q: %s is beyond %d frames", name, words(k), ri.Frames)
 		case kind == versionBlob && (ri2 > i || !blobs[ri2][rp]):
-			rep.add("run %q: %s refers to missing blob %d/%d", name, keyString(k), ri2, rp)
+			rep.add("run %q: %s refers to a missing frame (checkpoint %d, pfn %d)", name, words(k), ri2, rp)
 		}
 	}); err != nil {
 		return fmt.Errorf("run %q: %w", name, err)
