@@ -51,6 +51,7 @@ test: deps guest build
 fuzz:
 	$(GO) test ./index/rawfmt -run '^$$' -fuzz '^FuzzParseList$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./index/rawfmt -run '^$$' -fuzz '^FuzzReadDump$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./index -run '^$$' -fuzz '^FuzzImportWorkingSet$$' -fuzztime $(FUZZTIME)
 
 # Benchmarks report ratios against baselines measured in the same run.
 bench: deps guest build

@@ -33,6 +33,12 @@ func TestMain(m *testing.M) {
 		st.Close()
 		os.Exit(0)
 	}
+	if dir := os.Getenv(openChildEnv); dir != "" {
+		// The child of TestOpenPermissionDenied, run as another uid.
+		_, err := Open(dir, Options{})
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	os.Exit(m.Run())
 }
 

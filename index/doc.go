@@ -25,6 +25,14 @@
 //   - Every stored frame carries an xxh3-64 checksum that is verified on every
 //     read; a mismatch is an error wrapping ErrCorrupt, never wrong bytes.
 //     Pebble's own block checksums are reported the same way (IsCorruption).
+//   - A damaged file is noticed once (health.go): one log line per file,
+//     other repeated error lines at most once a minute, and compactions
+//     that fail on corruption are retried with a backoff (1 s doubling to
+//     5 min) instead of at once, so a damaged store never spins or floods
+//     the log. A whole-store Verify checks every block of every table.
+//   - A run removed (DeleteRun) while a Checkpoint handle of it is open is
+//     not damage: every later read of the handle fails with ErrRunRemoved
+//     (which is also ErrRunNotFound, never IsCorruption) and logs nothing.
 //   - One process owns a store: Open takes an flock on ckptfs.lock and a
 //     second Open fails with ErrStoreBusy.
 //   - A working-set pack (pack.go) is derived data: W_i's frames at
@@ -43,6 +51,12 @@
 //     bytes. Every chunk carries an xxh3-64 checksum, checked on every read
 //     like a frame's. A ReplayLog handle reads the log as of its opening.
 //     Instruction counts (CheckpointStats.ICount) never decrease.
+//   - A store holds guest memory: every file it writes (tables, WAL,
+//     manifest, lock files, tmp/) is owner-only, 0600, and every directory
+//     it makes 0700, whatever the umask (perm.go wraps Pebble's vfs). A
+//     store directory that already exists keeps the mode its user gave it,
+//     but what is inside is owner-only all the same; Open takes group and
+//     other bits off files an older version left readable.
 //   - Frame and pack tables are written with O_DIRECT (direct.go): the page
 //     cache gains nothing from holding what was just written, and filling
 //     it was most of the store's write time on virtual machines.

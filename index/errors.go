@@ -22,7 +22,17 @@ var (
 	ErrBadInput          = rawfmt.ErrBadInput
 	// ErrCorrupt marks stored data that failed a check. Test with IsCorruption.
 	ErrCorrupt = errors.New("index: corrupt store")
+	// ErrRunRemoved is what reads of a checkpoint handle return once its run
+	// was removed (DeleteRun) while the handle was open. A removed run is
+	// not a damaged store: errors.Is(err, ErrRunNotFound) holds too, and
+	// IsCorruption does not.
+	ErrRunRemoved error = runRemoved{}
 )
+
+type runRemoved struct{}
+
+func (runRemoved) Error() string        { return "index: run removed" }
+func (runRemoved) Is(target error) bool { return target == ErrRunNotFound }
 
 // IsCorruption reports whether err means stored data failed a checksum or a
 // structural check, in ckptfs's own records or in Pebble's files.

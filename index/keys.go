@@ -206,3 +206,103 @@ func keyString(k []byte) string {
 	}
 	return fmt.Sprintf("raw/%x", k)
 }
+
+// keyWords says in a user's words what key k holds, e.g. "frames of run
+// r1, checkpoint 3"; name gives a run's name for its ID (or "").
+func keyWords(k []byte, name func(RunID) string) string {
+	if len(k) == 0 {
+		return "no key"
+	}
+	run := func() string {
+		if len(k) < 5 {
+			return "a run"
+		}
+		id := RunID(binary.BigEndian.Uint32(k[1:]))
+		if n := name(id); n != "" {
+			return "run " + n
+		}
+		return fmt.Sprintf("run #%d (removed or unnamed)", id)
+	}
+	at := func(what string) string {
+		if len(k) < 9 {
+			return what + " of " + run()
+		}
+		return fmt.Sprintf("%s of %s, checkpoint %d", what, run(), binary.BigEndian.Uint32(k[5:]))
+	}
+	switch keyKind(k[0]) {
+	case kindPack:
+		return at("working-set pack")
+	case kindBlob:
+		return at("frames")
+	case kindCommit:
+		return at("commit record")
+	case kindDevState:
+		return at("device state")
+	case kindWS:
+		if len(k) >= 9 {
+			return fmt.Sprintf("working set of %s, interval %d", run(), binary.BigEndian.Uint32(k[5:]))
+		}
+		return "working sets of " + run()
+	case kindVersion:
+		if _, _, i, ok := decodeVersionKey(k); ok {
+			return fmt.Sprintf("frame versions of %s, checkpoint %d", run(), i)
+		}
+		return "frame versions of " + run()
+	case kindLog:
+		if _, off, ok := decodeLogKey(k); ok {
+			return fmt.Sprintf("replay log of %s at offset %d", run(), off)
+		}
+		return "replay log of " + run()
+	case kindRun:
+		return "the record of " + run()
+	case kindName:
+		return fmt.Sprintf("the name of run %q", k[1:])
+	case kindSequence:
+		return "the run sequence"
+	}
+	return "unknown key " + keyString(k)
+}
+
+// recordWords names the one record k in a user's words, down to its pfn
+// or chunk: "frame version of run r1, checkpoint 3, pfn 17".
+func recordWords(k []byte, name func(RunID) string) string {
+	if r, i, p, ok := decodeBlobKey(k); ok {
+		return fmt.Sprintf("frame of run %s, checkpoint %d, pfn %d", name(r), i, p)
+	}
+	if r, p, i, ok := decodeVersionKey(k); ok {
+		return fmt.Sprintf("frame version of run %s, checkpoint %d, pfn %d", name(r), i, p)
+	}
+	if r, i, c, ok := decodePackKey(k); ok {
+		return fmt.Sprintf("working-set pack of run %s, checkpoint %d, chunk %d", name(r), i, c)
+	}
+	return keyWords(k, name)
+}
+
+// keyWordsAfter says in a user's words where a scan that last read key k
+// stopped: "frames of run r1, checkpoint 3, after pfn 17".
+func keyWordsAfter(k []byte, name func(RunID) string) string {
+	if r, i, p, ok := decodeBlobKey(k); ok {
+		return fmt.Sprintf("%s, checkpoint %d, after pfn %d", kindWords(kindBlob, name(r)), i, p)
+	}
+	if r, p, _, ok := decodeVersionKey(k); ok {
+		return fmt.Sprintf("%s, after pfn %d", kindWords(kindVersion, name(r)), p)
+	}
+	if r, i, c, ok := decodePackKey(k); ok {
+		return fmt.Sprintf("working-set pack of run %s, checkpoint %d, after chunk %d", name(r), i, c)
+	}
+	if r, off, ok := decodeLogKey(k); ok {
+		return fmt.Sprintf("replay log of run %s, after offset %d", name(r), off)
+	}
+	return "the records after " + keyWords(k, name)
+}
+
+// kindWords names the records of kind for run name, for messages.
+func kindWords(kind keyKind, name string) string {
+	what := map[keyKind]string{kindPack: "working-set packs", kindBlob: "frames", kindCommit: "commit records",
+		kindDevState: "device states", kindWS: "working sets", kindVersion: "frame versions", kindRun: "record",
+		kindLog: "replay log"}[kind]
+	if what == "" {
+		what = fmt.Sprintf("%c records", kind)
+	}
+	return what + " of run " + name
+}

@@ -325,7 +325,7 @@ func (s *Store) verifyPacks(ctx context.Context, ri RunInfo, rep *VerifyReport) 
 	type chunkInfo struct{ frames int }
 	packs := map[uint32][]chunkInfo{}
 	var bad []string
-	if err := s.scanKeys(kindPack, ri.ID, func(k, v []byte) {
+	if err := s.scanKeys(kindPack, ri.ID, ri.Name, func(k, v []byte) {
 		_, i, c, ok := decodePackKey(k)
 		if !ok {
 			bad = append(bad, fmt.Sprintf("malformed key %s", keyString(k)))
@@ -333,11 +333,11 @@ func (s *Store) verifyPacks(ctx context.Context, ri RunInfo, rep *VerifyReport) 
 		}
 		n := len(v) / (blobHeaderLen + PageSize)
 		if len(v)%(blobHeaderLen+PageSize) != 0 || n == 0 || n > packFrames {
-			bad = append(bad, fmt.Sprintf("%s has %d bytes", keyString(k), len(v)))
+			bad = append(bad, fmt.Sprintf("%s has %d bytes", recordWords(k, func(RunID) string { return ri.Name }), len(v)))
 			n = 0
 		}
 		if int(c) != len(packs[i]) {
-			bad = append(bad, fmt.Sprintf("%s: chunks of the pack are not contiguous", keyString(k)))
+			bad = append(bad, fmt.Sprintf("%s: chunks of the pack are not contiguous", recordWords(k, func(RunID) string { return ri.Name })))
 		}
 		packs[i] = append(packs[i], chunkInfo{n})
 	}); err != nil {

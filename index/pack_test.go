@@ -145,7 +145,7 @@ func TestPack(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := 0
-	_ = st.scanKeys(kindPack, c.run.ID, func(k, v []byte) { n++ })
+	_ = st.scanKeys(kindPack, c.run.ID, c.run.Name, func(k, v []byte) { n++ })
 	if n != 0 {
 		t.Fatalf("%d pack keys left after rm", n)
 	}

@@ -133,6 +133,25 @@ func (c *Checkpoint) Close() error {
 	return nil
 }
 
+// removed returns an ErrRunRemoved error once the handle's run was removed.
+func (c *Checkpoint) removed() error {
+	if _, gone := c.s.removed.Load(c.run.ID); gone {
+		return fmt.Errorf("%w: run %q was removed while checkpoint %d was open", ErrRunRemoved, c.run.Name, c.index)
+	}
+	return nil
+}
+
+// readErr turns err into ErrRunRemoved when the run was removed meanwhile:
+// its frames are then missing, which is not damage.
+func (c *Checkpoint) readErr(err error) error {
+	if err != nil {
+		if rerr := c.removed(); rerr != nil {
+			return rerr
+		}
+	}
+	return err
+}
+
 // seekVersion positions it on the newest version of pfn at or before the
 // checkpoint and returns its value, or ok=false when pfn has none (zero).
 func (c *Checkpoint) seekVersion(it *pebble.Iterator, pfn uint64) (kind versionKind, ref blobRef, ok bool, err error) {
@@ -214,6 +233,13 @@ func equalKey(a, b []byte) bool { return string(a) == string(b) }
 // version at or before the checkpoint with one seek, without building the
 // whole frame map.
 func (c *Checkpoint) ReadFrame(pfn uint64, dst []byte) error {
+	if err := c.removed(); err != nil {
+		return err
+	}
+	return c.readErr(c.readFrame(pfn, dst))
+}
+
+func (c *Checkpoint) readFrame(pfn uint64, dst []byte) error {
 	if pfn >= c.run.Frames || len(dst) < PageSize {
 		return fmt.Errorf("%w: read of pfn %d into %d bytes (%d frames of %d bytes)", ErrBadInput, pfn, len(dst), c.run.Frames, PageSize)
 	}
@@ -291,8 +317,11 @@ func (c *Checkpoint) resolve() error {
 
 // DataFrames returns the frames that are not all zeros. Do not modify it.
 func (c *Checkpoint) DataFrames() (*roaring.Bitmap, error) {
-	if err := c.resolve(); err != nil {
+	if err := c.removed(); err != nil {
 		return nil, err
+	}
+	if err := c.resolve(); err != nil {
+		return nil, c.readErr(err)
 	}
 	return c.dataFrames, nil
 }
@@ -300,6 +329,13 @@ func (c *Checkpoint) DataFrames() (*roaring.Bitmap, error) {
 // ReadFrames reads the contiguous frames first.. into dst, whose length is a
 // multiple of PageSize. It builds the frame map on first use.
 func (c *Checkpoint) ReadFrames(first uint64, dst []byte) error {
+	if err := c.removed(); err != nil {
+		return err
+	}
+	return c.readErr(c.readFrames(first, dst))
+}
+
+func (c *Checkpoint) readFrames(first uint64, dst []byte) error {
 	if len(dst)%PageSize != 0 || first+uint64(len(dst)/PageSize) > c.run.Frames {
 		return fmt.Errorf("%w: read of %d bytes at pfn %d beyond %d frames", ErrBadInput, len(dst), first, c.run.Frames)
 	}
@@ -308,6 +344,9 @@ func (c *Checkpoint) ReadFrames(first uint64, dst []byte) error {
 	case ok:
 		return nil
 	case err != nil:
+		if rerr := c.removed(); rerr != nil {
+			return rerr
+		}
 		// The frame versions still hold the truth: serve from them.
 		c.dropPack(err)
 	}
@@ -370,8 +409,11 @@ func decodeRef(r uint64) blobRef {
 // iterator, so fn is called concurrently with distinct worker numbers; within
 // one worker, calls are in blob-key order. fn must not keep data.
 func (c *Checkpoint) forEachFrame(ctx context.Context, frames *roaring.Bitmap, workers int, fn func(worker int, pfn uint64, data []byte) error) error {
-	if err := c.resolve(); err != nil {
+	if err := c.removed(); err != nil {
 		return err
+	}
+	if err := c.resolve(); err != nil {
+		return c.readErr(err)
 	}
 	type item struct{ ref, pfn uint64 }
 	items := make([]item, 0, frames.GetCardinality())
@@ -412,7 +454,7 @@ func (c *Checkpoint) forEachFrame(ctx context.Context, frames *roaring.Bitmap, w
 			return nil
 		})
 	}
-	return g.Wait()
+	return c.readErr(g.Wait())
 }
 
 // WorkingSet returns W_i of run name: the frames interval i touched.

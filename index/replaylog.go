@@ -345,7 +345,7 @@ func (l *ReplayLog) missing(it *pebble.Iterator, pos int64) error {
 		return wrapRead(err, fmt.Sprintf("replay log of run %q at offset %d", l.name, pos))
 	}
 	if id, err := l.s.runID(l.name); err != nil || id != l.id {
-		return fmt.Errorf("%w: %q was removed while its replay log was read", ErrRunNotFound, l.name)
+		return fmt.Errorf("%w: %q was removed while its replay log was read", ErrRunRemoved, l.name)
 	}
 	return corruptf("replay log of run %q at offset %d: missing", l.name, pos)
 }
@@ -360,7 +360,7 @@ func (s *Store) verifyReplayLog(ri RunInfo, rep *VerifyReport) error {
 		next   uint64
 		chunks bool
 	)
-	if err := s.scanKeys(kindLog, ri.ID, func(k, v []byte) {
+	if err := s.scanKeys(kindLog, ri.ID, name, func(k, v []byte) {
 		if len(k) == 5 {
 			var r replayLogRecord
 			if err := json.Unmarshal(v, &r); err != nil {

@@ -304,7 +304,7 @@ func TestReplayLog(t *testing.T) {
 		t.Fatalf("key %s left after rm", keyString(it.Key()))
 	}
 	it.Close()
-	if _, err := l.ReadAt(make([]byte, 10), 5); !errors.Is(err, ErrRunNotFound) {
+	if _, err := l.ReadAt(make([]byte, 10), 5); !errors.Is(err, ErrRunRemoved) || !errors.Is(err, ErrRunNotFound) {
 		t.Fatalf("read of a removed run's log: %v", err)
 	}
 	if _, err := st.ReplayLog("r"); !errors.Is(err, ErrRunNotFound) {

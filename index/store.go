@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -67,6 +68,7 @@ type Store struct {
 	cache    *pebble.Cache // released by Close: DropCache and CacheSize check mu.closed
 	cacheCap int64
 	log      *slog.Logger
+	health   *health // damage and error lines, noticed once (health.go)
 	lockFD   int
 
 	bg       sync.WaitGroup // background compactions; Close waits for them
@@ -76,6 +78,10 @@ type Store struct {
 	// generation counts commits and deletions so that readers (the mount)
 	// can tell cheaply whether anything changed.
 	generation atomic.Uint64
+	// removed holds the RunIDs DeleteRun removed while the store is open,
+	// so that a checkpoint handle of such a run fails with ErrRunRemoved
+	// instead of finding its frames "missing".
+	removed sync.Map
 
 	mu struct {
 		sync.Mutex
@@ -95,13 +101,14 @@ func Open(dir string, opts Options) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.health = newHealth(s.log)
 	switch {
 	case opts.FS != nil:
 		s.fs = opts.FS
 	case opts.InMemory:
 		s.fs = vfs.NewMem()
 	default:
-		s.fs = sequentialFS{vfs.Default}
+		s.fs = sequentialFS{privateFS{vfs.Default}}
 	}
 	comp, err := compressionProfile(opts.Compression)
 	if err != nil {
@@ -111,6 +118,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		if err := s.lockDir(opts.Create); err != nil {
 			return nil, err
 		}
+		tightenModes(dir)
 	}
 	if err := s.fs.MkdirAll(s.tmpDir(), 0o700); err != nil {
 		s.unlock()
@@ -135,18 +143,17 @@ func Open(dir string, opts Options) (*Store, error) {
 		// keeps a fast recorder from waiting on compactions of tiny tables.
 		L0CompactionThreshold: 8,
 		L0StopWritesThreshold: 64,
-		Logger:                quietLogger{s.log},
+		Logger:                quietLogger{s.log, s.health},
 		EventListener: &pebble.EventListener{
 			// Pebble's default is Fatalf: a corrupt block must fail the
-			// read that found it, not the process.
+			// read that found it, not the process. One line per file.
 			DataCorruption: func(info pebble.DataCorruptionInfo) {
-				s.log.Error("store: on-disk corruption", "file", info.Path, "err", firstLine(info.Details))
+				s.health.damaged(info.Path, firstLine(info.Details))
 			},
-			BackgroundError: func(err error) {
-				s.log.Error("store: background error", "err", err)
-			},
+			BackgroundError: s.health.backgroundError,
 		},
 	}
+	po.Experimental.CompactionScheduler = s.health.sched
 	blockSize := opts.BlockSize
 	if blockSize <= 0 {
 		blockSize = 64 << 10
@@ -220,7 +227,11 @@ func LockPath(dir string) string { return filepath.Join(dir, "ckptfs.lock") }
 // lockDir takes an exclusive flock on the store directory so that a second
 // process gets a clear ErrStoreBusy instead of Pebble's lock error.
 func (s *Store) lockDir(create bool) error {
-	if !isStoreDir(s.dir) {
+	isStore, err := isStoreDir(s.dir)
+	if err != nil {
+		return err
+	}
+	if !isStore {
 		if fi, err := os.Stat(s.dir); err == nil && !fi.IsDir() {
 			return fmt.Errorf("%w: %s is not a directory", ErrNoStore, s.dir)
 		}
@@ -249,10 +260,37 @@ func (s *Store) lockDir(create bool) error {
 	return nil
 }
 
-// isStoreDir reports whether dir holds a Pebble database.
-func isStoreDir(dir string) bool {
-	names, _ := filepath.Glob(filepath.Join(dir, "MANIFEST-*"))
-	return len(names) > 0
+// isStoreDir reports whether dir holds a Pebble database. A directory this
+// process may not read is an error (permission denied), not "no store".
+func isStoreDir(dir string) (bool, error) {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("store %s: %w", dir, unwrapPath(err))
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil && !errors.Is(err, unix.ENOTDIR) {
+		return false, fmt.Errorf("store %s: %w", dir, unwrapPath(err))
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, "MANIFEST-") {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// unwrapPath drops the *PathError around an errno, whose path the caller's
+// message already names.
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 func readOwner(fd int) string {
@@ -443,6 +481,7 @@ func (s *Store) DeleteRun(name string) error {
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("removing run %q: %w", name, err)
 	}
+	s.removed.Store(id, struct{}{})
 	s.generation.Add(1)
 	// Reclaim the space in the background; the deletion is already durable.
 	s.bg.Add(1)
@@ -491,20 +530,42 @@ func (s *Store) compactRunInBackground(id RunID) {
 // table files; benchmarks call it so that cold reads really come from disk.
 func (s *Store) Flush() error { return s.db.Flush() }
 
-// quietLogger sends Pebble's informational lines to slog at debug level.
-type quietLogger struct{ l *slog.Logger }
+// quietLogger sends Pebble's informational lines to slog at debug level,
+// and its error lines as one line each (no stack traces), rate-limited.
+type quietLogger struct {
+	l *slog.Logger
+	h *health
+}
 
 func (q quietLogger) Infof(format string, args ...any) {
 	q.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
 }
 func (q quietLogger) Errorf(format string, args ...any) {
-	q.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	msg := fmt.Sprintf(format, args...)
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		msg = msg[:i]
+	}
+	q.h.errorLine(msg, "component", "pebble")
 }
+
+// Fatalf ends the process, as Pebble requires (a failed WAL write, on a
+// full disk say, leaves the store unusable until it is opened again): one
+// line on stderr, without the details and stack traces after it.
 func (q quietLogger) Fatalf(format string, args ...any) {
-	q.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
-	fmt.Fprintf(os.Stderr, "ckptfs: fatal store error: "+format+"\n", args...)
-	os.Exit(1)
+	msg := fmt.Sprintf(format, args...)
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		msg = msg[:i]
+	}
+	fmt.Fprintf(fatalOut, "ckptfs: fatal store error: %s\n", msg)
+	fatalExit(1)
 }
+
+// fatalOut and fatalExit are where Fatalf reports and how it ends; tests
+// replace them.
+var (
+	fatalOut  io.Writer = os.Stderr
+	fatalExit           = os.Exit
+)
 
 func compressionProfile(name string) (*sstable.CompressionProfile, error) {
 	switch strings.ToLower(name) {

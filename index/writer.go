@@ -325,8 +325,11 @@ func (w *RunWriter) Commit(ctx context.Context, info CommitInfo) (CheckpointStat
 		if w.next == 0 {
 			return CheckpointStats{}, w.fail(fmt.Errorf("%w: checkpoint 0 has no previous interval for a working set", ErrBadInput))
 		}
-		if m := info.WorkingSet.Maximum(); !info.WorkingSet.IsEmpty() && uint64(m) >= w.frames {
-			return CheckpointStats{}, w.fail(fmt.Errorf("%w: working set names pfn %d beyond %d frames", ErrBadInput, m, w.frames))
+		// An empty W_i is valid (an idle interval); Maximum panics on it.
+		if !info.WorkingSet.IsEmpty() {
+			if m := info.WorkingSet.Maximum(); uint64(m) >= w.frames {
+				return CheckpointStats{}, w.fail(fmt.Errorf("%w: working set names pfn %d beyond %d frames", ErrBadInput, m, w.frames))
+			}
 		}
 		w.stats.WorkingSetFrames = info.WorkingSet.GetCardinality()
 	}

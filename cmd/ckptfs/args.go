@@ -41,7 +41,7 @@ func permuteArgs(app *cli.App, args []string) []string {
 			rest = args[i:]
 			break
 		}
-		if strings.HasPrefix(a, "-") && len(a) > 1 {
+		if strings.HasPrefix(a, "-") && len(a) > 1 && !negativeNumber(cmd.Flags, a) {
 			flags = append(flags, a)
 			if takesValue(cmd.Flags, a) && i+1 < len(args) {
 				flags = append(flags, args[i+1])
@@ -52,8 +52,32 @@ func permuteArgs(app *cli.App, args []string) []string {
 		positional = append(positional, a)
 	}
 	out = append(out, flags...)
+	for _, p := range positional {
+		if strings.HasPrefix(p, "-") {
+			// A negative number: end the flags so that the command sees
+			// it as the argument it is (and says what is wrong with it).
+			out = append(out, "--")
+			break
+		}
+	}
 	out = append(out, positional...)
 	return append(out, rest...)
+}
+
+// negativeNumber reports whether a ("-1") is a negative number rather than
+// a flag of flags: `ckptfs info R -1` gives an interval, not a flag.
+func negativeNumber(flags []cli.Flag, a string) bool {
+	if len(a) < 2 || a[0] != '-' || strings.TrimLeft(a[1:], "0123456789") != "" {
+		return false
+	}
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n == a[1:] {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // commandIndex returns the index in args of the command's name: the first

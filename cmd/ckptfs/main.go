@@ -71,10 +71,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 
 var errAlreadyReported = errors.New("already reported")
 
+// oneLine is the first line of err's message, without the "ckptfs: "
+// that run puts in front (errors of other packages may carry it already).
 func oneLine(err error) string {
 	msg := err.Error()
 	if i := strings.IndexByte(msg, '\n'); i >= 0 {
 		msg = msg[:i]
+	}
+	for strings.HasPrefix(msg, "ckptfs: ") {
+		msg = msg[len("ckptfs: "):]
 	}
 	return msg
 }

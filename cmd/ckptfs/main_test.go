@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,7 +77,7 @@ func TestStoreCommands(t *testing.T) {
 			t.Fatalf("export of checkpoint %d differs from its dump", i)
 		}
 	}
-	if code, out, errs := ckptfs(t, "--store", store, "verify"); code != 0 || !strings.HasPrefix(out, "ok:") || !strings.Contains(out, "2 working-set packs") {
+	if code, out, errs := ckptfs(t, "--store", store, "verify"); code != 0 || !strings.HasPrefix(out, "ok:") || !strings.Contains(out, "2 working-set packs") || !strings.Contains(out, "table files checked") {
 		t.Fatalf("verify: %d %q %q", code, out, errs)
 	}
 	if code, _, _ := ckptfs(t, "--store", store, "rm", "r1"); code != 0 {
@@ -122,13 +125,17 @@ func TestBadInput(t *testing.T) {
 		{[]string{"replay", "bench", "--mount", dir, "--run", "r", "--concurrency", "1,x"}, 2, "concurrency"},
 		{[]string{"replay", "bench", "--mount", dir, "--run", "r", "--modes", "a,e"}, 2, `unknown mode "e"`},
 		{[]string{"--store", filepath.Join(dir, "nostore"), "ls"}, 1, "no store"},
+		{[]string{"info", "exists", "-1"}, 2, "interval -1 is negative"},
+		{[]string{"info", "exists", "x"}, 2, `interval "x" is not a number`},
+		{[]string{"info", "-1", "--json"}, 1, "bad run name"},
+		{[]string{"mount", short}, 1, "is not a directory"},
 	} {
 		args := tc.args
 		if args[0] != "--store" {
 			args = append([]string{"--store", store}, args...)
 		}
 		code, _, errs := ckptfs(t, args...)
-		if code != tc.code || !strings.Contains(errs, tc.msg) || strings.Count(errs, "\n") != 1 {
+		if code != tc.code || !strings.Contains(errs, tc.msg) || strings.Count(errs, "\n") != 1 || strings.Contains(errs, "ckptfs: ckptfs:") {
 			t.Errorf("%v: exit %d, stderr %q; want exit %d and one line with %q", tc.args, code, errs, tc.code, tc.msg)
 		}
 	}
@@ -221,6 +228,45 @@ func TestServesMount(t *testing.T) {
 		args := append([]string{"ckptfs"}, strings.Fields(tc.args)...)
 		if got := servesMount(app, args); got != tc.want {
 			t.Errorf("servesMount(%q) = %v, want %v", tc.args, got, tc.want)
+		}
+	}
+}
+
+// TestForwardOwnerDies: when the store's owner goes away in the middle of
+// a forwarded command, the client says so in one line, not "unexpected
+// EOF". A fake owner reads the request and hangs up, before the answer
+// or in the middle of it.
+func TestForwardOwnerDies(t *testing.T) {
+	for _, partial := range []bool{false, true} {
+		store := filepath.Join(t.TempDir(), "store")
+		st, err := index.Open(store, index.Options{Create: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("unix", filepath.Join(store, socketName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			req, err := http.ReadRequest(bufio.NewReader(c))
+			if err == nil {
+				io.Copy(io.Discard, req.Body)
+				if partial {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"out\":\"part\\n\"}\r\n")
+				}
+			}
+			c.Close()
+		}()
+		code, _, errs := ckptfs(t, "--store", store, "ls")
+		ln.Close()
+		st.Close()
+		if code != 1 || !strings.Contains(errs, "owner process exited or closed the connection") ||
+			strings.Contains(errs, "EOF") || strings.Count(errs, "\n") != 1 {
+			t.Fatalf("partial=%v: exit %d, stderr %q", partial, code, errs)
 		}
 	}
 }

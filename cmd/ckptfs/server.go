@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/ckptfs/ckptfs/index"
 	"golang.org/x/sys/unix"
@@ -254,7 +255,7 @@ func forwardCommand(ctx context.Context, dir string, args []string, stdout, stde
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, ownerGone(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -282,7 +283,21 @@ func forwardCommand(ctx context.Context, dir string, args []string, stdout, stde
 		return 130, nil
 	}
 	if err := sc.Err(); err != nil {
-		return 0, err
+		return 0, ownerGone(err)
 	}
-	return 0, errors.New("owner closed the connection before the command finished")
+	return 0, errOwnerGone
+}
+
+// errOwnerGone means the store's owner went away in the middle of a
+// forwarded command: it exited, or closed the connection.
+var errOwnerGone = errors.New("the store's owner process exited or closed the connection during the request; the command may not have finished")
+
+// ownerGone turns the ways a connection ends early (EOF, reset, broken
+// pipe) into errOwnerGone; other errors (no socket, refused) stay.
+func ownerGone(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return errOwnerGone
+	}
+	return err
 }

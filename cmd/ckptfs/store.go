@@ -89,6 +89,9 @@ func forward(c *cli.Context, dir string, busy error) error {
 		// forward to until it finishes.
 		return fmt.Errorf("%v; it takes no other commands, try again when it is done", busy)
 	}
+	if errors.Is(err, errOwnerGone) {
+		return fmt.Errorf("store %s: %v (check with `ckptfs ls`, then retry)", dir, err)
+	}
 	if err != nil {
 		return fmt.Errorf("%v; forwarding through its socket failed: %v", busy, err)
 	}

@@ -83,8 +83,11 @@ func exportCommand() *cli.Command {
 
 func parseInterval(s string) (int, error) {
 	i, err := strconv.Atoi(s)
-	if err != nil || i < 0 {
-		return 0, usageErrorf("interval %q is not a non-negative integer", s)
+	switch {
+	case err != nil:
+		return 0, usageErrorf("interval %q is not a number (intervals are 0, 1, 2, ...)", s)
+	case i < 0:
+		return 0, usageErrorf("interval %d is negative (intervals are 0, 1, 2, ...)", i)
 	}
 	return i, nil
 }
@@ -198,8 +201,12 @@ func verifyCommand() *cli.Command {
 				if err != nil {
 					return fmt.Errorf("verify failed: %w", err)
 				}
-				fmt.Fprintf(c.App.Writer, "ok: %d runs, %d checkpoints, %d versions, %d frames (%s), %d working-set packs verified\n",
-					rep.Runs, rep.Checkpoints, rep.Versions, rep.Blobs, humanBytes(rep.BlobBytes), rep.Packs)
+				tables := ""
+				if rep.Tables > 0 {
+					tables = fmt.Sprintf("; %d table files checked", rep.Tables)
+				}
+				fmt.Fprintf(c.App.Writer, "ok: %d runs, %d checkpoints, %d versions, %d frames (%s), %d working-set packs verified%s\n",
+					rep.Runs, rep.Checkpoints, rep.Versions, rep.Blobs, humanBytes(rep.BlobBytes), rep.Packs, tables)
 				return nil
 			})
 		},

@@ -21,20 +21,32 @@ func ParseList(data []byte, limit uint64) (*roaring.Bitmap, error) {
 		lo, hi, isRange := strings.Cut(part, "-")
 		a, err := parsePfn(lo, limit)
 		if err != nil {
-			return nil, fmt.Errorf("%w: list item %d %q: %v", ErrBadInput, n+1, part, err)
+			return nil, fmt.Errorf("%w: list item %d %s: %v", ErrBadInput, n+1, quoteItem(part), err)
 		}
 		b := a
 		if isRange {
 			if b, err = parsePfn(hi, limit); err != nil {
-				return nil, fmt.Errorf("%w: list item %d %q: %v", ErrBadInput, n+1, part, err)
+				return nil, fmt.Errorf("%w: list item %d %s: %v", ErrBadInput, n+1, quoteItem(part), err)
 			}
 			if b < a {
-				return nil, fmt.Errorf("%w: list item %d %q: range ends before it starts", ErrBadInput, n+1, part)
+				return nil, fmt.Errorf("%w: list item %d %s: range ends before it starts", ErrBadInput, n+1, quoteItem(part))
 			}
 		}
 		bm.AddRange(a, b+1)
 	}
 	return bm, nil
+}
+
+// maxEchoed is how much of a bad list item an error message quotes: a
+// damaged file can hold one item of many megabytes.
+const maxEchoed = 40
+
+// quoteItem quotes a list item for an error message, cut to maxEchoed bytes.
+func quoteItem(item string) string {
+	if len(item) <= maxEchoed {
+		return strconv.Quote(item)
+	}
+	return fmt.Sprintf("%q... (%d bytes)", item[:maxEchoed], len(item))
 }
 
 func parsePfn(s string, limit uint64) (uint64, error) {

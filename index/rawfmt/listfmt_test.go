@@ -64,6 +64,22 @@ func TestParseList(t *testing.T) {
 	}
 }
 
+// TestParseListEchoesLittle: an error quotes at most a short prefix of a
+// bad item, however large the item (a 50 MB item made a 50 MB message).
+func TestParseListEchoesLittle(t *testing.T) {
+	huge := bytes.Repeat([]byte("x"), 1<<20)
+	for _, in := range [][]byte{huge, append([]byte("1,"), huge...), append([]byte("1-"), huge...), append(append([]byte("9"), huge...), "-1"...)} {
+		_, err := ParseList(in, 100)
+		if err == nil || len(err.Error()) > 200 {
+			t.Fatalf("error of %d bytes for a %d-byte list: %.300v", len(fmt.Sprint(err)), len(in), err)
+		}
+	}
+	_, err := ParseList([]byte("5-3"), 100)
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte(`"5-3"`)) {
+		t.Fatalf("short item not quoted whole: %v", err)
+	}
+}
+
 // FuzzParseList checks that every accepted list round-trips through
 // FormatList and that nothing panics.
 func FuzzParseList(f *testing.F) {
