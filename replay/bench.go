@@ -23,7 +23,7 @@ import (
 // Mode is one way of loading a checkpoint.
 type Mode string
 
-// The four loaders Bench compares (issue 5, (a)-(d)).
+// The four loaders Bench compares, (a)-(d) in reports (doc.go, "The bench").
 const (
 	ModeFull           Mode = "full"            // (a) read all of full/<i>.ram into anonymous memory
 	ModeSparse         Mode = "sparse"          // (b) read only W_i of <i>.ram into anonymous memory
@@ -39,7 +39,7 @@ const modeFloor Mode = "floor"
 // AllModes returns the four modes in report order.
 func AllModes() []Mode { return []Mode{ModeFull, ModeSparse, ModeLazy, ModeLazyNoPrefetch} }
 
-// Letter returns the mode's letter in issue 5: a, b, c or d.
+// Letter returns the mode's letter in reports: a, b, c or d.
 func (m Mode) Letter() string {
 	switch m {
 	case ModeFull:

@@ -1,6 +1,6 @@
 // Package replay restores checkpoints of a ckptfs mount into a VMM, and
 // measures what sparse checkpoints buy: load time and memory footprint of
-// full, sparse and lazy loading (issue 5). It reads the mount's files like
+// full, sparse and lazy loading. It reads the mount's files like
 // any VMM would, so it works on any directory with the mount's layout
 // (DESIGN.md "The mount"; package replaytest writes such directories). It
 // imports index only for the list format and the JSON types, and never fs,

@@ -11,7 +11,7 @@
 // writes OUTDIR/vmlinuz and OUTDIR/initramfs.gz (busybox-static plus
 // guest/init.sh as /init, no kernel modules: the cloud kernel has 8250
 // serial, tmpfs, devtmpfs and gzip initrd built in, and the script checks
-// it). A stamp over both scripts makes a second run take ~50 ms.
+// it). A stamp over both scripts makes a repeated build take ~50 ms.
 //
 // The guest's /init prints "ckptfs-tick N" on ttyS0, N = 1, 2, 3, ... about
 // every 130 ms, and every tick rewrites 4 MiB of a tmpfs file in place with
