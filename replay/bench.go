@@ -470,9 +470,8 @@ func Bench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 // anything is measured. Every process involved grows its memory on first
 // use: the mount's heap up to its budget, and the kernel's own page pool
 // (on a virtual machine the host backs a guest page only when it is first
-// touched). On the test machine (a), timed first without a warm-up, took
-// 1.0-1.3 s per 256 MiB instead of 0.55 s, and (b) and (c) looked 15-20
-// points better than they are.
+// touched). Without the warm-up (a), timed first, would pay for all of it,
+// and (b) and (c) would look better than they are.
 func (b *bench) warmUp(ctx context.Context, modes []Mode, ivs []int, wsMaxBytes uint64) error {
 	notes := len(b.rep.Notes)
 	for _, m := range modes {

@@ -53,7 +53,7 @@
 // line), with no boot messages. The same checkpoint restores any number of
 // times, and the share=off QEMU never changes the file.
 //
-// # Findings (measured by restore_test.go on this machine, 2 cores)
+// # Findings (restore_test.go checks them; times are for a 2-core TCG host)
 //
 //   - Boot: the QMP greeting comes 0.07-0.2 s after exec; the first tick
 //     3.3-6.2 s after exec. A restore is ready in well under a second: start
