@@ -89,14 +89,14 @@
 // reads are never refused. A folio-shaped read inside a recently refused
 // window, and smaller than it, is served, in case a kernel that caches
 // FUSE files in large folios retries a failed readahead with a whole folio
-// (the 6.18 kernel measured here retries page by page, and sometimes
-// repeats a whole refused window, which is refused again).
+// (Linux 6.18 retries page by page, and sometimes repeats a whole refused
+// window, which is refused again).
 //
 // # Memory
 //
 // Every block the store reads lands in memory the Go runtime allocates. On
-// a machine where the first touch of a fresh page is expensive (this
-// project's test machine, a PVM guest: ≈ 4 µs a page even after
+// a machine where the first touch of a fresh page is expensive (a virtual
+// machine whose host backs guest pages on first use, even after
 // MAP_POPULATE), what matters for cold reads is that the runtime reuses
 // memory it has touched rather than returning it to the kernel and faulting
 // in new pages. With the default GOGC=100 the heap swings between one and
@@ -107,14 +107,11 @@
 // 256 MiB) and after each collection rises to the live heap plus the
 // headroom when that is more, never falling. The memory the mount touched
 // then stays mapped and is reused; it holds at most about the largest live
-// heap plus the headroom (≈ 1 GiB for the default 512 MiB cache). On the
-// test machine a cold working-set prefetch (51 MiB, store cache and page
-// cache dropped) went from 260-385 ms to 130-235 ms, and a cold sequential
-// read of a 1 GiB full/<i>.ram from 58,000 page faults to a few hundred.
-// An explicit GOGC or GOMEMLIMIT wins. `ckptfs mount` and `demo` call it;
+// heap plus the headroom (≈ 1 GiB for the default 512 MiB cache). An
+// explicit GOGC or GOMEMLIMIT wins. `ckptfs mount` and `demo` call it;
 // `record --mount` does not: the recorder's store writes allocate heavily,
-// and GOGC=off with a fixed 2 GiB limit cut its store rate from ≈ 200 to
-// 66 MiB/s in the keep-up benchmark.
+// and a fixed limit with no proportional collection makes it collect far
+// more often (docs/DECISIONS.md has the comparisons).
 //
 // Near the limit the runtime still hands freed spans back to the kernel,
 // and the mount then faults the same memory in again. The CLI therefore

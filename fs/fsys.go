@@ -341,9 +341,7 @@ func (f *fsys) owner(uid, gid *uint32) { *uid, *gid = f.uid, f.gid }
 
 // loadersPerPush is how many goroutines read the store for one push (and
 // as many push): twice the cores, because a cold read waits for the disk
-// about half the time. On the 2-core test machine a cold push of a 51 MiB
-// working set with 4 loaders made (c) of replay bench 46-54 ms against
-// 59-62 ms with 2, in alternating runs; 6 and 8 were no better.
+// about half the time; more than that gains nothing (docs/DECISIONS.md).
 func loadersPerPush() int {
 	return 2 * max(1, runtime.GOMAXPROCS(0))
 }

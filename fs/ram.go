@@ -374,8 +374,8 @@ func copyXattr(dest []byte, v string) (uint32, syscall.Errno) {
 // folio-shaped request inside it (and smaller: the kernel does repeat a
 // whole window) is then served whatever it holds, so that
 // a kernel that caches the file in large folios, and retries a failed
-// readahead by reading a whole folio, never sees an error. (The kernels
-// measured here use single-page folios for FUSE and retry page by page.)
+// readahead by reading a whole folio, never sees an error. (Linux 6.18 uses
+// single-page folios for FUSE and retries page by page.)
 const refusedRetry = 2 * time.Second
 
 // refuseReadahead implements the readahead policy of <i>.ram: a READ of

@@ -76,7 +76,7 @@ func TestPack(t *testing.T) {
 			t.Fatalf("ReadFrames(%d, %d frames) differs from the image", first, n)
 		}
 	}
-	check(100, 600, true) // all of the first run: five chunks
+	check(100, 600, true) // all of W's leading run: five chunks
 	check(127, 130, true) // across a chunk boundary
 	check(1000, 1, true)  // a run of one frame
 	check(2990, 10, true) // the last, short chunk

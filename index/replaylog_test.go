@@ -121,7 +121,7 @@ func TestReplayLog(t *testing.T) {
 		t.Fatalf("decreasing icount: %v", err)
 	}
 	w.Close()
-	// The writer died on the bad commit; a second run goes on with a tail.
+	// The writer died on the bad commit; another run, r2, goes on with a tail.
 	w2, err := st.CreateRun(RunSpec{Name: "r2", RAMSize: 4 * PageSize, Deterministic: true})
 	if err != nil {
 		t.Fatal(err)

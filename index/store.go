@@ -34,7 +34,9 @@ type Options struct {
 	Create bool
 	// InMemory keeps the whole store in memory (Pebble's vfs.NewMem); for tests.
 	InMemory bool
-	// FS overrides the filesystem (tests inject errors with it).
+	// FS replaces the filesystem the store and Pebble work on, for example
+	// with an in-memory or error-injecting vfs.FS; the store then takes no
+	// directory lock. nil means the operating system's.
 	FS vfs.FS
 	// Compression of frame data: "snappy" (default), "minlz", "zstd", "none".
 	Compression string

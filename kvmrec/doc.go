@@ -66,23 +66,20 @@
 // hashes, and drops the pre-copied frames it scanned again; W is P1, the
 // deferred frames and P2. The pre-copy is like the pre-copy of live
 // migration, with the page table in place of a dirty log, and converges in
-// one round because the window it leaves is its own run time (10-50 ms
-// on the test machine).
+// one round because the window it leaves is its own run time.
 //
 // Checkpoint 0 has no last checkpoint to compare with, so its pre-copy
 // reads every data frame of the RAM file; the prepass before it has
 // emptied the VMM's page table, so the same argument holds: what is not
-// present at the stop holds what the pre-copy read. In `ckptfs demo
-// --synthetic` (256 MiB, 50,000 data frames) its pause went from 51 ms, the
-// whole copy while stopped, to 2.2 ms after a 52 ms pre-copy; that pause
-// was the recording's p99 (now 2.9 ms).
+// present at the stop holds what the pre-copy read. Its pause then copies
+// only the frames the VM touched during the pre-copy, not the whole RAM.
 //
-// On the test machine (256 MiB synthetic guest, 5 % touched per interval)
-// this cut the median pause from 11.4-12.8 ms to 3.2-4.2 ms (and from
-// 37-42 ms to 7.6-9.7 ms at 20 %), in the same runs, and since few frames are left to unmap after cont the
-// default working sets are as tight as exact mode's. The price is the
-// guest's re-faults of frames it touches during the pre-copy, and the
-// pre-copy's CPU time while the VM runs. Config.NoPrecopy turns it off.
+// The pause is left with what the VM touched while the pre-copy ran, and
+// since few frames are left to unmap after cont the default working sets
+// are as tight as exact mode's. The price is the guest's re-faults of
+// frames it touches during the pre-copy, and the pre-copy's CPU time while
+// the VM runs. Config.NoPrecopy turns it off (docs/DECISIONS.md compares
+// the pauses).
 //
 // # Why unmap while the VM is stopped
 //
@@ -93,8 +90,7 @@
 // and the unmap would leave no trace: the page would be absent at the next
 // boundary and the changed frame missed. Unmapping while stopped closes
 // that window, and it is also far cheaper: with the vCPU threads idle there
-// are no TLB shootdowns of busy CPUs (DESIGN.md measured ≈ 1 ms against
-// ≈ 70 ms for 256 MiB). The pre-copy unmaps while the VM runs but reads
+// are no TLB shootdowns of busy CPUs (docs/DESIGN.md, "Recording"). The pre-copy unmaps while the VM runs but reads
 // only after the unmap, which closes the window another way, and its cost
 // is outside the pause.
 //
@@ -103,9 +99,9 @@
 // Unmapping a page whose page-table entry is dirty (written since it was
 // mapped) makes reclaim flush the TLB for that page alone before its
 // (failing, without swap) writeout; clean pages share one flush per range
-// and 2 MiB. On this project's test machine (a PVM guest, 2 vCPUs) a remote
-// flush is a hypercall of 0.1-0.5 ms, so unmapping 1,600 written frames in
-// the pause cost 0.2-0.9 s. The recorder therefore unmaps during the pause
+// and 2 MiB. In a virtual machine a remote flush is a hypercall, so
+// unmapping many written frames in the pause would make it last longer than
+// everything else in it. The recorder therefore unmaps during the pause
 // only unchanged present frames, in ranges of at least 16 present frames
 // (absent frames between them are free to cover; a changed frame ends a
 // range). The changed frames and the small ranges are unmapped right after
@@ -124,8 +120,8 @@
 //     off; the synthetic guest turns it off for its own RAM (synthguest,
 //     FaultAround), and then exact mode records the frames it touched
 //     but for the last case below (TestRecordSynthetic wants a precision
-//     of 95 %; it measures 99-100 %, against 62 % with fault-around). At
-//     20 % touched in runs the superset was 23 % of RAM;
+//     of 95 %); a deterministic recording turns it off for QEMU through
+//     the working-set plugin;
 //   - the deferred frames above;
 //   - pages QEMU itself reads or writes (device emulation, the device-state
 //     save), which the guest did not;
@@ -145,8 +141,8 @@
 // frames read as zeros and are unmapped, so the pagemap cannot show them.
 // Before a pause the recorder walks the file's holes (SEEK_DATA/SEEK_HOLE)
 // and hashes the frames that are holes but held non-zero content. The walk
-// costs 4-160 ms per GiB here, so it runs only when the file has fewer
-// blocks than after the last pause, and every 16th checkpoint. A frame
+// costs time with every extent of the file, so it runs only when the file
+// has fewer blocks than after the last pause, and every 16th checkpoint. A frame
 // punched between the walk and the stop becomes zero one checkpoint later,
 // and a punch hidden by allocations up to 16 checkpoints later: these are
 // frames the guest gave away and does not read back.
@@ -166,14 +162,16 @@
 //
 // # Checkpoint 0
 //
-// Checkpoint 0 is the whole RAM: the recorder reads every data extent of
-// the file (holes are zero) during the pause, so its downtime grows with the
-// RAM size (≈ 0.5-1.5 s for 256 MiB on the test machine), and its store
-// write takes 1-1.6 s for 1 GiB; the next checkpoint may be Lagging until
-// it is committed. Its staging (the whole RAM) says little about an
-// interval: checkpoint 1 reserves a quarter of it and maps more chunks as
-// it copies. Reserving all of it again cost a 1 GiB guest about 1 GiB of
-// freshly populated memory, seconds of CPU taken from the store.
+// Checkpoint 0 is the whole RAM: every data extent of the file (holes are
+// zero). With the pagemap tracker the pre-copy reads it while the VM runs
+// (see "Pre-copy"), and the pause copies only what the VM touched
+// meanwhile; with the hash tracker or Config.NoPrecopy the pause reads all
+// of it, so its downtime grows with the RAM size. Its store write is the
+// largest of the run, and the next checkpoint may be Lagging until it is
+// committed. Its staging (the whole RAM) says little about an interval:
+// checkpoint 1 reserves a quarter of it and maps more chunks as it copies,
+// since reserving all of it again would populate memory of the RAM's size
+// while checkpoint 0 is still being stored, taking CPU from the store.
 //
 // # Working-set packs
 //
@@ -191,4 +189,31 @@
 // save and cont runs it on. A restore needs a QEMU with the same command
 // line but mem-path=<checkpoint image>,share=off, -incoming defer,
 // x-ignore-shared on, and migrate-incoming from the stream.
+//
+// # Deterministic runs
+//
+// RecordDeterministic (deterministic.go) starts QEMU itself, so that the
+// run holds everything a re-execution of an interval needs. QEMU gets the
+// user's machine arguments plus a RAM backend on a private tmpfs directory
+// (share=on), -icount shift=auto,rr=record,rrfile=LOG, a QMP socket and the
+// working-set plugin; arguments that would conflict (-icount, -qmp,
+// -incoming, -mem-path, -daemonize, a memory backend) are refused. It
+// records with the pagemap tracker in exact mode (the deferred unmapping
+// would add the frames changed in a pause to the next W). At every pause it
+// also takes:
+//   - the instruction count (query-replay), committed with the checkpoint;
+//   - the device state, with xen-save-devices-state (replaystate.go): under
+//     record/replay `migrate` aborts QEMU;
+//   - the frames whose code ran, from the plugin's counters (exectrack.go):
+//     code run from QEMU's translation cache never touches guest RAM again,
+//     so the page table cannot show it;
+//   - the bytes QEMU appended to its log (replaylog.go), with the header
+//     QEMU writes only at exit put in place, so that the stored log is
+//     replayable before the recording ends.
+//
+// A restore trial (restoretrial.go) adds the frames QEMU touches when it
+// loads the checkpoint's device state, which a replay from <i>.ram reads
+// too. W_i must hold every frame the replay reads, or the replay diverges.
+// After the last checkpoint the recorder quits QEMU and stores the rest of
+// the log, marked complete.
 package kvmrec

@@ -833,8 +833,7 @@ func (r *recorder) fileBlocks() (int64, error) {
 // Checkpoint 0 has no last checkpoint: the prepass has already emptied the
 // VMM's page table, so precopy reads every data frame instead, and the
 // pause scans only what is present again. Without it checkpoint 0 copies
-// the whole RAM while the VM is stopped (50 ms for 256 MiB on the test
-// machine). A frame punched after the data walk keeps its pre-copied
+// the whole RAM while the VM is stopped. A frame punched after the data walk keeps its pre-copied
 // content in checkpoint 0 and is zero from a later checkpoint on (see
 // punched).
 func (r *recorder) precopy(c *capture, i int) error {

@@ -23,7 +23,7 @@ import (
 // Mode is one way of loading a checkpoint.
 type Mode string
 
-// The four loaders Bench compares (issue 5, (a)-(d)).
+// The four loaders Bench compares, (a)-(d) in reports (doc.go, "The bench").
 const (
 	ModeFull           Mode = "full"            // (a) read all of full/<i>.ram into anonymous memory
 	ModeSparse         Mode = "sparse"          // (b) read only W_i of <i>.ram into anonymous memory
@@ -39,7 +39,7 @@ const modeFloor Mode = "floor"
 // AllModes returns the four modes in report order.
 func AllModes() []Mode { return []Mode{ModeFull, ModeSparse, ModeLazy, ModeLazyNoPrefetch} }
 
-// Letter returns the mode's letter in issue 5: a, b, c or d.
+// Letter returns the mode's letter in reports: a, b, c or d.
 func (m Mode) Letter() string {
 	switch m {
 	case ModeFull:
@@ -470,9 +470,8 @@ func Bench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 // anything is measured. Every process involved grows its memory on first
 // use: the mount's heap up to its budget, and the kernel's own page pool
 // (on a virtual machine the host backs a guest page only when it is first
-// touched). On the test machine (a), timed first without a warm-up, took
-// 1.0-1.3 s per 256 MiB instead of 0.55 s, and (b) and (c) looked 15-20
-// points better than they are.
+// touched). Without the warm-up (a), timed first, would pay for all of it,
+// and (b) and (c) would look better than they are.
 func (b *bench) warmUp(ctx context.Context, modes []Mode, ivs []int, wsMaxBytes uint64) error {
 	notes := len(b.rep.Notes)
 	for _, m := range modes {

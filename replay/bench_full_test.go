@@ -13,7 +13,7 @@ import (
 	"github.com/ckptfs/ckptfs/replay/replaytest"
 )
 
-// TestBenchSyntheticFull is the evaluation on a synthetic run: 256
+// TestBenchSyntheticFull is the full load/footprint evaluation on a synthetic run: 256
 // MiB of RAM, W_i = 20 % of the frames in runs of CKPTFS_BENCH_RUN_FRAMES
 // (default 256), 4 intervals, K = 1, 4, 16. It takes a minute and 4 GiB, so
 // it runs only with CKPTFS_BENCH_FULL=1; it writes bench.json and bench.png

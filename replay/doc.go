@@ -1,6 +1,6 @@
 // Package replay restores checkpoints of a ckptfs mount into a VMM, and
 // measures what sparse checkpoints buy: load time and memory footprint of
-// full, sparse and lazy loading (issue 5). It reads the mount's files like
+// full, sparse and lazy loading. It reads the mount's files like
 // any VMM would, so it works on any directory with the mount's layout
 // (DESIGN.md "The mount"; package replaytest writes such directories). It
 // imports index only for the list format and the JSON types, and never fs,
@@ -21,10 +21,7 @@
 // DevViaExec); query-migrate until "completed"; cont. share=off maps the
 // checkpoint MAP_PRIVATE: the guest's writes stay in QEMU and the file never
 // changes. QEMU 7.2 opens mem-path O_RDWR even so, which the mount allows.
-// test/integration/qemuguest/doc.go has the findings behind each step. On
-// this machine (TCG, 256 MiB guest, 2 busy cores) the replayed guest runs
-// ~150 ms after exec from a plain directory (incoming migration ~5 ms by fd,
-// ~40 ms by exec), and 0.6-0.9 s after exec from a ckptfs mount.
+// test/integration/qemuguest/doc.go has the findings behind each step.
 //
 // The restore needs the recording's machine type, device set and backend id
 // (the RAM block name), as any QEMU migration does. They come from
@@ -76,9 +73,7 @@
 // A diverged replay never stops and ignores SIGTERM. Every wait runs under
 // the deadline (DefaultDeadline: at least 10 min, or 60 s + 1 s per million
 // instructions), after which QEMU's process group is killed with SIGKILL and
-// reaped. Measured on a 256 MiB TCG guest on this project's test machine:
-// load 150-300 ms, replay 0.25-1.4 s for 40-81 M instructions, verification
-// 10-130 ms.
+// reaped. docs/BENCHMARKS.md has load, replay and verification times.
 //
 // Run's memory figure is the largest sum of VmRSS of the QEMUs replaying
 // at once, sampled every 20 ms from exec to STOP. QEMU maps the RAM file
@@ -182,10 +177,9 @@
 // with the same drops, and its results are thrown away. The processes
 // involved grow their memory on first use (the mount's heap up to its
 // budget; on a virtual machine the host backs a guest page when it is
-// first touched), and without the warm-up the mode timed first, (a), paid
-// for all of it: 1.0-1.3 s per 256 MiB instead of 0.55 s on the test
-// machine, which made (b) and (c) look 15-20 points better. The report
-// notes the warm-up.
+// first touched), and without the warm-up the mode timed first, (a), would
+// pay for all of it and make (b) and (c) look better than they are. The
+// report notes the warm-up.
 //
 // # Child processes
 //

@@ -13,13 +13,11 @@ import (
 // The runtime then hands freed memory back with MADV_FREE instead of
 // MADV_DONTNEED: the kernel takes the pages only under memory pressure,
 // and until then the heap reuses them without a page fault. A mount cycles
-// its block cache with every cold read, and the runtime kept returning and
-// faulting in the same memory: 80,000-88,000 page faults in the mount
-// during one replay bench, 17,000-19,000 with it, and (c) 52 ms instead of
-// 58 ms (medians of five alternating runs). The price: the process's RSS
-// counts freed memory until the kernel reclaims it. Under record --mount
-// the recorder shares the process and the setting; its store rate was not
-// measured apart with and without it. An explicit
+// its block cache with every cold read; with MADV_DONTNEED the runtime
+// returns that memory near its limit and the mount faults the same pages in
+// again (docs/DECISIONS.md has the comparison). The price: the process's
+// RSS counts freed memory until the kernel reclaims it. Under record
+// --mount the recorder shares the process and the setting. An explicit
 // madvdontneed setting wins; if the re-exec fails, the process runs on.
 func reexecForMount() {
 	if strings.Contains(os.Getenv("GODEBUG"), "madvdontneed=") {

@@ -11,7 +11,7 @@
 // writes OUTDIR/vmlinuz and OUTDIR/initramfs.gz (busybox-static plus
 // guest/init.sh as /init, no kernel modules: the cloud kernel has 8250
 // serial, tmpfs, devtmpfs and gzip initrd built in, and the script checks
-// it). A stamp over both scripts makes a second run take ~50 ms.
+// it). A stamp over both scripts makes a repeated build take ~50 ms.
 //
 // The guest's /init prints "ckptfs-tick N" on ttyS0, N = 1, 2, 3, ... about
 // every 130 ms, and every tick rewrites 4 MiB of a tmpfs file in place with
@@ -53,7 +53,7 @@
 // line), with no boot messages. The same checkpoint restores any number of
 // times, and the share=off QEMU never changes the file.
 //
-// # Findings (measured by restore_test.go on this machine, 2 cores)
+// # Findings (restore_test.go checks them; times are for a 2-core TCG host)
 //
 //   - Boot: the QMP greeting comes 0.07-0.2 s after exec; the first tick
 //     3.3-6.2 s after exec. A restore is ready in well under a second: start

@@ -65,8 +65,8 @@ var buildMu sync.Mutex
 
 // Build runs test/integration/guest/build-guest.sh dir (dir "" means
 // CacheDir()) and returns the kernel and initramfs. It is fast when the guest
-// is already built (a stamp file). It installs missing Debian packages, so the
-// first run needs root and the apt archive.
+// is already built (a stamp file). It installs missing Debian packages, so
+// building the guest the first time needs root and the apt archive.
 func Build(dir string) (Artifacts, error) {
 	if dir == "" {
 		dir = CacheDir()
