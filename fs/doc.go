@@ -24,8 +24,12 @@
 // The mount is read-only, but it is not mounted "ro": QEMU before 8.2 opens
 // mem-path O_RDWR even for a private mapping, so open(O_RDWR) succeeds (the
 // .ram files are 0600; everything else 0400, directories 0500, all owned by
-// the mounting user, with default_permissions). write, truncate and
-// O_TRUNC get EROFS; MAP_PRIVATE writes stay in the writer's private copy.
+// the mounting user, with default_permissions). write, truncate, O_TRUNC
+// and every change of the tree or of attributes (unlink, rmdir, rename,
+// mkdir, mknod, create, symlink, link, chmod, chown, utimes, setxattr,
+// removexattr, fallocate) get EROFS (readonly.go; go-fuse's defaults
+// would let unlink and rmdir succeed without removing anything);
+// MAP_PRIVATE writes stay in the writer's private copy.
 //
 // A writable shared mapping is refused. Without that, its writes would go
 // straight into the page cache that every reader of the file shares: on

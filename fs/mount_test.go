@@ -614,3 +614,54 @@ func TestSharedWritableMap(t *testing.T) {
 		}
 	}
 }
+
+// TestWritesRefused: every operation that would change the tree or a
+// file's attributes fails with EROFS, and `rm -rf` removes nothing and
+// says so.
+func TestWritesRefused(t *testing.T) {
+	src, _ := memFixture("vm1", 16, 3, 18)
+	_, mnt := mountT(t, src, MountOptions{})
+	dir := filepath.Join(mnt, "vm1")
+	ram, ws, full := filepath.Join(dir, "1.ram"), filepath.Join(dir, "1.ws"), filepath.Join(dir, "full")
+	for _, c := range []struct {
+		what string
+		err  error
+	}{
+		{"unlink 1.ram", unix.Unlink(ram)},
+		{"unlink 1.ws", unix.Unlink(ws)},
+		{"unlink full/0.ram", unix.Unlink(filepath.Join(full, "0.ram"))},
+		{"rmdir full", unix.Rmdir(full)},
+		{"rmdir run", unix.Rmdir(dir)},
+		{"rename 1.ram", unix.Rename(ram, filepath.Join(dir, "x.ram"))},
+		{"rename run", unix.Rename(dir, filepath.Join(mnt, "vm2"))},
+		{"mkdir", unix.Mkdir(filepath.Join(dir, "d"), 0o700)},
+		{"mkdir in root", unix.Mkdir(filepath.Join(mnt, "vm2"), 0o700)},
+		{"mknod", unix.Mknod(filepath.Join(dir, "fifo"), unix.S_IFIFO|0o600, 0)},
+		{"create", func() error { _, err := os.Create(filepath.Join(full, "9.ram")); return err }()},
+		{"symlink", unix.Symlink("1.ram", filepath.Join(dir, "l"))},
+		{"link", unix.Link(ram, filepath.Join(dir, "h"))},
+		{"truncate", unix.Truncate(ws, 0)},
+		{"chmod file", unix.Chmod(ram, 0o666)},
+		{"chmod dir", unix.Chmod(dir, 0o777)},
+		{"chown", unix.Chown(ws, 1, 1)},
+		{"utimes", unix.UtimesNano(ram, []unix.Timespec{{}, {}})},
+		{"setxattr", unix.Setxattr(ram, "user.x", []byte("1"), 0)},
+		{"setxattr dir", unix.Setxattr(dir, "user.x", []byte("1"), 0)},
+		{"removexattr", unix.Removexattr(ram, "user.ckptfs.run")},
+	} {
+		if !errors.Is(c.err, syscall.EROFS) {
+			t.Errorf("%s: %v, want EROFS", c.what, c.err)
+		}
+	}
+	before := run(t, "find", dir)
+	out, err := exec.Command("rm", "-rf", dir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Read-only file system") {
+		t.Errorf("rm -rf %s: %v: %s", dir, err, out)
+	}
+	if after := run(t, "find", dir); after != before {
+		t.Errorf("rm -rf changed the tree:\n%s\nwas\n%s", after, before)
+	}
+	if _, err := os.Stat(ram); err != nil {
+		t.Error(err)
+	}
+}

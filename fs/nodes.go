@@ -88,6 +88,7 @@ func parseEntry(name string) (i int, ext string, ok bool) {
 // rootNode lists the runs.
 type rootNode struct {
 	gofs.Inode
+	readOnlyDir
 	f *fsys
 }
 
@@ -147,6 +148,7 @@ func (f *fsys) statusJSON() ([]byte, error) {
 // runDir is MNT/<run>.
 type runDir struct {
 	gofs.Inode
+	readOnlyDir
 	f       *fsys
 	name    string
 	id      index.RunID
@@ -371,6 +373,7 @@ func (n *runDir) intervalJSON(id index.RunID, i int) ([]byte, error) {
 // fullDir is MNT/<run>/full.
 type fullDir struct {
 	gofs.Inode
+	readOnlyDir
 	f   *fsys
 	run *runDir
 }
@@ -430,6 +433,7 @@ func (n *fullDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 // (dynamic: direct I/O, content taken at open).
 type contentFile struct {
 	gofs.Inode
+	readOnlyNode
 	f       *fsys
 	name    string
 	mtime   time.Time

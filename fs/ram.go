@@ -17,6 +17,7 @@ import (
 // (every frame; the all-zero frames are the holes).
 type ramFile struct {
 	gofs.Inode
+	readOnlyNode
 	f      *fsys
 	run    index.RunInfo
 	i      int

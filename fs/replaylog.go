@@ -39,6 +39,7 @@ func (x indexSource) ReplayLog(run string) (ReplayLog, error) {
 // then on it never changes and is cached like a checkpoint.
 type replayLogFile struct {
 	gofs.Inode
+	readOnlyNode
 	f   *fsys
 	run *runDir
 
@@ -50,6 +51,7 @@ type replayLogFile struct {
 var (
 	_ = (gofs.NodeGetattrer)((*replayLogFile)(nil))
 	_ = (gofs.NodeSetattrer)((*replayLogFile)(nil))
+	_ = (gofs.NodeSetxattrer)((*replayLogFile)(nil))
 	_ = (gofs.NodeOpener)((*replayLogFile)(nil))
 	_ = (gofs.NodeReader)((*replayLogFile)(nil))
 )
