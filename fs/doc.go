@@ -24,7 +24,9 @@
 // The mount is read-only, but it is not mounted "ro": QEMU before 8.2 opens
 // mem-path O_RDWR even for a private mapping, so open(O_RDWR) succeeds (the
 // .ram files are 0600; everything else 0400, directories 0500, all owned by
-// the mounting user, with default_permissions). write, truncate, O_TRUNC
+// the mounting user, with default_permissions; with AllowOther, FUSE
+// allow_other and modes readable by all: 0644, 0444, 0555, so other users
+// read and map the files but only the owner opens .ram O_RDWR). write, truncate, O_TRUNC
 // and every change of the tree or of attributes (unlink, rmdir, rename,
 // mkdir, mknod, create, symlink, link, chmod, chown, utimes, setxattr,
 // removexattr, fallocate) get EROFS (readonly.go; go-fuse's defaults

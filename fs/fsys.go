@@ -36,6 +36,7 @@ type fsys struct {
 	st       status
 	prefetch bool
 	uid, gid uint32
+	mode     modes
 	started  time.Time
 	root     *rootNode
 
@@ -85,6 +86,7 @@ func newFsys(src Source, opts MountOptions) (*fsys, error) {
 		pushBufs:     make(chan []byte, 16),
 		m:            m,
 		prefetch:     opts.Prefetch != "none",
+		mode:         modesFor(opts.AllowOther),
 		started:      time.Now(),
 		sem:          make(chan struct{}, maxPrefetches),
 		windowSem:    make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),

@@ -27,9 +27,10 @@ type MountOptions struct {
 	// (the default, W_i) or "none" (nothing; the working-set frames of a
 	// refused readahead window are still pushed, see doc.go).
 	Prefetch string
-	// AllowOther lets other users than the owner use the mount (FUSE
-	// allow_other; a non-root owner needs user_allow_other in
-	// /etc/fuse.conf). Without it the mount is owner-only.
+	// AllowOther lets other users than the owner read the mount: FUSE
+	// allow_other (a non-root owner needs user_allow_other in
+	// /etc/fuse.conf) and every file and directory readable by all (0444,
+	// .ram 0644, directories 0555). Without it the mount is owner-only.
 	AllowOther bool
 	// UID and GID own every file; default: the calling process's.
 	UID, GID *uint32
@@ -141,7 +142,7 @@ func nodeOptions(f *fsys) *gofs.Options {
 func fuseOptions(opts MountOptions) *fuse.MountOptions {
 	mo := &fuse.MountOptions{
 		AllowOther: opts.AllowOther,
-		// The kernel checks the owner-only modes; the files are not
+		// The kernel checks the modes; the files are not
 		// mounted "ro" because a VMM must be able to open them O_RDWR.
 		Options:                  []string{"default_permissions"},
 		FsName:                   "ckptfs",

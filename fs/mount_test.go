@@ -539,12 +539,70 @@ func TestUnmountBusy(t *testing.T) {
 	}
 }
 
-// TestAllowOther: allow_other only when asked for.
+// TestAllowOther: with AllowOther another user reads every file (FUSE
+// allow_other and modes readable by all); without, it reads nothing.
 func TestAllowOther(t *testing.T) {
-	src, _ := memFixture("vm1", 16, 1, 15)
-	_, mnt := mountT(t, src, MountOptions{AllowOther: true})
-	if opts := mountOptionsOf(t, mnt); !strings.Contains(opts, "allow_other") || !strings.Contains(opts, "default_permissions") {
-		t.Errorf("mount options %q", opts)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to act as another user")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("no setpriv")
+	}
+	as := func(args ...string) ([]byte, error) {
+		return exec.Command(setpriv, append([]string{"--reuid=65534", "--regid=65534", "--clear-groups"}, args...)...).CombinedOutput()
+	}
+	for _, allow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("allow=%v", allow), func(t *testing.T) {
+			src, fx := memFixture("vm1", 16, 2, 15)
+			_, mnt := mountT(t, src, MountOptions{AllowOther: allow})
+			// The mount point's parents are the test's 0700 temporary
+			// directories.
+			for d := filepath.Dir(mnt); d != os.TempDir(); d = filepath.Dir(d) {
+				if err := os.Chmod(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			dir := filepath.Join(mnt, "vm1")
+			exp := writeFile(t, t.TempDir(), "full0", fx.images[0])
+			if err := os.Chmod(exp, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(filepath.Dir(exp), 0o755)
+			opts := mountOptionsOf(t, mnt)
+			if strings.Contains(opts, "allow_other") != allow || !strings.Contains(opts, "default_permissions") {
+				t.Errorf("mount options %q", opts)
+			}
+			wantModes := map[string]uint32{"": 0o500, "full": 0o500, "0.ws": 0o400, "0.ram": 0o600, "full/0.ram": 0o600, "run.json": 0o400}
+			if allow {
+				wantModes = map[string]uint32{"": 0o555, "full": 0o555, "0.ws": 0o444, "0.ram": 0o644, "full/0.ram": 0o644, "run.json": 0o444}
+			}
+			for p, m := range wantModes {
+				if got := statT(t, filepath.Join(dir, p)).Mode & 0o7777; got != m {
+					t.Errorf("%s: mode %o, want %o", p, got, m)
+				}
+			}
+			for _, c := range [][]string{
+				{"ls", dir},
+				{"cat", filepath.Join(dir, "0.ws")},
+				{"cat", filepath.Join(dir, "run.json")},
+				{"cmp", filepath.Join(dir, "full", "0.ram"), exp},
+			} {
+				out, err := as(c...)
+				if allow && err != nil {
+					t.Errorf("%v as another user: %v: %s", c, err, out)
+				}
+				if !allow && (err == nil || !strings.Contains(string(out), "Permission denied")) {
+					t.Errorf("%v as another user without allow_other: %v: %s", c, err, out)
+				}
+			}
+			if allow {
+				// Readable, not writable: O_RDWR is the owner's.
+				if out, err := as("sh", "-c", "exec 3<>"+filepath.Join(dir, "0.ram")); err == nil || !strings.Contains(string(out), "Permission denied") {
+					t.Errorf("O_RDWR as another user: %v: %s", err, out)
+				}
+			}
+		})
 	}
 }
 

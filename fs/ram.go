@@ -129,7 +129,7 @@ func (n *ramFile) attrWith(ck *ckpt, a *fuse.Attr) syscall.Errno {
 	if err != nil {
 		return n.f.fail(ck, "getattr", n.path(), 0, 0, err)
 	}
-	a.Mode = modeRAM
+	a.Mode = n.f.mode.ram
 	a.Nlink = 1
 	a.Size = n.run.RAMSize
 	a.Blksize = pageSize

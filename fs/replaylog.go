@@ -108,7 +108,7 @@ func (n *replayLogFile) current() (ReplayLog, syscall.Errno) {
 }
 
 func (n *replayLogFile) attr(l ReplayLog, a *fuse.Attr) {
-	a.Mode = modeFile
+	a.Mode = n.f.mode.file
 	a.Nlink = 1
 	n.f.owner(&a.Uid, &a.Gid)
 	setTimes(a, l.ModTime())
