@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"log/slog"
 	"os"
@@ -57,6 +58,8 @@ var (
 	ErrStaleMount = errors.New("ckptfs: stale mount")
 	// ErrMounted means something is already mounted there.
 	ErrMounted = errors.New("ckptfs: already mounted")
+	// ErrNotEmpty means the mount point has entries the mount would hide.
+	ErrNotEmpty = errors.New("ckptfs: mount point not empty")
 	// ErrBusy means Unmount found the mount in use and detached it lazily.
 	ErrBusy = errors.New("ckptfs: mount busy")
 )
@@ -260,9 +263,11 @@ func (f *fsys) dropRemovedRuns() {
 	}
 }
 
-// CheckMountpoint reports whether mnt can be mounted on: an existing
+// CheckMountpoint reports whether mnt can be mounted on: an existing, empty
 // directory that is not a mount already. A FUSE mount whose daemon died
-// answers ENOTCONN; that gives ErrStaleMount with what to do about it.
+// answers ENOTCONN; that gives ErrStaleMount with what to do about it. A
+// directory with entries gives ErrNotEmpty: the mount would hide them (as
+// fusermount refused without "nonempty").
 func CheckMountpoint(mnt string) error {
 	abs, err := filepath.Abs(mnt)
 	if err != nil {
@@ -288,6 +293,18 @@ func CheckMountpoint(mnt string) error {
 	}
 	if fstype, ok := mountedAt(abs); ok {
 		return fmt.Errorf("%w: %s is already a mount point (%s); unmount it first", ErrMounted, abs, fstype)
+	}
+	d, err := os.Open(abs)
+	if err != nil {
+		return fmt.Errorf("ckptfs: mount point %s: %w", abs, err)
+	}
+	names, err := d.Readdirnames(1)
+	d.Close()
+	if err != nil && err != io.EOF {
+		return fmt.Errorf("ckptfs: mount point %s: %w", abs, err)
+	}
+	if len(names) > 0 {
+		return fmt.Errorf("%w: %s holds files (%s ...) that the mount would hide; use an empty directory", ErrNotEmpty, abs, names[0])
 	}
 	return nil
 }

@@ -723,3 +723,15 @@ func TestWritesRefused(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestCheckMountpointNotEmpty: a directory with entries is refused.
+func TestCheckMountpointNotEmpty(t *testing.T) {
+	dir := t.TempDir()
+	if err := CheckMountpoint(dir); err != nil {
+		t.Fatalf("empty directory: %v", err)
+	}
+	writeFile(t, dir, ".hidden", nil)
+	if err := CheckMountpoint(dir); !errors.Is(err, ErrNotEmpty) || !strings.Contains(err.Error(), ".hidden") {
+		t.Errorf("directory with a file: %v", err)
+	}
+}

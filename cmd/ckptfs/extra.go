@@ -93,19 +93,27 @@ func ownStore(c *cli.Context) (*index.Store, error) {
 	return index.Open(storeDir(c), index.Options{Create: true, Logger: slog.Default()})
 }
 
+// checkMountpoint checks that mnt can be mounted on, cleaning up a stale
+// mount when asked. Commands call it before they open or create the store,
+// so that a bad mount point leaves nothing behind.
+func checkMountpoint(c *cli.Context, mnt string) error {
+	err := ckfs.CheckMountpoint(mnt)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ckfs.ErrStaleMount) && c.Bool("cleanup-stale"):
+		slog.Warn("cleaning up a stale mount", "mnt", mnt)
+		return ckfs.CleanupStale(mnt)
+	case errors.Is(err, ckfs.ErrStaleMount):
+		return fmt.Errorf("%v (run again with --cleanup-stale to unmount it)", err)
+	}
+	return err
+}
+
 // mountAt mounts st at mnt, handling stale mounts.
 func mountAt(c *cli.Context, st *index.Store, mnt string, prefetch string, reg prometheus.Registerer) (*ckfs.Server, error) {
-	if err := ckfs.CheckMountpoint(mnt); err != nil {
-		if errors.Is(err, ckfs.ErrStaleMount) && c.Bool("cleanup-stale") {
-			slog.Warn("cleaning up a stale mount", "mnt", mnt)
-			if err := ckfs.CleanupStale(mnt); err != nil {
-				return nil, err
-			}
-		} else if errors.Is(err, ckfs.ErrStaleMount) {
-			return nil, fmt.Errorf("%v (run again with --cleanup-stale to unmount it)", err)
-		} else {
-			return nil, err
-		}
+	if err := checkMountpoint(c, mnt); err != nil {
+		return nil, err
 	}
 	return ckfs.Mount(mnt, ckfs.FromIndex(st), ckfs.MountOptions{
 		Prefetch: prefetch, AllowOther: c.Bool("allow-other"), Logger: slog.Default(), Registry: reg, Store: st.Dir(),
@@ -135,6 +143,9 @@ func mountCommand() *cli.Command {
 				return usageErrorf("mount: --prefetch %q: want ws or none", p)
 			}
 			mnt := absPath(c, c.Args().First())
+			if err := checkMountpoint(c, mnt); err != nil {
+				return err
+			}
 			st, err := ownStore(c)
 			if err != nil {
 				return err
@@ -268,6 +279,11 @@ func recordCommand() *cli.Command {
 					return fmt.Errorf("store %s is already served by %s; record without --mount", o.st.Dir(), o.what)
 				}
 				return record(o.st, nil)
+			}
+			if mnt := c.String("mount"); mnt != "" {
+				if err := checkMountpoint(c, absPath(c, mnt)); err != nil {
+					return err
+				}
 			}
 			st, err := index.Open(storeDir(c), index.Options{Create: true, Logger: slog.Default()})
 			if errors.Is(err, index.ErrStoreBusy) {
