@@ -246,7 +246,7 @@ func recordCommand() *cli.Command {
 				Interval: c.Duration("interval"), Count: c.Int("count"), Duration: c.Duration("duration"),
 				Tracker: c.String("tracker"), DeviceState: c.Bool("device-state"), ExactWorkingSets: c.Bool("exact-ws"), NoPrecopy: c.Bool("no-precopy"),
 				PackLive: c.Bool("pack-live") && !c.Bool("no-pack"),
-				Logger:   slog.Default(),
+				Logger:   commandLogger(c),
 			}
 			out := c.App.ErrWriter
 			cfg.OnCheckpoint = func(s kvmrec.CheckpointStats) { fmt.Fprintln(out, formatCheckpoint(s)) }
@@ -319,6 +319,19 @@ func recordCommand() *cli.Command {
 			return record(st, reg)
 		},
 	}
+}
+
+// commandLogger is the logger of a command: the process's, or, for a
+// command forwarded to the process that owns the store, one that writes to
+// the forwarded stderr, so that its warnings (a VM found paused) reach the
+// user who ran it, not the log of the mount.
+func commandLogger(c *cli.Context) *slog.Logger {
+	if owned(c) == nil {
+		return slog.Default()
+	}
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.String("log-level"))) // checked by the app's Before
+	return slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: lvl}))
 }
 
 func formatCheckpoint(s kvmrec.CheckpointStats) string {
