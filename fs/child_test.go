@@ -25,8 +25,12 @@ func childMain(mode string, args []string) int {
 		err = childCmpMap(args[0], args[1])
 	case "privwrite":
 		err = childPrivWrite(args[0])
+	case "sharedwrite":
+		err = childSharedWrite(args[0], args[1:])
 	case "touch":
 		err = childTouch(args)
+	case "touchrw":
+		err = childTouchRW(args[0], args[1:])
 	case "fill":
 		err = childFill(args[0])
 	case "serve":
@@ -130,6 +134,49 @@ func childPrivWrite(file string) error {
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
+// sharedWriteResult is what childSharedWrite reports: the error of each
+// step, or "ok".
+type sharedWriteResult struct {
+	Open  string `json:"open"`
+	Mmap  string `json:"mmap"`
+	Msync string `json:"msync"`
+}
+
+// childSharedWrite opens file O_RDWR, maps it shared and writable, writes
+// "shared write!" at every offset given and msyncs the mapping.
+func childSharedWrite(file string, offsets []string) error {
+	res := sharedWriteResult{Open: "ok", Mmap: "ok", Msync: "ok"}
+	f, err := os.OpenFile(file, os.O_RDWR, 0)
+	if err != nil {
+		res.Open = err.Error()
+		return json.NewEncoder(os.Stdout).Encode(res)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		res.Mmap = err.Error()
+		return json.NewEncoder(os.Stdout).Encode(res)
+	}
+	for _, o := range offsets {
+		off, err := strconv.Atoi(o)
+		if err != nil {
+			return err
+		}
+		copy(m[off:], "shared write!")
+	}
+	if err := unix.Msync(m, unix.MS_SYNC); err != nil {
+		res.Msync = err.Error()
+	}
+	if err := unix.Munmap(m); err != nil {
+		return err
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
 // touchResult is what childTouch reports.
 type touchResult struct {
 	Total time.Duration   `json:"total"`
@@ -176,6 +223,27 @@ func childTouch(args []string) error {
 	unix.Munmap(m)
 	f.Close()
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// childTouchRW maps file as QEMU's share=off does (O_RDWR, MAP_PRIVATE,
+// PROT_READ|PROT_WRITE) and reads one byte of every frame given.
+func childTouchRW(file string, pfns []string) error {
+	m, f, err := mmapFile(file, os.O_RDWR, unix.PROT_READ|unix.PROT_WRITE)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	defer unix.Munmap(m)
+	var sum int
+	for _, s := range pfns {
+		p, err := strconv.Atoi(s)
+		if err != nil {
+			return err
+		}
+		sum += int(m[p*pageSize+8])
+	}
+	fmt.Println(sum)
+	return nil
 }
 
 // childFill is the floor of filling any cache with the frames listed in

@@ -24,15 +24,37 @@
 // The mount is read-only, but it is not mounted "ro": QEMU before 8.2 opens
 // mem-path O_RDWR even for a private mapping, so open(O_RDWR) succeeds (the
 // .ram files are 0600; everything else 0400, directories 0500, all owned by
-// the mounting user, with default_permissions). write, truncate and
-// O_TRUNC get EROFS; MAP_PRIVATE writes stay in the writer's private copy.
+// the mounting user, with default_permissions; with AllowOther, FUSE
+// allow_other and modes readable by all: 0644, 0444, 0555, so other users
+// read and map the files but only the owner opens .ram O_RDWR). write,
+// truncate, O_TRUNC and every change of the tree or of attributes
+// (unlink, rmdir, rename, mkdir, mknod, create, symlink, link, chmod,
+// chown, utimes, setxattr, removexattr, fallocate) get EROFS (readonly.go;
+// go-fuse's defaults would let unlink and rmdir succeed without removing
+// anything); MAP_PRIVATE writes stay in the writer's private copy.
+//
+// A writable shared mapping is refused. Without that, its writes would go
+// straight into the page cache that every reader of the file shares: on
+// the 6.18 kernel measured here, after mmap(MAP_SHARED, PROT_WRITE) of an
+// O_RDWR descriptor, a write and msync (which fails with EROFS, as the
+// write-back does), new readers and new private mappings read the written
+// bytes, the holes of <i>.ram included, until the pages are evicted. The
+// server never sees an mmap; only the kernel can refuse it, and it does so
+// for a handle opened with FOPEN_DIRECT_IO unless the connection allows
+// direct-I/O mmap (FUSE_DIRECT_IO_ALLOW_MMAP, which the mount disables).
+// So a .ram file opened with write access gets direct I/O: a shared
+// mapping of it fails with ENODEV, a private one works. Read-only opens
+// keep the page cache as below. The price: the kernel drops the file's
+// page cache whenever such a handle is mapped privately (QEMU before 8.2,
+// once per start), so pages pushed or read before that are read again.
 //
 // # Caching
 //
 // Committed checkpoints never change. Their files are opened with
 // FOPEN_KEEP_CACHE and the mount asks for explicit data cache control, so
 // the page cache of a .ram file survives opens and closes and is never
-// invalidated behind the VMM's back. Entries and attributes live one
+// invalidated behind the VMM's back (but see above: the kernel drops it
+// when a .ram handle opened for writing is mapped). Entries and attributes live one
 // second. Failed lookups are not cached and directories are listed afresh,
 // so runs and checkpoints committed while mounted appear at once; a
 // watcher drops the entries of removed runs when the store's Generation
@@ -85,9 +107,15 @@
 // instead, so the working set keeps the benefit of readahead; that push
 // starts once the READ of the page the kernel needs is answered (or after
 // 2 ms), so it does not slow that READ down. The price is one more round
-// trip for a fault outside the cached working set. O_DIRECT
-// reads are never refused. A folio-shaped read inside a recently refused
-// window, and smaller than it, is served, in case a kernel that caches
+// trip for a fault outside the cached working set. Direct-I/O reads
+// (O_DIRECT, or read(2) of a .ram file opened for writing, which has
+// direct I/O) are a process's own and nobody would retry them: they are
+// never refused. The kernel's direct-I/O path is the only one that sends
+// a lock owner with a READ (FUSE_READ_LOCKOWNER), which is how the mount
+// tells them from page-cache fills of the same handle: a fault of QEMU's
+// private mapping of an O_RDWR descriptor is a page-cache fill. A
+// folio-shaped read inside a recently refused window, and smaller than
+// it, is served, in case a kernel that caches
 // FUSE files in large folios retries a failed readahead with a whole folio
 // (Linux 6.18 retries page by page, and sometimes repeats a whole refused
 // window, which is refused again).

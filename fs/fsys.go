@@ -36,6 +36,7 @@ type fsys struct {
 	st       status
 	prefetch bool
 	uid, gid uint32
+	mode     modes
 	started  time.Time
 	root     *rootNode
 
@@ -53,6 +54,8 @@ type fsys struct {
 	onPrefetched func(time.Duration) // tests: called when an open prefetch ends
 
 	sf singleflight.Group // collapses identical concurrent frame loads
+
+	directReads sync.Map // cancel channels of the direct-I/O READs in flight (see rawFS)
 
 	mu struct {
 		sync.Mutex
@@ -85,6 +88,7 @@ func newFsys(src Source, opts MountOptions) (*fsys, error) {
 		pushBufs:     make(chan []byte, 16),
 		m:            m,
 		prefetch:     opts.Prefetch != "none",
+		mode:         modesFor(opts.AllowOther),
 		started:      time.Now(),
 		sem:          make(chan struct{}, maxPrefetches),
 		windowSem:    make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),

@@ -2,8 +2,10 @@ package fs
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"log/slog"
 	"os"
@@ -27,9 +29,10 @@ type MountOptions struct {
 	// (the default, W_i) or "none" (nothing; the working-set frames of a
 	// refused readahead window are still pushed, see doc.go).
 	Prefetch string
-	// AllowOther lets other users than the owner use the mount (FUSE
-	// allow_other; a non-root owner needs user_allow_other in
-	// /etc/fuse.conf). Without it the mount is owner-only.
+	// AllowOther lets other users than the owner read the mount: FUSE
+	// allow_other (a non-root owner needs user_allow_other in
+	// /etc/fuse.conf) and every file and directory readable by all (0444,
+	// .ram 0644, directories 0555). Without it the mount is owner-only.
 	AllowOther bool
 	// UID and GID own every file; default: the calling process's.
 	UID, GID *uint32
@@ -56,6 +59,8 @@ var (
 	ErrStaleMount = errors.New("ckptfs: stale mount")
 	// ErrMounted means something is already mounted there.
 	ErrMounted = errors.New("ckptfs: already mounted")
+	// ErrNotEmpty means the mount point has entries the mount would hide.
+	ErrNotEmpty = errors.New("ckptfs: mount point not empty")
 	// ErrBusy means Unmount found the mount in use and detached it lazily.
 	ErrBusy = errors.New("ckptfs: mount busy")
 )
@@ -120,7 +125,38 @@ func Mount(mnt string, src Source, opts MountOptions) (*Server, error) {
 // newNodeFS builds the go-fuse file system of f.
 func newNodeFS(f *fsys) fuse.RawFileSystem {
 	f.root = &rootNode{f: f}
-	return gofs.NewNodeFS(f.root, nodeOptions(f))
+	return &rawFS{RawFileSystem: gofs.NewNodeFS(f.root, nodeOptions(f)), f: f}
+}
+
+// rawFS tells the nodes which READs are direct I/O: the kernel sends them
+// for a process's own read(2) on a direct-I/O handle (a .ram file opened
+// for writing) or with O_DIRECT, and nobody retries them when they fail.
+// Page-cache fills (readahead, a fault, read(2) of a cached handle) are the
+// kernel's and may be refused (see doc.go, Readahead). The kernel's
+// direct-I/O path is the only one that names a lock owner
+// (FUSE_READ_LOCKOWNER); go-fuse passes the nodes only the request's
+// cancel channel, so that is the key.
+type rawFS struct {
+	fuse.RawFileSystem
+	f *fsys
+}
+
+func (r *rawFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	if in.ReadFlags&fuse.READ_LOCKOWNER != 0 && cancel != nil {
+		r.f.directReads.Store(cancel, struct{}{})
+		defer r.f.directReads.Delete(cancel)
+	}
+	return r.RawFileSystem.Read(cancel, in, buf)
+}
+
+// directRead reports whether the READ of ctx is direct I/O (see rawFS).
+func (f *fsys) directRead(ctx context.Context) bool {
+	fc, ok := ctx.(*fuse.Context)
+	if !ok || fc.Cancel == nil {
+		return false
+	}
+	_, ok = f.directReads.Load(fc.Cancel)
+	return ok
 }
 
 func nodeOptions(f *fsys) *gofs.Options {
@@ -141,7 +177,7 @@ func nodeOptions(f *fsys) *gofs.Options {
 func fuseOptions(opts MountOptions) *fuse.MountOptions {
 	mo := &fuse.MountOptions{
 		AllowOther: opts.AllowOther,
-		// The kernel checks the owner-only modes; the files are not
+		// The kernel checks the modes; the files are not
 		// mounted "ro" because a VMM must be able to open them O_RDWR.
 		Options:                  []string{"default_permissions"},
 		FsName:                   "ckptfs",
@@ -152,8 +188,11 @@ func fuseOptions(opts MountOptions) *fuse.MountOptions {
 		DisableReadDirPlus:       true,
 		ExplicitDataCacheControl: true,
 		IgnoreSecurityLabels:     true,
-		DirectMount:              true,
-		Debug:                    opts.Debug,
+		// A direct-I/O handle (a .ram file opened for writing) must
+		// never be mapped shared; see ramFile.Open.
+		DisabledCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
+		DirectMount:          true,
+		Debug:                opts.Debug,
 	}
 	if opts.Debug {
 		l := opts.Logger
@@ -256,9 +295,11 @@ func (f *fsys) dropRemovedRuns() {
 	}
 }
 
-// CheckMountpoint reports whether mnt can be mounted on: an existing
+// CheckMountpoint reports whether mnt can be mounted on: an existing, empty
 // directory that is not a mount already. A FUSE mount whose daemon died
-// answers ENOTCONN; that gives ErrStaleMount with what to do about it.
+// answers ENOTCONN; that gives ErrStaleMount with what to do about it. A
+// directory with entries gives ErrNotEmpty: the mount would hide them (as
+// fusermount refused without "nonempty").
 func CheckMountpoint(mnt string) error {
 	abs, err := filepath.Abs(mnt)
 	if err != nil {
@@ -284,6 +325,18 @@ func CheckMountpoint(mnt string) error {
 	}
 	if fstype, ok := mountedAt(abs); ok {
 		return fmt.Errorf("%w: %s is already a mount point (%s); unmount it first", ErrMounted, abs, fstype)
+	}
+	d, err := os.Open(abs)
+	if err != nil {
+		return fmt.Errorf("ckptfs: mount point %s: %w", abs, err)
+	}
+	names, err := d.Readdirnames(1)
+	d.Close()
+	if err != nil && err != io.EOF {
+		return fmt.Errorf("ckptfs: mount point %s: %w", abs, err)
+	}
+	if len(names) > 0 {
+		return fmt.Errorf("%w: %s holds files (%s ...) that the mount would hide; use an empty directory", ErrNotEmpty, abs, names[0])
 	}
 	return nil
 }

@@ -539,12 +539,70 @@ func TestUnmountBusy(t *testing.T) {
 	}
 }
 
-// TestAllowOther: allow_other only when asked for.
+// TestAllowOther: with AllowOther another user reads every file (FUSE
+// allow_other and modes readable by all); without, it reads nothing.
 func TestAllowOther(t *testing.T) {
-	src, _ := memFixture("vm1", 16, 1, 15)
-	_, mnt := mountT(t, src, MountOptions{AllowOther: true})
-	if opts := mountOptionsOf(t, mnt); !strings.Contains(opts, "allow_other") || !strings.Contains(opts, "default_permissions") {
-		t.Errorf("mount options %q", opts)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to act as another user")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("no setpriv")
+	}
+	as := func(args ...string) ([]byte, error) {
+		return exec.Command(setpriv, append([]string{"--reuid=65534", "--regid=65534", "--clear-groups"}, args...)...).CombinedOutput()
+	}
+	for _, allow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("allow=%v", allow), func(t *testing.T) {
+			src, fx := memFixture("vm1", 16, 2, 15)
+			_, mnt := mountT(t, src, MountOptions{AllowOther: allow})
+			// The mount point's parents are the test's 0700 temporary
+			// directories.
+			for d := filepath.Dir(mnt); d != os.TempDir(); d = filepath.Dir(d) {
+				if err := os.Chmod(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			dir := filepath.Join(mnt, "vm1")
+			exp := writeFile(t, t.TempDir(), "full0", fx.images[0])
+			if err := os.Chmod(exp, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(filepath.Dir(exp), 0o755)
+			opts := mountOptionsOf(t, mnt)
+			if strings.Contains(opts, "allow_other") != allow || !strings.Contains(opts, "default_permissions") {
+				t.Errorf("mount options %q", opts)
+			}
+			wantModes := map[string]uint32{"": 0o500, "full": 0o500, "0.ws": 0o400, "0.ram": 0o600, "full/0.ram": 0o600, "run.json": 0o400}
+			if allow {
+				wantModes = map[string]uint32{"": 0o555, "full": 0o555, "0.ws": 0o444, "0.ram": 0o644, "full/0.ram": 0o644, "run.json": 0o444}
+			}
+			for p, m := range wantModes {
+				if got := statT(t, filepath.Join(dir, p)).Mode & 0o7777; got != m {
+					t.Errorf("%s: mode %o, want %o", p, got, m)
+				}
+			}
+			for _, c := range [][]string{
+				{"ls", dir},
+				{"cat", filepath.Join(dir, "0.ws")},
+				{"cat", filepath.Join(dir, "run.json")},
+				{"cmp", filepath.Join(dir, "full", "0.ram"), exp},
+			} {
+				out, err := as(c...)
+				if allow && err != nil {
+					t.Errorf("%v as another user: %v: %s", c, err, out)
+				}
+				if !allow && (err == nil || !strings.Contains(string(out), "Permission denied")) {
+					t.Errorf("%v as another user without allow_other: %v: %s", c, err, out)
+				}
+			}
+			if allow {
+				// Readable, not writable: O_RDWR is the owner's.
+				if out, err := as("sh", "-c", "exec 3<>"+filepath.Join(dir, "0.ram")); err == nil || !strings.Contains(string(out), "Permission denied") {
+					t.Errorf("O_RDWR as another user: %v: %s", err, out)
+				}
+			}
+		})
 	}
 }
 
@@ -556,5 +614,191 @@ func TestNoFuseFDInChildren(t *testing.T) {
 	out := run(t, "sh", "-c", "ls -l /proc/self/fd/")
 	if strings.Contains(out, "/dev/fuse") {
 		t.Errorf("a child inherits /dev/fuse:\n%s", out)
+	}
+}
+
+// TestSharedWritableMap: a writable shared mapping is refused, so that no
+// writer can change what later readers of a checkpoint see (dirty pages
+// whose write-back fails would stay in the page cache), while a private
+// writable mapping of an O_RDWR descriptor, as QEMU's share=off makes it,
+// still works and stays private.
+func TestSharedWritableMap(t *testing.T) {
+	src, fx := memFixture("vm1", 256, 3, 17)
+	_, mnt := mountT(t, src, MountOptions{})
+	dir := filepath.Join(mnt, "vm1")
+	tmp := t.TempDir()
+	ws := fx.ws[1]
+	data := uint64(ws.Minimum())
+	hole := uint64(0)
+	for ws.Contains(uint32(hole)) {
+		hole++
+	}
+	for _, c := range []struct {
+		file string
+		want []byte
+	}{
+		{filepath.Join(dir, "1.ram"), fx.sparseImage(1)},
+		{filepath.Join(dir, "full", "1.ram"), fx.images[1]},
+	} {
+		exp := writeFile(t, tmp, strings.ReplaceAll(strings.TrimPrefix(c.file, mnt), "/", "_"), c.want)
+		run(t, "cmp", c.file, exp) // cached before the writer comes
+		var res sharedWriteResult
+		out := runChild(t, "sharedwrite", c.file, strconv.FormatUint(data*pageSize, 10), strconv.FormatUint(hole*pageSize+100, 10))
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatal(err)
+		}
+		if res.Open != "ok" || res.Mmap == "ok" {
+			t.Errorf("%s: a shared writable mapping of an O_RDWR descriptor: %+v, want open ok and mmap refused", c.file, res)
+		}
+		// A new reader (read(2)) and a new private mapping in
+		// another process see the checkpoint, holes still zeros.
+		if out, err := exec.Command("cmp", c.file, exp).CombinedOutput(); err != nil {
+			t.Errorf("%s reads differently after the shared writer: %s", c.file, out)
+		}
+		if out, err := childCmd("cmpmap", c.file, exp).CombinedOutput(); err != nil {
+			t.Errorf("%s maps differently after the shared writer: %s", c.file, out)
+		}
+		// QEMU's share=off: O_RDWR, MAP_PRIVATE, PROT_WRITE.
+		var pw privWriteResult
+		if err := json.Unmarshal([]byte(runChild(t, "privwrite", c.file)), &pw); err != nil {
+			t.Fatal(err)
+		}
+		if pw.OpenRDWR != "ok" || pw.WriteErrno != syscall.EROFS.Error() || !pw.Private || !bytes.Equal(pw.Before, c.want[:16]) {
+			t.Errorf("%s: private writable mapping: %+v", c.file, pw)
+		}
+		run(t, "cmp", c.file, exp)
+		if out, err := childCmd("cmpmap", c.file, exp).CombinedOutput(); err != nil {
+			t.Errorf("%s maps differently after the private writer: %s", c.file, out)
+		}
+	}
+}
+
+// TestWritesRefused: every operation that would change the tree or a
+// file's attributes fails with EROFS, and `rm -rf` removes nothing and
+// says so.
+func TestWritesRefused(t *testing.T) {
+	src, _ := memFixture("vm1", 16, 3, 18)
+	_, mnt := mountT(t, src, MountOptions{})
+	dir := filepath.Join(mnt, "vm1")
+	ram, ws, full := filepath.Join(dir, "1.ram"), filepath.Join(dir, "1.ws"), filepath.Join(dir, "full")
+	for _, c := range []struct {
+		what string
+		err  error
+	}{
+		{"unlink 1.ram", unix.Unlink(ram)},
+		{"unlink 1.ws", unix.Unlink(ws)},
+		{"unlink full/0.ram", unix.Unlink(filepath.Join(full, "0.ram"))},
+		{"rmdir full", unix.Rmdir(full)},
+		{"rmdir run", unix.Rmdir(dir)},
+		{"rename 1.ram", unix.Rename(ram, filepath.Join(dir, "x.ram"))},
+		{"rename run", unix.Rename(dir, filepath.Join(mnt, "vm2"))},
+		{"mkdir", unix.Mkdir(filepath.Join(dir, "d"), 0o700)},
+		{"mkdir in root", unix.Mkdir(filepath.Join(mnt, "vm2"), 0o700)},
+		{"mknod", unix.Mknod(filepath.Join(dir, "fifo"), unix.S_IFIFO|0o600, 0)},
+		{"create", func() error { _, err := os.Create(filepath.Join(full, "9.ram")); return err }()},
+		{"symlink", unix.Symlink("1.ram", filepath.Join(dir, "l"))},
+		{"link", unix.Link(ram, filepath.Join(dir, "h"))},
+		{"truncate", unix.Truncate(ws, 0)},
+		{"chmod file", unix.Chmod(ram, 0o666)},
+		{"chmod dir", unix.Chmod(dir, 0o777)},
+		{"chown", unix.Chown(ws, 1, 1)},
+		{"utimes", unix.UtimesNano(ram, []unix.Timespec{{}, {}})},
+		{"setxattr", unix.Setxattr(ram, "user.x", []byte("1"), 0)},
+		{"setxattr dir", unix.Setxattr(dir, "user.x", []byte("1"), 0)},
+		{"removexattr", unix.Removexattr(ram, "user.ckptfs.run")},
+	} {
+		if !errors.Is(c.err, syscall.EROFS) {
+			t.Errorf("%s: %v, want EROFS", c.what, c.err)
+		}
+	}
+	before := run(t, "find", dir)
+	out, err := exec.Command("rm", "-rf", dir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Read-only file system") {
+		t.Errorf("rm -rf %s: %v: %s", dir, err, out)
+	}
+	if after := run(t, "find", dir); after != before {
+		t.Errorf("rm -rf changed the tree:\n%s\nwas\n%s", after, before)
+	}
+	if _, err := os.Stat(ram); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestCheckMountpointNotEmpty: a directory with entries is refused.
+func TestCheckMountpointNotEmpty(t *testing.T) {
+	dir := t.TempDir()
+	if err := CheckMountpoint(dir); err != nil {
+		t.Fatalf("empty directory: %v", err)
+	}
+	writeFile(t, dir, ".hidden", nil)
+	if err := CheckMountpoint(dir); !errors.Is(err, ErrNotEmpty) || !strings.Contains(err.Error(), ".hidden") {
+		t.Errorf("directory with a file: %v", err)
+	}
+}
+
+// TestMappedMisses: a fault on a hole of <i>.ram is one miss frame, not a
+// readahead window of them, whether the file is mapped from a read-only
+// descriptor or, as QEMU before 8.2 maps it, from an O_RDWR one (which has
+// direct I/O, see ramFile.Open): the kernel's readahead around the fault
+// is refused in both cases, while a read(2) of the O_RDWR descriptor over
+// holes is served.
+func TestMappedMisses(t *testing.T) {
+	src, fx := memFixture("vm1", 8192, 3, 19) // 32 MiB
+	srv, mnt := mountT(t, src, MountOptions{Prefetch: "none"})
+	file := filepath.Join(mnt, "vm1", "1.ram")
+	ws := fx.ws[1]
+	// Holes 1 MiB and more apart, each inside a run of holes.
+	var holes []string
+	for p := uint64(128); p+128 < fx.frames && len(holes) < 8; p += 512 {
+		q := p
+		for q < p+256 && (ws.Contains(uint32(q)) || ws.Contains(uint32(q-1)) || ws.Contains(uint32(q+1))) {
+			q++
+		}
+		if q < p+256 {
+			holes = append(holes, strconv.FormatUint(q, 10))
+		}
+	}
+	if len(holes) < 4 {
+		t.Fatalf("fixture has too few holes: %v", holes)
+	}
+	missFrames := func() uint64 {
+		var st struct{ Mount MountCounters }
+		readJSON(t, filepath.Join(mnt, "vm1", "1.json"), &st)
+		return st.Mount.MissFrames
+	}
+	var pfns []uint32
+	for _, h := range holes {
+		p, _ := strconv.Atoi(h)
+		pfns = append(pfns, uint32(p))
+	}
+	list := writeFile(t, t.TempDir(), "pfns", pfnBytes(pfns))
+	for _, c := range []struct {
+		what string
+		args []string
+	}{
+		{"touch", []string{file, list}},               // O_RDONLY, MAP_PRIVATE
+		{"touchrw", append([]string{file}, holes...)}, // O_RDWR, MAP_PRIVATE, PROT_WRITE
+	} {
+		srv.evict("vm1", "1.ram")
+		before := missFrames()
+		runChild(t, c.what, c.args...)
+		if got := missFrames() - before; got != uint64(len(holes)) {
+			t.Errorf("%s: touching %d holes counted %d miss frames", c.what, len(holes), got)
+		}
+	}
+	// read(2) of an O_RDWR descriptor goes straight to the mount (direct
+	// I/O): several frames over holes are served, not refused.
+	f, err := os.OpenFile(file, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	want := fx.sparseImage(1)
+	for _, off := range []int64{0, 5 << 20, int64(len(want)) - 1<<20} {
+		n, err := f.ReadAt(buf, off)
+		if err != nil || n != len(buf) || !bytes.Equal(buf, want[off:off+int64(n)]) {
+			t.Errorf("read of 1 MiB at %d of an O_RDWR descriptor: %d bytes, %v, equal %v", off, n, err, bytes.Equal(buf[:n], want[off:off+int64(n)]))
+		}
 	}
 }

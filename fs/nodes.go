@@ -49,15 +49,19 @@ func ino(run index.RunID, kind nodeKind, i int) uint64 {
 	return 1<<62 | uint64(run)<<32 | uint64(kind)<<28 | uint64(i)
 }
 
-// Modes: owner-only, read-only. The .ram files carry the owner's write bit
-// because a VMM (QEMU before 8.2 with share=off) opens them O_RDWR, which
+// Modes: read-only, owner-only unless the mount allows other users, then
+// readable by all. The .ram files carry the owner's write bit because a
+// VMM (QEMU before 8.2 with share=off) opens them O_RDWR, which
 // default_permissions would refuse for a 0400 file; every write still gets
 // EROFS.
-const (
-	modeDir  = syscall.S_IFDIR | 0o500
-	modeFile = syscall.S_IFREG | 0o400
-	modeRAM  = syscall.S_IFREG | 0o600
-)
+type modes struct{ dir, file, ram uint32 }
+
+func modesFor(allowOther bool) modes {
+	if allowOther {
+		return modes{syscall.S_IFDIR | 0o555, syscall.S_IFREG | 0o444, syscall.S_IFREG | 0o644}
+	}
+	return modes{syscall.S_IFDIR | 0o500, syscall.S_IFREG | 0o400, syscall.S_IFREG | 0o600}
+}
 
 // dynamicTimeout is the attribute timeout of files whose content changes
 // (run.json, <i>.json, .status): effectively none.
@@ -88,6 +92,7 @@ func parseEntry(name string) (i int, ext string, ok bool) {
 // rootNode lists the runs.
 type rootNode struct {
 	gofs.Inode
+	readOnlyDir
 	f *fsys
 }
 
@@ -98,7 +103,7 @@ var (
 )
 
 func (n *rootNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = modeDir
+	out.Mode = n.f.mode.dir
 	out.Nlink = 2
 	n.f.owner(&out.Uid, &out.Gid)
 	setTimes(&out.Attr, n.f.started)
@@ -147,6 +152,7 @@ func (f *fsys) statusJSON() ([]byte, error) {
 // runDir is MNT/<run>.
 type runDir struct {
 	gofs.Inode
+	readOnlyDir
 	f       *fsys
 	name    string
 	id      index.RunID
@@ -165,7 +171,7 @@ var (
 )
 
 func (n *runDir) attr(a *fuse.Attr) {
-	a.Mode = modeDir
+	a.Mode = n.f.mode.dir
 	a.Nlink = 3
 	n.f.owner(&a.Uid, &a.Gid)
 	setTimes(a, n.created)
@@ -371,6 +377,7 @@ func (n *runDir) intervalJSON(id index.RunID, i int) ([]byte, error) {
 // fullDir is MNT/<run>/full.
 type fullDir struct {
 	gofs.Inode
+	readOnlyDir
 	f   *fsys
 	run *runDir
 }
@@ -382,7 +389,7 @@ var (
 )
 
 func (n *fullDir) attr(a *fuse.Attr) {
-	a.Mode = modeDir
+	a.Mode = n.f.mode.dir
 	a.Nlink = 2
 	n.f.owner(&a.Uid, &a.Gid)
 	setTimes(a, n.run.created)
@@ -430,6 +437,7 @@ func (n *fullDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 // (dynamic: direct I/O, content taken at open).
 type contentFile struct {
 	gofs.Inode
+	readOnlyNode
 	f       *fsys
 	name    string
 	mtime   time.Time
@@ -459,7 +467,7 @@ func (n *contentFile) content() ([]byte, error) {
 }
 
 func (n *contentFile) attr(a *fuse.Attr) syscall.Errno {
-	a.Mode = modeFile
+	a.Mode = n.f.mode.file
 	a.Nlink = 1
 	n.f.owner(&a.Uid, &a.Gid)
 	setTimes(a, n.mtime)

@@ -17,6 +17,7 @@ import (
 // (every frame; the all-zero frames are the holes).
 type ramFile struct {
 	gofs.Inode
+	readOnlyNode
 	f      *fsys
 	run    index.RunInfo
 	i      int
@@ -128,7 +129,7 @@ func (n *ramFile) attrWith(ck *ckpt, a *fuse.Attr) syscall.Errno {
 	if err != nil {
 		return n.f.fail(ck, "getattr", n.path(), 0, 0, err)
 	}
-	a.Mode = modeRAM
+	a.Mode = n.f.mode.ram
 	a.Nlink = 1
 	a.Size = n.run.RAMSize
 	a.Blksize = pageSize
@@ -152,8 +153,11 @@ type ramHandle struct {
 }
 
 // Open succeeds for reading and for O_RDWR (a VMM maps the file privately);
-// writes then fail with EROFS. The first open of <i>.ram starts pushing W_i
-// into the page cache.
+// writes then fail with EROFS. An open with write access gets direct I/O,
+// which makes the kernel refuse a shared mapping of it (ENODEV), so that no
+// writable shared mapping exists: its dirty pages would change what every
+// reader sees, and a failed write-back leaves them in the page cache (see
+// doc.go). The first open of <i>.ram starts pushing W_i into the page cache.
 func (n *ramFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
@@ -172,7 +176,13 @@ func (n *ramFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 	if start {
 		n.f.startPrefetch(n, ck)
 	}
-	return &ramHandle{direct: flags&syscall.O_DIRECT != 0}, fuse.FOPEN_KEEP_CACHE, 0
+	h := &ramHandle{direct: flags&syscall.O_DIRECT != 0}
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		// The faults of a private mapping of this handle still fill
+		// the page cache, with READs that are not direct (rawFS).
+		return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_KEEP_CACHE, 0
+	}
+	return h, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (n *ramFile) Release(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
@@ -211,6 +221,7 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 	}
 	ck := n.ckpt()
 	h, _ := fh.(*ramHandle)
+	direct := (h != nil && h.direct) || n.f.directRead(ctx)
 	var err error
 	var holes uint64
 	if n.sparse {
@@ -220,7 +231,7 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		if p != nil {
 			p.hintAt(first)
 		}
-		if (h == nil || !h.direct) && last-first > 1 {
+		if !direct && last-first > 1 {
 			if e := n.refuseReadahead(ck, first, last); e != 0 {
 				return nil, e
 			}
@@ -230,7 +241,7 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		err = n.f.readFrames(ck, first, buf)
 	}
 	if err != nil {
-		if last-first > 1 && (h == nil || !h.direct) {
+		if last-first > 1 && !direct {
 			// Readahead: the kernel drops it and reads the pages it
 			// needs one by one; those reads report the error.
 			n.f.log.Debug("ckptfs: readahead failed", "file", n.path(), "offset", off, "size", len(dest), "err", err)

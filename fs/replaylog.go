@@ -39,6 +39,7 @@ func (x indexSource) ReplayLog(run string) (ReplayLog, error) {
 // then on it never changes and is cached like a checkpoint.
 type replayLogFile struct {
 	gofs.Inode
+	readOnlyNode
 	f   *fsys
 	run *runDir
 
@@ -50,6 +51,7 @@ type replayLogFile struct {
 var (
 	_ = (gofs.NodeGetattrer)((*replayLogFile)(nil))
 	_ = (gofs.NodeSetattrer)((*replayLogFile)(nil))
+	_ = (gofs.NodeSetxattrer)((*replayLogFile)(nil))
 	_ = (gofs.NodeOpener)((*replayLogFile)(nil))
 	_ = (gofs.NodeReader)((*replayLogFile)(nil))
 )
@@ -106,7 +108,7 @@ func (n *replayLogFile) current() (ReplayLog, syscall.Errno) {
 }
 
 func (n *replayLogFile) attr(l ReplayLog, a *fuse.Attr) {
-	a.Mode = modeFile
+	a.Mode = n.f.mode.file
 	a.Nlink = 1
 	n.f.owner(&a.Uid, &a.Gid)
 	setTimes(a, l.ModTime())

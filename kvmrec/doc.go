@@ -50,7 +50,8 @@
 // Cancelling the context completes a pause in progress and commits every
 // checkpoint taken; a killed recorder leaves the store as of its last
 // commit (index commits are atomic), and the VM paused if it was killed
-// inside a pause.
+// inside a pause; the next recording finds it paused, says so in a
+// warning and resumes it.
 //
 // # Pre-copy
 //

@@ -19,7 +19,9 @@ import (
 // TestKillRecorder SIGKILLs a recorder process at random moments (during
 // pauses, commits, checkpoint 0, ...) and checks after every kill that the
 // store opens, verifies, and that every committed checkpoint of every run so
-// far equals the guest's RAM at that pause.
+// far equals the guest's RAM at that pause. 6 kills by default (the CLI's
+// TestRecordKilled in test/integration kills `ckptfs record` 20 times);
+// CKPTFS_CRASH_TRIALS=N runs N, CKPTFS_KILL_SEED repeats a sequence.
 func TestKillRecorder(t *testing.T) {
 	t.Parallel()
 	seed := uint64(time.Now().UnixNano())
@@ -31,8 +33,14 @@ func TestKillRecorder(t *testing.T) {
 	storeDir := t.TempDir()
 	type attempt struct{ run, truth string }
 	var runs []attempt
-	committed := 0
-	const kills = 6
+	committed, leftPaused := 0, 0
+	kills := 6
+	if s := os.Getenv("CKPTFS_CRASH_TRIALS"); s != "" {
+		if _, err := fmt.Sscan(s, &kills); err != nil || kills < 1 {
+			t.Fatalf("CKPTFS_CRASH_TRIALS=%q: want a positive count", s)
+		}
+	}
+	t.Logf("%d kills (CKPTFS_CRASH_TRIALS)", kills)
 	for it := 0; it < kills; it++ {
 		gcfg := synthguest.Config{RAMSize: 8 << 20, WSFraction: 0.1, DirtyFraction: 0.05, Locality: 0.3,
 			Seed: uint64(it + 1), TruthDir: t.TempDir(), TickInterval: time.Millisecond, TickFrames: 64}
@@ -96,6 +104,12 @@ func TestKillRecorder(t *testing.T) {
 		if err == nil || !isExit(err) {
 			t.Fatalf("recorder ended before the kill: %v", err)
 		}
+		// Killed inside a pause, the recorder leaves the guest paused
+		// (the next recording warns and resumes it: TestRecordFindsVMPaused).
+		if g.status(t) == "paused" {
+			leftPaused++
+			when += ", guest left paused"
+		}
 		g.kill()
 		runs = append(runs, attempt{run, gcfg.TruthDir})
 
@@ -123,6 +137,7 @@ func TestKillRecorder(t *testing.T) {
 		committed = n
 		st.Close()
 	}
+	t.Logf("%d of %d kills left the guest paused", leftPaused, kills)
 	// The store still takes a recording.
 	gcfg := synthguest.Config{RAMSize: 8 << 20, WSFraction: 0.1, DirtyFraction: 0.05, Seed: 99, TruthDir: t.TempDir()}
 	g := startGuest(t, gcfg)

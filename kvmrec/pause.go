@@ -106,8 +106,13 @@ func attach(ctx context.Context, cfg Config) (_ *recorder, err error) {
 	}
 	switch status.Status {
 	case "running":
-	case "paused", "postmigrate":
-		cfg.Logger.Warn("the VM is paused; recording resumes it after checkpoint 0", "status", status.Status)
+	case "paused":
+		// A recorder killed during a pause leaves the VM stopped; say
+		// so rather than resume it without a word.
+		cfg.Logger.Warn("the VM was found paused (probably by a recorder that died during a pause, or a user's stop); "+
+			"recording resumes it after checkpoint 0", "status", status.Status)
+	case "postmigrate":
+		cfg.Logger.Warn("the VM was found paused after a migration; recording resumes it after checkpoint 0", "status", status.Status)
 	default:
 		return nil, fmt.Errorf("%w: the VM is in state %q; record needs a running (or paused) VM", ErrBadConfig, status.Status)
 	}

@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -442,4 +444,60 @@ func TestPunchedHoles(t *testing.T) {
 	}
 	checkImages(t, st, "p", gcfg.TruthDir)
 	t.Logf("%d non-zero frames punched after checkpoint 1 are zero in checkpoint 2", punchedNonZero)
+}
+
+// TestRecordFindsVMPaused: a recording that finds the VM paused (as a
+// recorder killed during a pause leaves it) says so in one warning and
+// resumes it; checkpoint 0 is the RAM of that pause. A running VM gets no
+// such warning.
+func TestRecordFindsVMPaused(t *testing.T) {
+	t.Parallel()
+	truth := t.TempDir()
+	g := startGuest(t, synthguest.Config{RAMSize: 4 << 20, WSFraction: 0.1, DirtyFraction: 0.05, Seed: 3, TruthDir: truth,
+		TickInterval: time.Millisecond, TickFrames: 16})
+	st := openStore(t, "")
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	record := func(run string) string {
+		var logs bytes.Buffer
+		cfg := Config{Run: run, QMPSocket: g.cfg.QMPSocket, MemPath: g.cfg.MemPath, Interval: 20 * time.Millisecond,
+			Count: 3, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+		if _, err := Record(ctx, st, cfg); err != nil {
+			t.Fatal(err)
+		}
+		return logs.String()
+	}
+	const warning = "the VM was found paused"
+	if logs := record("running"); strings.Contains(logs, warning) {
+		t.Errorf("recording a running VM warns:\n%s", logs)
+	}
+	c, err := qmp.Dial(ctx, g.cfg.QMPSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Execute(ctx, "stop", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if s := g.status(t); s != "paused" {
+		t.Fatalf("guest %q after stop", s)
+	}
+	logs := record("paused")
+	var warns []string
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, "level=WARN") && strings.Contains(line, warning) {
+			warns = append(warns, line)
+		}
+	}
+	if len(warns) != 1 || !strings.Contains(warns[0], "resumes it") || !strings.Contains(warns[0], "recorder that died") {
+		t.Errorf("recording a paused VM: want one warning that it was found paused and is resumed, got:\n%s", logs)
+	}
+	if s := g.status(t); s != "running" {
+		t.Errorf("guest %q after recording", s)
+	}
+	// The guest's pauses: 3 of the first run, the stop, 2 more.
+	if n := countPauses(t, truth); n != 6 {
+		t.Errorf("%d pauses, want 6", n)
+	}
 }

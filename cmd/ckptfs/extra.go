@@ -93,19 +93,27 @@ func ownStore(c *cli.Context) (*index.Store, error) {
 	return index.Open(storeDir(c), index.Options{Create: true, Logger: slog.Default()})
 }
 
+// checkMountpoint checks that mnt can be mounted on, cleaning up a stale
+// mount when asked. Commands call it before they open or create the store,
+// so that a bad mount point leaves nothing behind.
+func checkMountpoint(c *cli.Context, mnt string) error {
+	err := ckfs.CheckMountpoint(mnt)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ckfs.ErrStaleMount) && c.Bool("cleanup-stale"):
+		slog.Warn("cleaning up a stale mount", "mnt", mnt)
+		return ckfs.CleanupStale(mnt)
+	case errors.Is(err, ckfs.ErrStaleMount):
+		return fmt.Errorf("%v (run again with --cleanup-stale to unmount it)", err)
+	}
+	return err
+}
+
 // mountAt mounts st at mnt, handling stale mounts.
 func mountAt(c *cli.Context, st *index.Store, mnt string, prefetch string, reg prometheus.Registerer) (*ckfs.Server, error) {
-	if err := ckfs.CheckMountpoint(mnt); err != nil {
-		if errors.Is(err, ckfs.ErrStaleMount) && c.Bool("cleanup-stale") {
-			slog.Warn("cleaning up a stale mount", "mnt", mnt)
-			if err := ckfs.CleanupStale(mnt); err != nil {
-				return nil, err
-			}
-		} else if errors.Is(err, ckfs.ErrStaleMount) {
-			return nil, fmt.Errorf("%v (run again with --cleanup-stale to unmount it)", err)
-		} else {
-			return nil, err
-		}
+	if err := checkMountpoint(c, mnt); err != nil {
+		return nil, err
 	}
 	return ckfs.Mount(mnt, ckfs.FromIndex(st), ckfs.MountOptions{
 		Prefetch: prefetch, AllowOther: c.Bool("allow-other"), Logger: slog.Default(), Registry: reg, Store: st.Dir(),
@@ -135,6 +143,9 @@ func mountCommand() *cli.Command {
 				return usageErrorf("mount: --prefetch %q: want ws or none", p)
 			}
 			mnt := absPath(c, c.Args().First())
+			if err := checkMountpoint(c, mnt); err != nil {
+				return err
+			}
 			st, err := ownStore(c)
 			if err != nil {
 				return err
@@ -235,7 +246,7 @@ func recordCommand() *cli.Command {
 				Interval: c.Duration("interval"), Count: c.Int("count"), Duration: c.Duration("duration"),
 				Tracker: c.String("tracker"), DeviceState: c.Bool("device-state"), ExactWorkingSets: c.Bool("exact-ws"), NoPrecopy: c.Bool("no-precopy"),
 				PackLive: c.Bool("pack-live") && !c.Bool("no-pack"),
-				Logger:   slog.Default(),
+				Logger:   commandLogger(c),
 			}
 			out := c.App.ErrWriter
 			cfg.OnCheckpoint = func(s kvmrec.CheckpointStats) { fmt.Fprintln(out, formatCheckpoint(s)) }
@@ -268,6 +279,11 @@ func recordCommand() *cli.Command {
 					return fmt.Errorf("store %s is already served by %s; record without --mount", o.st.Dir(), o.what)
 				}
 				return record(o.st, nil)
+			}
+			if mnt := c.String("mount"); mnt != "" {
+				if err := checkMountpoint(c, absPath(c, mnt)); err != nil {
+					return err
+				}
 			}
 			st, err := index.Open(storeDir(c), index.Options{Create: true, Logger: slog.Default()})
 			if errors.Is(err, index.ErrStoreBusy) {
@@ -303,6 +319,19 @@ func recordCommand() *cli.Command {
 			return record(st, reg)
 		},
 	}
+}
+
+// commandLogger is the logger of a command: the process's, or, for a
+// command forwarded to the process that owns the store, one that writes to
+// the forwarded stderr, so that its warnings (a VM found paused) reach the
+// user who ran it, not the log of the mount.
+func commandLogger(c *cli.Context) *slog.Logger {
+	if owned(c) == nil {
+		return slog.Default()
+	}
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.String("log-level"))) // checked by the app's Before
+	return slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: lvl}))
 }
 
 func formatCheckpoint(s kvmrec.CheckpointStats) string {
