@@ -249,6 +249,7 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		ck.ctrs.reads.Add(1)
 		ck.ctrs.bytes.Add(served)
 		if holes > 0 {
+			n.f.log.Debug("working-set miss", "file", n.path(), "pfn", first, "frames", last-first, "holes", holes)
 			n.f.m.misses.Inc()
 			n.f.m.missFrames.Add(float64(holes))
 			n.f.st.misses.Add(1)

@@ -18,7 +18,7 @@ type intervalArgSpec struct {
 // intervalArgs returns QEMU's arguments (binary excluded) for the replay of
 // one interval: the recorded arguments without what the recorder added (its
 // RAM backend, -m, QMP, monitors, -incoming, -S, the accelerator, its
-// -plugin, -icount), serial outputs sent to null, and then
+// -plugin, -gdb, -icount), serial outputs sent to null, and then
 //
 //	-accel tcg -m SIZE
 //	-object memory-backend-file,id=ID,size=BYTES,mem-path=RAMFILE,share=off
@@ -36,13 +36,16 @@ func intervalArgs(s intervalArgSpec) ([]string, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: the recorded QEMU arguments have no -icount (not a deterministic recording)", ErrNotDeterministic)
 	}
-	// Drop what filterRecorded does not know: the recorder's -icount and
-	// its plugins (their arguments name the recording's temporary files).
+	// Drop what filterRecorded does not know: the recorder's -icount, its
+	// plugins and its gdbstub (their arguments name the recording's
+	// temporary files).
 	var rec []string
 	for i := 0; i < len(s.Recorded); i++ {
 		switch optName(s.Recorded[i]) {
-		case "icount", "plugin":
+		case "icount", "plugin", "gdb":
 			i++
+			continue
+		case "s":
 			continue
 		}
 		rec = append(rec, s.Recorded[i])
