@@ -1,0 +1,143 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ckptfs/ckptfs/test/integration/qemuguest"
+)
+
+// intervalReport is the part of `replay interval --json` the tests read.
+type intervalReport struct {
+	Verdict         string `json:"verdict"`
+	TargetICount    uint64 `json:"target_icount"`
+	ReachedICount   uint64 `json:"reached_icount"`
+	FramesVerified  uint64 `json:"frames_verified"`
+	DifferingFrames uint64 `json:"differing_frames"`
+	Misses          uint64 `json:"misses"`
+	MissFrames      uint64 `json:"miss_frames"`
+}
+
+// TestDeterministicRecordReplay records the QEMU test guest in record mode
+// through a running mount (checkpoints during boot included), checks what
+// the run holds (instruction counts, device state, the replay log, the
+// recorded arguments), and re-executes an interval from its full checkpoint:
+// it must arrive at the next checkpoint's instruction count with every frame
+// of W_i equal to it. From the sparse checkpoint the replay must give a
+// verdict within its deadline: verified (exit 0) exactly when it arrived
+// with no frame different and no read outside W_i, else one error line.
+func TestDeterministicRecordReplay(t *testing.T) {
+	requireFUSE(t)
+	qemuguest.RequireQEMU(t)
+	art, err := qemuguest.Build(qemuguest.CacheDir())
+	if err != nil {
+		t.Fatalf("building the test guest: %v", err)
+	}
+	dir := t.TempDir()
+	store, mnt := filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
+	startMount(t, store, mnt)
+	const count = 4
+	out := mustCkptfs(t, store, "record", "--run", "det", "--deterministic", "--interval", "1s",
+		"--count", fmt.Sprint(count), "--no-pack", "--",
+		"-machine", "pc,accel=tcg", "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none",
+		"-no-reboot", "-kernel", art.Kernel, "-initrd", art.Initrd,
+		"-append", "console=ttyS0 panic=-1 mitigations=off", "-serial", "file:"+filepath.Join(dir, "serial.log"))
+	if !strings.Contains(out, fmt.Sprintf("recorded det: %d checkpoints", count)) {
+		t.Fatalf("record: %q", out)
+	}
+	run := filepath.Join(mnt, "det")
+
+	var info struct {
+		Deterministic bool     `json:"deterministic"`
+		QEMUArgs      []string `json:"qemu_args"`
+	}
+	readJSON(t, filepath.Join(run, "run.json"), &info)
+	if !info.Deterministic || !strings.Contains(strings.Join(info.QEMUArgs, " "), "rr=record") {
+		t.Fatalf("run.json: deterministic %v, qemu_args %q", info.Deterministic, info.QEMUArgs)
+	}
+	prev := uint64(0)
+	for i := 0; i < count; i++ {
+		var st struct {
+			ICount *uint64 `json:"icount"`
+		}
+		readJSON(t, filepath.Join(run, fmt.Sprintf("%d.json", i)), &st)
+		if st.ICount == nil || (i > 0 && *st.ICount <= prev) {
+			t.Fatalf("checkpoint %d: icount %v after %d", i, st.ICount, prev)
+		}
+		prev = *st.ICount
+		if fi, err := os.Stat(filepath.Join(run, fmt.Sprintf("%d.dev", i))); err != nil || fi.Size() == 0 {
+			t.Fatalf("checkpoint %d has no device state: %v", i, err)
+		}
+	}
+	log, err := os.ReadFile(filepath.Join(run, "replay.log"))
+	if err != nil || len(log) <= 12 || bytes.Equal(log[:4], make([]byte, 4)) {
+		t.Fatalf("replay.log: %d bytes, err %v (want a header QEMU wrote and events)", len(log), err)
+	}
+	if out := mustCkptfs(t, store, "verify", "det"); !strings.Contains(out, "ok") {
+		t.Errorf("verify det: %q", out)
+	}
+
+	// The last interval from full/<i>.ram, then from <i>.ram.
+	last := count - 2
+	for _, full := range []bool{true, false} {
+		deadline := "4m"
+		if !full {
+			deadline = "60s" // a replay that left W_i spins until then
+		}
+		args := []string{"replay", "interval", "--mount", mnt, "--run", "det", "--interval", fmt.Sprint(last),
+			"--deadline", deadline, "--json", filepath.Join(dir, "r.json")}
+		if full {
+			args = append(args, "--full")
+		}
+		code, stdout, stderr := ckptfs(t, store, args...)
+		var r intervalReport
+		readJSON(t, filepath.Join(dir, "r.json"), &r)
+		t.Logf("interval %d full=%v: exit %d, %+v\n%s", last, full, code, r, stdout)
+		verified := r.ReachedICount == r.TargetICount && r.DifferingFrames == 0 && r.FramesVerified > 0 && r.Misses == 0
+		if (code == 0) != verified || (code == 0) != (r.Verdict == "verified") {
+			t.Errorf("interval %d full=%v: exit %d, verdict %s, reached %d of %d, %d of %d frames differ, %d misses",
+				last, full, code, r.Verdict, r.ReachedICount, r.TargetICount, r.DifferingFrames, r.FramesVerified, r.Misses)
+		}
+		if code != 0 && len(strings.Split(strings.TrimSpace(stderr), "\n")) != 1 {
+			t.Errorf("interval %d full=%v: want one error line, got %q", last, full, stderr)
+		}
+		if full && !verified {
+			t.Errorf("interval %d from its full checkpoint not verified: %s", last, stderr)
+		}
+	}
+
+	// Refusals: one line each, non-zero, nothing changed.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--interval", fmt.Sprint(count - 1)}, "checkpoint"},
+		{[]string{"--interval", "0", "--plugin", filepath.Join(dir, "missing.so")}, "missing.so"},
+	} {
+		args := append([]string{"replay", "interval", "--mount", mnt, "--run", "det"}, c.args...)
+		code, _, stderr := ckptfs(t, store, args...)
+		lines := strings.Split(strings.TrimSpace(stderr), "\n")
+		if code == 0 || len(lines) != 1 || !strings.Contains(stderr, c.want) {
+			t.Errorf("%v: exit %d, stderr %q; want one line about %q", c.args, code, stderr, c.want)
+		}
+	}
+	if out := mustCkptfs(t, store, "verify", "det"); !strings.Contains(out, "ok") {
+		t.Errorf("verify det after the replays: %q", out)
+	}
+}
+
+func readJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}
