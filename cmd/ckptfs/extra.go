@@ -356,7 +356,7 @@ func replayCommand() *cli.Command {
 				ArgsUsage: "[-- QEMU-ARGS...]",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "mount"}, &cli.StringFlag{Name: "run"}, &cli.StringFlag{Name: "interval"},
-					&cli.BoolFlag{Name: "sparse", Usage: "map <I>.ram (working set only) instead of full/<I>.ram"},
+					&cli.BoolFlag{Name: "sparse", Hidden: true, Usage: "refused: use replay interval for <I>.ram"},
 					&cli.StringFlag{Name: "accel", Usage: "tcg (default) or kvm"},
 					&cli.StringFlag{Name: "serial", Usage: "write the guest's serial console to this file"},
 					&cli.StringFlag{Name: "qemu", Usage: "QEMU binary (default qemu-system-x86_64)"},
@@ -386,12 +386,16 @@ func replayQEMU(c *cli.Context) error {
 	if c.String("mount") == "" || c.String("run") == "" || c.String("interval") == "" {
 		return usageErrorf("replay qemu: want --mount MNT --run R --interval I")
 	}
+	if c.Bool("sparse") {
+		// W_I covers interval I only; the guest replay qemu continues
+		// runs past it and would read holes as zeros.
+		return usageErrorf("replay qemu --sparse: a continued guest leaves W_I after interval I; replay interval re-executes interval I from <I>.ram")
+	}
 	i, err := parseInterval(c.String("interval"))
 	if err != nil {
 		return err
 	}
-	cfg := replay.QEMUConfig{Mount: absPath(c, c.String("mount")), Run: c.String("run"), Interval: i,
-		Sparse: c.Bool("sparse"), Accel: c.String("accel"), QEMU: c.String("qemu"),
+	cfg := replay.QEMUConfig{Mount: absPath(c, c.String("mount")), Run: c.String("run"), Interval: i, Accel: c.String("accel"), QEMU: c.String("qemu"),
 		SerialPath: absPath(c, c.String("serial")), Args: c.Args().Slice(), Logger: slog.Default(),
 		Stderr: c.App.ErrWriter}
 	q, err := replay.QEMU(c.Context, cfg)
