@@ -212,6 +212,11 @@
 //     QEMU writes only at exit put in place, so that the stored log is
 //     replayable before the recording ends.
 //
+// Before any of that, the pause makes sure no vCPU stands on an interrupt
+// handler's first instruction (irqboundary.go): QEMU delivers an interrupt
+// pending at a stop before it stops, at the same instruction count, so such
+// a checkpoint is one delivery ahead of a replay to its count.
+//
 // A restore trial (restoretrial.go) adds the frames QEMU touches when it
 // loads the checkpoint's device state, which a replay from <i>.ram reads
 // too. W_i must hold every frame the replay reads, or the replay diverges.
