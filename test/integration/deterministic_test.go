@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/ckptfs/ckptfs/replay/replaytest"
 	"github.com/ckptfs/ckptfs/test/integration/qemuguest"
 )
 
@@ -30,7 +32,9 @@ type intervalReport struct {
 // it must arrive at the next checkpoint's instruction count with every frame
 // of W_i equal to it. From the sparse checkpoint the replay must give a
 // verdict within its deadline: verified (exit 0) exactly when it arrived
-// with no frame different and no read outside W_i, else one error line.
+// with no frame different and no read outside W_i, else one error line. A
+// copy of <i>.ram with one frame of W_i taken out is caught, and a replay
+// log cut short is refused.
 func TestDeterministicRecordReplay(t *testing.T) {
 	requireFUSE(t)
 	qemuguest.RequireQEMU(t)
@@ -110,6 +114,12 @@ func TestDeterministicRecordReplay(t *testing.T) {
 			t.Errorf("interval %d from its full checkpoint not verified: %s", last, stderr)
 		}
 	}
+
+	// A W_i with a frame taken out is caught, and a log cut where the
+	// interval ends is refused before QEMU starts.
+	checks := replaytest.IntervalChecks{ShortDeadline: time.Minute}
+	replaytest.CheckTampered(t, mnt, "det", last, checks)
+	replaytest.CheckTruncatedLog(t, mnt, "det", last, checks)
 
 	// Refusals: one line each, non-zero, nothing changed.
 	for _, c := range []struct {
