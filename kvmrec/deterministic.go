@@ -227,6 +227,11 @@ func RecordDeterministic(ctx context.Context, st *index.Store, cfg Deterministic
 		return Summary{}, fmt.Errorf("starting QEMU: %w: %s", err, out.lastLine())
 	}
 	c.Close() // the recorder dials its own connection
+	// The plugin says when it cannot turn fault-around off (working sets
+	// then hold 64 KiB blocks) or cannot find guest RAM (no code counted).
+	for _, l := range out.linesWith("ckptfs-ws:") {
+		cfg.Logger.Warn("working-set plugin: "+strings.TrimPrefix(l, "ckptfs-ws: "), "run", cfg.Run)
+	}
 	if det.log, err = openLogFollower(logPath, header); err != nil {
 		return Summary{}, err
 	}

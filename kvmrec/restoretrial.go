@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -165,10 +166,13 @@ func dialStarted(ctx context.Context, sock string, exited <-chan struct{}) (*qmp
 
 // limitedBuffer keeps the last 4 KiB written to it.
 type limitedBuffer struct {
+	mu  sync.Mutex
 	buf []byte
 }
 
 func (b *limitedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.buf = append(b.buf, p...)
 	if len(b.buf) > 4096 {
 		b.buf = b.buf[len(b.buf)-4096:]
@@ -176,8 +180,25 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+func (b *limitedBuffer) lines() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Split(strings.TrimSpace(string(b.buf)), "\n")
+}
+
 // lastLine is the last non-empty line written.
 func (b *limitedBuffer) lastLine() string {
-	lines := strings.Split(strings.TrimSpace(string(b.buf)), "\n")
-	return strings.TrimSpace(lines[len(lines)-1])
+	l := b.lines()
+	return strings.TrimSpace(l[len(l)-1])
+}
+
+// linesWith returns the lines written that start with prefix.
+func (b *limitedBuffer) linesWith(prefix string) []string {
+	var out []string
+	for _, l := range b.lines() {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, strings.TrimSpace(l))
+		}
+	}
+	return out
 }
