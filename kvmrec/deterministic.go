@@ -7,12 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/qemuargs"
 	"github.com/ckptfs/ckptfs/internal/qmp"
 )
 
@@ -41,38 +41,17 @@ type DeterministicConfig struct {
 // the user.
 var recordedBy = []string{"-icount", "-qmp", "-incoming", "-mem-path", "-daemonize"}
 
-// RAMSizeArg returns the RAM size that QEMU arguments give with -m
-// ("-m 256M", "-m size=1G", "-m 512" in MiB).
-func RAMSizeArg(args []string) (uint64, error) {
-	for k := 0; k < len(args); k++ {
-		if strings.TrimLeft(args[k], "-") != "m" || k+1 >= len(args) {
+// ramSizeArg returns the RAM size that QEMU arguments give with -m.
+func ramSizeArg(args []string) (uint64, error) {
+	for k := 0; k+1 < len(args); k++ {
+		if strings.TrimLeft(args[k], "-") != "m" {
 			continue
 		}
-		v := args[k+1]
-		for _, part := range strings.Split(v, ",") {
-			if s, ok := strings.CutPrefix(part, "size="); ok {
-				v = s
-				break
-			}
-			if !strings.Contains(part, "=") {
-				v = part
-				break
-			}
-		}
-		mult := uint64(1 << 20)
-		switch {
-		case strings.HasSuffix(v, "G"), strings.HasSuffix(v, "g"):
-			mult, v = 1<<30, v[:len(v)-1]
-		case strings.HasSuffix(v, "M"), strings.HasSuffix(v, "m"):
-			v = v[:len(v)-1]
-		case strings.HasSuffix(v, "T"), strings.HasSuffix(v, "t"):
-			mult, v = 1<<40, v[:len(v)-1]
-		}
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil || n == 0 {
+		n, err := qemuargs.MemSize(args[k+1])
+		if err != nil {
 			return 0, fmt.Errorf("%w: cannot read the RAM size from -m %s", ErrBadConfig, args[k+1])
 		}
-		return n * mult, nil
+		return n, nil
 	}
 	return 0, fmt.Errorf("%w: the QEMU arguments must give the RAM size with -m", ErrBadConfig)
 }
@@ -153,7 +132,7 @@ func RecordDeterministic(ctx context.Context, st *index.Store, cfg Deterministic
 	if err := cfg.checkArgs(); err != nil {
 		return Summary{}, err
 	}
-	ramSize, err := RAMSizeArg(cfg.MachineArgs)
+	ramSize, err := ramSizeArg(cfg.MachineArgs)
 	if err != nil {
 		return Summary{}, err
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ckptfs/ckptfs/internal/qemuargs"
 	"github.com/ckptfs/ckptfs/internal/qmp"
 )
 
@@ -370,7 +370,7 @@ func ResolveQEMU(cfg QEMUConfig) (QEMUConfig, error) {
 	}
 	for _, a := range [][]string{cfg.RecordedArgs, cfg.Args} {
 		if v, ok := optionValue(a, "m"); ok {
-			n, err := parseMemSize(v)
+			n, err := qemuargs.MemSize(v)
 			if err != nil {
 				return cfg, fmt.Errorf("%w: -m %s: %v", ErrBadConfig, v, err)
 			}
@@ -583,38 +583,6 @@ func memArg(n uint64) string {
 		return strconv.FormatUint(n>>20, 10) + "M"
 	}
 	return strconv.FormatUint(n, 10) + "B"
-}
-
-// parseMemSize parses a -m value ("256", "256M", "1G", "size=256M,slots=2")
-// into bytes; a plain number is MiB, as in QEMU.
-func parseMemSize(v string) (uint64, error) {
-	s := v
-	if strings.Contains(s, "=") {
-		s = optionParam(v, "size")
-		if s == "" {
-			return 0, errors.New("no size")
-		}
-	}
-	mult := uint64(1 << 20)
-	if len(s) > 0 {
-		switch strings.ToUpper(s[len(s)-1:]) {
-		case "B":
-			mult, s = 1, s[:len(s)-1]
-		case "K":
-			mult, s = 1<<10, s[:len(s)-1]
-		case "M":
-			mult, s = 1<<20, s[:len(s)-1]
-		case "G":
-			mult, s = 1<<30, s[:len(s)-1]
-		case "T":
-			mult, s = 1<<40, s[:len(s)-1]
-		}
-	}
-	n, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("not a size")
-	}
-	return n * mult, nil
 }
 
 // parseArgList parses the meta value of MetaQEMUArgs: a JSON array of
