@@ -200,7 +200,7 @@ func RecordDeterministic(ctx context.Context, st *index.Store, cfg Deterministic
 		<-exited
 	}()
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	c, err := dialStarted(dctx, sock, exited)
+	c, err := qmp.DialStarting(dctx, sock, exited)
 	cancel()
 	if err != nil {
 		return Summary{}, fmt.Errorf("starting QEMU: %w: %s", err, out.lastLine())

@@ -2,7 +2,6 @@ package kvmrec
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -101,7 +100,7 @@ func (t *restoreTrial) run(ctx context.Context, i int, dev []byte) (_ []span, er
 			err = fmt.Errorf("restore trial of checkpoint %d: %w (QEMU said: %s)", i, err, out.lastLine())
 		}
 	}()
-	c, err := dialStarted(ctx, sock, exited)
+	c, err := qmp.DialStarting(ctx, sock, exited)
 	if err != nil {
 		return nil, err
 	}
@@ -140,28 +139,6 @@ func (t *restoreTrial) run(ctx context.Context, i int, dev []byte) (_ []span, er
 	defer pm.Close()
 	var buf []byte
 	return presentFrames(pm, m, &buf)
-}
-
-// dialStarted connects to the QMP socket of a QEMU that is starting: the
-// socket appears some time after exec.
-func dialStarted(ctx context.Context, sock string, exited <-chan struct{}) (*qmp.Client, error) {
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			c, err := qmp.Dial(dctx, sock)
-			cancel()
-			if err == nil {
-				return c, nil
-			}
-		}
-		select {
-		case <-exited:
-			return nil, errors.New("QEMU exited while starting")
-		case <-ctx.Done():
-			return nil, fmt.Errorf("QEMU's QMP socket: %w", ctx.Err())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
 }
 
 // limitedBuffer keeps the last 4 KiB written to it.

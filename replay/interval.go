@@ -496,7 +496,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 		return fmt.Errorf("replay of interval %d: %v: %s", i, err, lastLines(strings.TrimSpace(out.String()), 3))
 	}
 
-	if client, err = dialQMP(dctx, sock, done); err != nil {
+	if client, err = qmp.DialStarting(dctx, sock, done); err != nil {
 		return failed("while loading the checkpoint", err)
 	}
 	if err := client.Execute(dctx, "migrate-incoming", map[string]string{"uri": "exec:cat " + shellQuote(p.devFile)}, nil); err != nil {

@@ -231,7 +231,7 @@ func QEMU(ctx context.Context, cfg QEMUConfig) (*QEMUReplay, error) {
 	// QEMU creates the socket early, before the memory backend, so a
 	// connect may succeed on a QEMU that is about to fail: every later
 	// error is reported with QEMU's own words.
-	if r.qmp, err = dialQMP(ctx, cfg.QMPSocket, r.done); err != nil {
+	if r.qmp, err = qmp.DialStarting(ctx, cfg.QMPSocket, r.done); err != nil {
 		return nil, fail("QMP on %s: %v", cfg.QMPSocket, err)
 	}
 	r.Started = time.Since(t0)
@@ -280,24 +280,6 @@ func QEMU(ctx context.Context, cfg QEMUConfig) (*QEMUReplay, error) {
 	log.Info("replay qemu ready", "pid", r.Pid(), "migration", r.Migration, "ready", r.Ready)
 	ok = true
 	return r, nil
-}
-
-// dialQMP connects to QEMU's QMP socket, retrying until it exists, QEMU
-// exits, or ctx ends.
-func dialQMP(ctx context.Context, sock string, exited <-chan struct{}) (*qmp.Client, error) {
-	for {
-		c, err := qmp.Dial(ctx, sock)
-		if err == nil {
-			return c, nil
-		}
-		select {
-		case <-exited:
-			return nil, err
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
 }
 
 // waitIncoming polls query-migrate until the incoming migration completed.

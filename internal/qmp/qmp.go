@@ -492,3 +492,23 @@ func (c *Client) QueryStatus(ctx context.Context) (Status, error) {
 	err := c.Execute(ctx, "query-status", nil, &st)
 	return st, err
 }
+
+// DialStarting connects to the QMP socket of a QEMU that is starting: the
+// socket appears some time after exec, and a QEMU that fails early may have
+// made it already. It retries until it is greeted, exited is closed or ctx
+// is done.
+func DialStarting(ctx context.Context, sock string, exited <-chan struct{}) (*Client, error) {
+	for {
+		c, err := Dial(ctx, sock)
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-exited:
+			return nil, fmt.Errorf("QEMU exited while starting: %w", err)
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
