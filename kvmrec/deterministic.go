@@ -84,6 +84,7 @@ type detState struct {
 	trial   *restoreTrial
 	log     *logFollower
 	pending chan trialResult // the restore trial of the last checkpoint taken
+	noChain bool             // TCG block chaining is off (tbflush.go)
 }
 
 type trialResult struct {

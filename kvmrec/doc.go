@@ -208,6 +208,13 @@
 //   - the frames whose code ran, from the plugin's counters (exectrack.go):
 //     code run from QEMU's translation cache never touches guest RAM again,
 //     so the page table cannot show it;
+//   - the page-table frames the vCPUs' CR3 reach (pagetables.go): QEMU's
+//     software TLB outlives a pause, so the recording may not walk tables
+//     that a replay, starting with an empty TLB, does;
+//   - a request to flush the translation cache when the VM resumes
+//     (tbflush.go), so that every interval translates, and reads from guest
+//     RAM, all the code it runs, including the tail of an instruction that
+//     crosses into a frame the counters cannot name;
 //   - the bytes QEMU appended to its log (replaylog.go), with the header
 //     QEMU writes only at exit put in place, so that the stored log is
 //     replayable before the recording ends.

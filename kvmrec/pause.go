@@ -382,6 +382,16 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 			return c, fmt.Errorf("device state of checkpoint %d: %w", i, err)
 		}
 		c.exec = r.det.exec.take()
+		tables, err := r.pageTableSpans(pctx)
+		if err != nil {
+			return c, fmt.Errorf("checkpoint %d: %w", i, err)
+		}
+		r.cfg.Logger.Debug("translation cache", "checkpoint", i, "blocks_translated", r.det.exec.translated(),
+			"flushes", r.det.exec.flushed(), "frames_executed", spanFrames(c.exec), "page_tables", spanFrames(tables))
+		c.exec = unionSpans(c.exec, tables)
+		if err := r.requestTranslationFlush(pctx); err != nil {
+			return c, fmt.Errorf("checkpoint %d: %w", i, err)
+		}
 	}
 	var dev *deviceSave
 	if r.cfg.DeviceState {

@@ -10,13 +10,19 @@
  * zeroes them. Loads, stores and QEMU's page-table walks go through the host
  * mapping and stay with the pagemap tracker.
  *
+ * At the first translation after each pause the plugin resets itself when
+ * the recorder has bumped the generation word, which flushes QEMU's whole
+ * translation cache (see maybe_flush): each interval then translates, and so
+ * reads from guest RAM, all the code it runs.
+ *
  * With wp=on the plugin also registers the RAM mapping with a userfaultfd in
  * write-protect mode and protects nothing: the kernel then skips fault-around
  * on it, so the host page table shows exactly the 4 KiB frames that were
  * touched instead of 64 KiB blocks around them.
  *
  * Arguments: ram=PATH (the memory backend's mem-path), counters=PATH (a file
- * of 8 bytes per frame of the RAM size), wp=on|off (default on).
+ * of 8 bytes per frame of the RAM size and TRAILER_WORDS more, below),
+ * wp=on|off (default on).
  *
  * Debian's QEMU ships no qemu-plugin.h: the few declarations used are below.
  */
@@ -48,6 +54,7 @@ struct qemu_plugin_insn;
 enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
 typedef void (*tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
 typedef void (*vcpu_cb_t)(qemu_plugin_id_t id, unsigned int vcpu_index);
+typedef void (*simple_cb_t)(qemu_plugin_id_t id);
 
 void qemu_plugin_register_vcpu_init_cb(qemu_plugin_id_t id, vcpu_cb_t cb);
 void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, tb_trans_cb_t cb);
@@ -56,6 +63,7 @@ void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb,
 size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
 struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t idx);
 void *qemu_plugin_insn_haddr(const struct qemu_plugin_insn *insn);
+void qemu_plugin_reset(qemu_plugin_id_t id, simple_cb_t cb);
 
 __attribute__((visibility("default"))) int qemu_plugin_version = 1;
 
@@ -65,6 +73,14 @@ static char ram_path[PATH_MAX];
 static uintptr_t ram_base;   /* host address of the RAM mapping, 0 until found */
 static uint64_t ram_frames;
 static uint64_t *counters;   /* one per frame, shared with the recorder */
+static uint64_t *trailer;    /* the words after the counters, see below */
+static uint64_t seen_generation;
+static bool resetting;
+
+/* The counters file ends with TRAILER_WORDS words after the per-frame
+ * counters: the generation the recorder bumps at every pause, then the
+ * plugin's counts of translated blocks and of cache flushes. */
+enum { GEN_WORD, TRANSLATED_WORD, FLUSHED_WORD, TRAILER_WORDS };
 static bool want_wp = true;
 static bool located_failed;
 
@@ -151,11 +167,40 @@ static void mark(struct qemu_plugin_tb *tb, uintptr_t h, uint64_t *last)
 	qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &counters[pfn], 1);
 }
 
+static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
+
+static void flushed(qemu_plugin_id_t id)
+{
+	qemu_plugin_register_vcpu_tb_trans_cb(id, tb_trans);
+	trailer[FLUSHED_WORD]++;
+	resetting = false;
+}
+
+/* A block stays in QEMU's translation cache across pauses and then never
+ * reads guest RAM again: an interval that runs it leaves no trace in the
+ * host page table, and the tail of an instruction that crosses into the
+ * next page is in a frame no counter names. So the first translation after
+ * every pause (the recorder bumps the generation and changes the blocks'
+ * flags, which forces one) resets the plugin, and a reset flushes the whole
+ * cache: every block an interval runs is translated, reading its code from
+ * guest RAM, within that interval. This runs on the vCPU thread, where the
+ * reset can flush; the flush waits for the vCPU to leave the block. */
+static void maybe_flush(qemu_plugin_id_t id)
+{
+	uint64_t gen = __atomic_load_n(&trailer[GEN_WORD], __ATOMIC_RELAXED);
+	if (gen == seen_generation || resetting)
+		return;
+	seen_generation = gen;
+	resetting = true;
+	qemu_plugin_reset(id, flushed);
+}
+
 static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
-	(void)id;
 	if (!locate())
 		return;
+	trailer[TRANSLATED_WORD]++;
+	maybe_flush(id);
 	uint64_t last = UINT64_MAX;
 	size_t n = qemu_plugin_tb_n_insns(tb);
 	for (size_t i = 0; i < n; i++) {
@@ -200,13 +245,20 @@ int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, 
 			close(fd);
 		return -1;
 	}
-	ram_frames = (uint64_t)st.st_size / 8;
+	if (st.st_size < 8 * (TRAILER_WORDS + 1)) {
+		say("ckptfs-ws: counters file %s is too short\n", counters_path);
+		close(fd);
+		return -1;
+	}
+	ram_frames = (uint64_t)st.st_size / 8 - TRAILER_WORDS;
 	counters = mmap(NULL, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	close(fd);
 	if (counters == MAP_FAILED) {
 		say("ckptfs-ws: mmap %s failed\n", counters_path);
 		return -1;
 	}
+	trailer = counters + ram_frames;
+	seen_generation = trailer[GEN_WORD];
 	qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
 	qemu_plugin_register_vcpu_tb_trans_cb(id, tb_trans);
 	return 0;
