@@ -29,7 +29,7 @@ type ramFile struct {
 		ck          *ckpt
 		opens       int
 		prefetching bool
-		pusher      *pusher   // the running prefetch, if any
+		pusher      *pusher    // the running prefetch, if any
 		refused     [32]window // recently refused readahead windows (ring)
 		nrefused    int
 		pending     *windowPush // the push of the last refused window, not started yet
