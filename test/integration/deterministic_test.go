@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -45,7 +48,7 @@ func TestDeterministicRecordReplay(t *testing.T) {
 	dir := t.TempDir()
 	store, mnt := filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
 	startMount(t, store, mnt)
-	const count = 4
+	const count = 5 // checkpoint 0 falls in the boot
 	out := mustCkptfs(t, store, "record", "--run", "det", "--deterministic", "--interval", "1s",
 		"--count", fmt.Sprint(count), "--no-pack", "--",
 		"-machine", "pc,accel=tcg", "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none",
@@ -86,6 +89,33 @@ func TestDeterministicRecordReplay(t *testing.T) {
 		t.Errorf("verify det: %q", out)
 	}
 
+	// Every interval from <i>.ram, two at a time: each must reach the next
+	// checkpoint with W_i equal to it and no working-set miss.
+	runJSON := filepath.Join(dir, "run.json")
+	code, stdout, stderr := ckptfs(t, store, "replay", "run", "--mount", mnt, "--run", "det", "--jobs", "2",
+		"--deadline", "3m", "--json", runJSON)
+	var rr struct {
+		Sparse struct {
+			Intervals []struct {
+				intervalReport
+				Interval int `json:"interval"`
+			} `json:"intervals"`
+		} `json:"sparse"`
+		AllVerified bool `json:"all_verified"`
+	}
+	readJSON(t, runJSON, &rr)
+	t.Logf("replay run: exit %d\n%s", code, stdout)
+	if code != 0 || !rr.AllVerified || len(rr.Sparse.Intervals) != count-1 {
+		t.Errorf("replay run from <i>.ram: exit %d, all verified %v, %d intervals (want %d): %s",
+			code, rr.AllVerified, len(rr.Sparse.Intervals), count-1, stderr)
+	}
+	for _, r := range rr.Sparse.Intervals {
+		if r.Verdict != "verified" || r.DifferingFrames != 0 || r.Misses != 0 || r.FramesVerified == 0 ||
+			r.ReachedICount != r.TargetICount {
+			t.Errorf("interval %d from <i>.ram: %+v", r.Interval, r.intervalReport)
+		}
+	}
+
 	// The last interval from full/<i>.ram, then from <i>.ram.
 	last := count - 2
 	for _, full := range []bool{true, false} {
@@ -110,10 +140,11 @@ func TestDeterministicRecordReplay(t *testing.T) {
 		if code != 0 && len(strings.Split(strings.TrimSpace(stderr), "\n")) != 1 {
 			t.Errorf("interval %d full=%v: want one error line, got %q", last, full, stderr)
 		}
-		if full && !verified {
-			t.Errorf("interval %d from its full checkpoint not verified: %s", last, stderr)
+		if !verified {
+			t.Errorf("interval %d full=%v not verified: %s", last, full, stderr)
 		}
 	}
+	checkQEMUKilled(t, store, mnt, last)
 
 	// A W_i with a frame taken out is caught, and a log cut where the
 	// interval ends is refused before QEMU starts.
@@ -150,4 +181,67 @@ func readJSON(t *testing.T, path string, v any) {
 	if err := json.Unmarshal(b, v); err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
+}
+
+// checkQEMUKilled kills the QEMU of a replay of interval i while it runs:
+// the replay must end with one line saying so and a non-zero exit, and the
+// store must still verify.
+func checkQEMUKilled(t *testing.T, store, mnt string, i int) {
+	t.Helper()
+	cmd := exec.Command(ckptfsBin, "--store", store, "replay", "interval", "--mount", mnt, "--run", "det",
+		"--interval", fmt.Sprint(i), "--full", "--deadline", "2m")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	killed := false
+	deadline := time.Now().Add(time.Minute)
+	for !killed && time.Now().Before(deadline) {
+		select {
+		case err := <-done:
+			t.Fatalf("the replay ended (%v) before its QEMU could be killed: %s", err, stderr.String())
+		default:
+		}
+		if pid := childQEMU(cmd.Process.Pid); pid > 0 {
+			killed = syscall.Kill(pid, syscall.SIGKILL) == nil
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !killed {
+		t.Fatal("no replaying QEMU found to kill")
+	}
+	err := <-done
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	if err == nil || len(lines) != 1 || !strings.Contains(lines[0], "QEMU") {
+		t.Errorf("replay with its QEMU killed: %v, stderr %q; want a non-zero exit and one line about QEMU", err, stderr.String())
+	}
+	t.Logf("replay with its QEMU killed: %v: %s", err, lines[0])
+	if out := mustCkptfs(t, store, "verify", "det"); !strings.Contains(out, "ok") {
+		t.Errorf("verify det after a killed replay: %q", out)
+	}
+}
+
+// childQEMU returns the pid of a QEMU whose parent is ppid, or 0.
+func childQEMU(ppid int) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		rest := string(stat[bytes.LastIndexByte(stat, ')')+1:])
+		f := strings.Fields(rest)
+		if len(f) > 1 && f[1] == strconv.Itoa(ppid) && strings.Contains(string(stat), "(qemu-system") {
+			return pid
+		}
+	}
+	return 0
 }
