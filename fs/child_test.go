@@ -25,6 +25,8 @@ func childMain(mode string, args []string) int {
 		err = childCmpMap(args[0], args[1])
 	case "privwrite":
 		err = childPrivWrite(args[0])
+	case "sharedwrite":
+		err = childSharedWrite(args[0], args[1:])
 	case "touch":
 		err = childTouch(args)
 	case "fill":
@@ -127,6 +129,49 @@ func childPrivWrite(file string) error {
 		return err
 	}
 	f.Close()
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// sharedWriteResult is what childSharedWrite reports: the error of each
+// step, or "ok".
+type sharedWriteResult struct {
+	Open  string `json:"open"`
+	Mmap  string `json:"mmap"`
+	Msync string `json:"msync"`
+}
+
+// childSharedWrite opens file O_RDWR, maps it shared and writable, writes
+// "shared write!" at every offset given and msyncs the mapping.
+func childSharedWrite(file string, offsets []string) error {
+	res := sharedWriteResult{Open: "ok", Mmap: "ok", Msync: "ok"}
+	f, err := os.OpenFile(file, os.O_RDWR, 0)
+	if err != nil {
+		res.Open = err.Error()
+		return json.NewEncoder(os.Stdout).Encode(res)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		res.Mmap = err.Error()
+		return json.NewEncoder(os.Stdout).Encode(res)
+	}
+	for _, o := range offsets {
+		off, err := strconv.Atoi(o)
+		if err != nil {
+			return err
+		}
+		copy(m[off:], "shared write!")
+	}
+	if err := unix.Msync(m, unix.MS_SYNC); err != nil {
+		res.Msync = err.Error()
+	}
+	if err := unix.Munmap(m); err != nil {
+		return err
+	}
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 

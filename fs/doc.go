@@ -33,6 +33,21 @@
 // would let unlink and rmdir succeed without removing anything);
 // MAP_PRIVATE writes stay in the writer's private copy.
 //
+// A writable shared mapping is refused. Without that, its writes would go
+// straight into the page cache that every reader of the file shares: on
+// the 6.18 kernel measured here, after mmap(MAP_SHARED, PROT_WRITE) of an
+// O_RDWR descriptor, a write and msync (which fails with EROFS, as the
+// write-back does), new readers and new private mappings read the written
+// bytes, the holes of <i>.ram included, until the pages are evicted. The
+// server never sees an mmap; only the kernel can refuse it, and it does so
+// for a handle opened with FOPEN_DIRECT_IO unless the connection allows
+// direct-I/O mmap (FUSE_DIRECT_IO_ALLOW_MMAP, which the mount disables).
+// So a .ram file opened with write access gets direct I/O: a shared
+// mapping of it fails with ENODEV, a private one works. Read-only opens
+// keep the page cache as below. The price: the kernel drops the file's
+// page cache whenever such a handle is mapped privately (QEMU before 8.2,
+// once per start), so pages pushed or read before that are read again.
+//
 // # Caching
 //
 // Committed checkpoints never change. Their files are opened with

@@ -156,8 +156,11 @@ func fuseOptions(opts MountOptions) *fuse.MountOptions {
 		DisableReadDirPlus:       true,
 		ExplicitDataCacheControl: true,
 		IgnoreSecurityLabels:     true,
-		DirectMount:              true,
-		Debug:                    opts.Debug,
+		// A direct-I/O handle (a .ram file opened for writing) must
+		// never be mapped shared; see ramFile.Open.
+		DisabledCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
+		DirectMount:          true,
+		Debug:                opts.Debug,
 	}
 	if opts.Debug {
 		l := opts.Logger

@@ -679,3 +679,59 @@ func TestCheckMountpointNotEmpty(t *testing.T) {
 		t.Errorf("directory with a file: %v", err)
 	}
 }
+
+// TestSharedWritableMap: a writable shared mapping is refused, so that no
+// writer can change what later readers of a checkpoint see (dirty pages
+// whose write-back fails would stay in the page cache), while a private
+// writable mapping of an O_RDWR descriptor, as QEMU's share=off makes it,
+// still works and stays private.
+func TestSharedWritableMap(t *testing.T) {
+	src, fx := memFixture("vm1", 256, 3, 17)
+	_, mnt := mountT(t, src, MountOptions{})
+	dir := filepath.Join(mnt, "vm1")
+	tmp := t.TempDir()
+	ws := fx.ws[1]
+	data := uint64(ws.Minimum())
+	hole := uint64(0)
+	for ws.Contains(uint32(hole)) {
+		hole++
+	}
+	for _, c := range []struct {
+		file string
+		want []byte
+	}{
+		{filepath.Join(dir, "1.ram"), fx.sparseImage(1)},
+		{filepath.Join(dir, "full", "1.ram"), fx.images[1]},
+	} {
+		exp := writeFile(t, tmp, strings.ReplaceAll(strings.TrimPrefix(c.file, mnt), "/", "_"), c.want)
+		run(t, "cmp", c.file, exp) // cached before the writer comes
+		var res sharedWriteResult
+		out := runChild(t, "sharedwrite", c.file, strconv.FormatUint(data*pageSize, 10), strconv.FormatUint(hole*pageSize+100, 10))
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatal(err)
+		}
+		if res.Open != "ok" || res.Mmap == "ok" {
+			t.Errorf("%s: a shared writable mapping of an O_RDWR descriptor: %+v, want open ok and mmap refused", c.file, res)
+		}
+		// A new reader (read(2)) and a new private mapping in
+		// another process see the checkpoint, holes still zeros.
+		if out, err := exec.Command("cmp", c.file, exp).CombinedOutput(); err != nil {
+			t.Errorf("%s reads differently after the shared writer: %s", c.file, out)
+		}
+		if out, err := childCmd("cmpmap", c.file, exp).CombinedOutput(); err != nil {
+			t.Errorf("%s maps differently after the shared writer: %s", c.file, out)
+		}
+		// QEMU's share=off: O_RDWR, MAP_PRIVATE, PROT_WRITE.
+		var pw privWriteResult
+		if err := json.Unmarshal([]byte(runChild(t, "privwrite", c.file)), &pw); err != nil {
+			t.Fatal(err)
+		}
+		if pw.OpenRDWR != "ok" || pw.WriteErrno != syscall.EROFS.Error() || !pw.Private || !bytes.Equal(pw.Before, c.want[:16]) {
+			t.Errorf("%s: private writable mapping: %+v", c.file, pw)
+		}
+		run(t, "cmp", c.file, exp)
+		if out, err := childCmd("cmpmap", c.file, exp).CombinedOutput(); err != nil {
+			t.Errorf("%s maps differently after the private writer: %s", c.file, out)
+		}
+	}
+}

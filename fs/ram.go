@@ -149,12 +149,15 @@ func (n *ramFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetA
 
 // ramHandle is an open .ram file.
 type ramHandle struct {
-	direct bool // opened O_DIRECT: READs are the caller's own, never readahead
+	direct bool // O_DIRECT or direct I/O: READs are the caller's own, never readahead
 }
 
 // Open succeeds for reading and for O_RDWR (a VMM maps the file privately);
-// writes then fail with EROFS. The first open of <i>.ram starts pushing W_i
-// into the page cache.
+// writes then fail with EROFS. An open with write access gets direct I/O,
+// which makes the kernel refuse a shared mapping of it (ENODEV), so that no
+// writable shared mapping exists: its dirty pages would change what every
+// reader sees, and a failed write-back leaves them in the page cache (see
+// doc.go). The first open of <i>.ram starts pushing W_i into the page cache.
 func (n *ramFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
@@ -172,6 +175,9 @@ func (n *ramFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 	n.mu.Unlock()
 	if start {
 		n.f.startPrefetch(n, ck)
+	}
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		return &ramHandle{direct: true}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_KEEP_CACHE, 0
 	}
 	return &ramHandle{direct: flags&syscall.O_DIRECT != 0}, fuse.FOPEN_KEEP_CACHE, 0
 }
