@@ -29,6 +29,8 @@ func childMain(mode string, args []string) int {
 		err = childSharedWrite(args[0], args[1:])
 	case "touch":
 		err = childTouch(args)
+	case "touchrw":
+		err = childTouchRW(args[0], args[1:])
 	case "fill":
 		err = childFill(args[0])
 	case "serve":
@@ -221,6 +223,27 @@ func childTouch(args []string) error {
 	unix.Munmap(m)
 	f.Close()
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// childTouchRW maps file as QEMU's share=off does (O_RDWR, MAP_PRIVATE,
+// PROT_READ|PROT_WRITE) and reads one byte of every frame given.
+func childTouchRW(file string, pfns []string) error {
+	m, f, err := mmapFile(file, os.O_RDWR, unix.PROT_READ|unix.PROT_WRITE)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	defer unix.Munmap(m)
+	var sum int
+	for _, s := range pfns {
+		p, err := strconv.Atoi(s)
+		if err != nil {
+			return err
+		}
+		sum += int(m[p*pageSize+8])
+	}
+	fmt.Println(sum)
+	return nil
 }
 
 // childFill is the floor of filling any cache with the frames listed in

@@ -106,9 +106,15 @@
 // instead, so the working set keeps the benefit of readahead; that push
 // starts once the READ of the page the kernel needs is answered (or after
 // 2 ms), so it does not slow that READ down. The price is one more round
-// trip for a fault outside the cached working set. O_DIRECT
-// reads are never refused. A folio-shaped read inside a recently refused
-// window, and smaller than it, is served, in case a kernel that caches
+// trip for a fault outside the cached working set. Direct-I/O reads
+// (O_DIRECT, or read(2) of a .ram file opened for writing, which has
+// direct I/O) are a process's own and nobody would retry them: they are
+// never refused. The kernel's direct-I/O path is the only one that sends
+// a lock owner with a READ (FUSE_READ_LOCKOWNER), which is how the mount
+// tells them from page-cache fills of the same handle: a fault of QEMU's
+// private mapping of an O_RDWR descriptor is a page-cache fill. A
+// folio-shaped read inside a recently refused window, and smaller than
+// it, is served, in case a kernel that caches
 // FUSE files in large folios retries a failed readahead with a whole folio
 // (Linux 6.18 retries page by page, and sometimes repeats a whole refused
 // window, which is refused again).

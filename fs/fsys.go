@@ -55,6 +55,8 @@ type fsys struct {
 
 	sf singleflight.Group // collapses identical concurrent frame loads
 
+	directReads sync.Map // cancel channels of the direct-I/O READs in flight (see rawFS)
+
 	mu struct {
 		sync.Mutex
 		ckpts    map[ckptKey]*ckpt

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -124,7 +125,38 @@ func Mount(mnt string, src Source, opts MountOptions) (*Server, error) {
 // newNodeFS builds the go-fuse file system of f.
 func newNodeFS(f *fsys) fuse.RawFileSystem {
 	f.root = &rootNode{f: f}
-	return gofs.NewNodeFS(f.root, nodeOptions(f))
+	return &rawFS{RawFileSystem: gofs.NewNodeFS(f.root, nodeOptions(f)), f: f}
+}
+
+// rawFS tells the nodes which READs are direct I/O: the kernel sends them
+// for a process's own read(2) on a direct-I/O handle (a .ram file opened
+// for writing) or with O_DIRECT, and nobody retries them when they fail.
+// Page-cache fills (readahead, a fault, read(2) of a cached handle) are the
+// kernel's and may be refused (see doc.go, Readahead). The kernel's
+// direct-I/O path is the only one that names a lock owner
+// (FUSE_READ_LOCKOWNER); go-fuse passes the nodes only the request's
+// cancel channel, so that is the key.
+type rawFS struct {
+	fuse.RawFileSystem
+	f *fsys
+}
+
+func (r *rawFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	if in.ReadFlags&fuse.READ_LOCKOWNER != 0 && cancel != nil {
+		r.f.directReads.Store(cancel, struct{}{})
+		defer r.f.directReads.Delete(cancel)
+	}
+	return r.RawFileSystem.Read(cancel, in, buf)
+}
+
+// directRead reports whether the READ of ctx is direct I/O (see rawFS).
+func (f *fsys) directRead(ctx context.Context) bool {
+	fc, ok := ctx.(*fuse.Context)
+	if !ok || fc.Cancel == nil {
+		return false
+	}
+	_, ok = f.directReads.Load(fc.Cancel)
+	return ok
 }
 
 func nodeOptions(f *fsys) *gofs.Options {

@@ -735,3 +735,70 @@ func TestSharedWritableMap(t *testing.T) {
 		}
 	}
 }
+
+// TestMappedMisses: a fault on a hole of <i>.ram is one miss frame, not a
+// readahead window of them, whether the file is mapped from a read-only
+// descriptor or, as QEMU before 8.2 maps it, from an O_RDWR one (which has
+// direct I/O, see ramFile.Open): the kernel's readahead around the fault
+// is refused in both cases, while a read(2) of the O_RDWR descriptor over
+// holes is served.
+func TestMappedMisses(t *testing.T) {
+	src, fx := memFixture("vm1", 8192, 3, 19) // 32 MiB
+	srv, mnt := mountT(t, src, MountOptions{Prefetch: "none"})
+	file := filepath.Join(mnt, "vm1", "1.ram")
+	ws := fx.ws[1]
+	// Holes 1 MiB and more apart, each inside a run of holes.
+	var holes []string
+	for p := uint64(128); p+128 < fx.frames && len(holes) < 8; p += 512 {
+		q := p
+		for q < p+256 && (ws.Contains(uint32(q)) || ws.Contains(uint32(q-1)) || ws.Contains(uint32(q+1))) {
+			q++
+		}
+		if q < p+256 {
+			holes = append(holes, strconv.FormatUint(q, 10))
+		}
+	}
+	if len(holes) < 4 {
+		t.Fatalf("fixture has too few holes: %v", holes)
+	}
+	missFrames := func() uint64 {
+		var st struct{ Mount MountCounters }
+		readJSON(t, filepath.Join(mnt, "vm1", "1.json"), &st)
+		return st.Mount.MissFrames
+	}
+	var pfns []uint32
+	for _, h := range holes {
+		p, _ := strconv.Atoi(h)
+		pfns = append(pfns, uint32(p))
+	}
+	list := writeFile(t, t.TempDir(), "pfns", pfnBytes(pfns))
+	for _, c := range []struct {
+		what string
+		args []string
+	}{
+		{"touch", []string{file, list}},               // O_RDONLY, MAP_PRIVATE
+		{"touchrw", append([]string{file}, holes...)}, // O_RDWR, MAP_PRIVATE, PROT_WRITE
+	} {
+		srv.evict("vm1", "1.ram")
+		before := missFrames()
+		runChild(t, c.what, c.args...)
+		if got := missFrames() - before; got != uint64(len(holes)) {
+			t.Errorf("%s: touching %d holes counted %d miss frames", c.what, len(holes), got)
+		}
+	}
+	// read(2) of an O_RDWR descriptor goes straight to the mount (direct
+	// I/O): several frames over holes are served, not refused.
+	f, err := os.OpenFile(file, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	want := fx.sparseImage(1)
+	for _, off := range []int64{0, 5 << 20, int64(len(want)) - 1<<20} {
+		n, err := f.ReadAt(buf, off)
+		if err != nil || n != len(buf) || !bytes.Equal(buf, want[off:off+int64(n)]) {
+			t.Errorf("read of 1 MiB at %d of an O_RDWR descriptor: %d bytes, %v, equal %v", off, n, err, bytes.Equal(buf[:n], want[off:off+int64(n)]))
+		}
+	}
+}

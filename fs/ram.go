@@ -149,7 +149,7 @@ func (n *ramFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetA
 
 // ramHandle is an open .ram file.
 type ramHandle struct {
-	direct bool // O_DIRECT or direct I/O: READs are the caller's own, never readahead
+	direct bool // opened O_DIRECT: READs are the caller's own, never readahead
 }
 
 // Open succeeds for reading and for O_RDWR (a VMM maps the file privately);
@@ -176,10 +176,13 @@ func (n *ramFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 	if start {
 		n.f.startPrefetch(n, ck)
 	}
+	h := &ramHandle{direct: flags&syscall.O_DIRECT != 0}
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
-		return &ramHandle{direct: true}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_KEEP_CACHE, 0
+		// The faults of a private mapping of this handle still fill
+		// the page cache, with READs that are not direct (rawFS).
+		return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_KEEP_CACHE, 0
 	}
-	return &ramHandle{direct: flags&syscall.O_DIRECT != 0}, fuse.FOPEN_KEEP_CACHE, 0
+	return h, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (n *ramFile) Release(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
@@ -218,6 +221,7 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 	}
 	ck := n.ckpt()
 	h, _ := fh.(*ramHandle)
+	direct := (h != nil && h.direct) || n.f.directRead(ctx)
 	var err error
 	var holes uint64
 	if n.sparse {
@@ -227,7 +231,7 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		if p != nil {
 			p.hintAt(first)
 		}
-		if h == nil || !h.direct {
+		if !direct {
 			if e := n.refuseReadahead(ck, first, last); e != 0 {
 				return nil, e
 			}
@@ -237,7 +241,7 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		err = n.f.readFrames(ck, first, buf)
 	}
 	if err != nil {
-		if last-first > 1 && (h == nil || !h.direct) {
+		if last-first > 1 && !direct {
 			// Readahead: the kernel drops it and reads the pages it
 			// needs one by one; those reads report the error.
 			n.f.log.Debug("ckptfs: readahead failed", "file", n.path(), "offset", off, "size", len(dest), "err", err)
