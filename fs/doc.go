@@ -26,12 +26,12 @@
 // .ram files are 0600; everything else 0400, directories 0500, all owned by
 // the mounting user, with default_permissions; with AllowOther, FUSE
 // allow_other and modes readable by all: 0644, 0444, 0555, so other users
-// read and map the files but only the owner opens .ram O_RDWR). write, truncate, O_TRUNC
-// and every change of the tree or of attributes (unlink, rmdir, rename,
-// mkdir, mknod, create, symlink, link, chmod, chown, utimes, setxattr,
-// removexattr, fallocate) get EROFS (readonly.go; go-fuse's defaults
-// would let unlink and rmdir succeed without removing anything);
-// MAP_PRIVATE writes stay in the writer's private copy.
+// read and map the files but only the owner opens .ram O_RDWR). write,
+// truncate, O_TRUNC and every change of the tree or of attributes
+// (unlink, rmdir, rename, mkdir, mknod, create, symlink, link, chmod,
+// chown, utimes, setxattr, removexattr, fallocate) get EROFS (readonly.go;
+// go-fuse's defaults would let unlink and rmdir succeed without removing
+// anything); MAP_PRIVATE writes stay in the writer's private copy.
 //
 // A writable shared mapping is refused. Without that, its writes would go
 // straight into the page cache that every reader of the file shares: on
@@ -53,7 +53,8 @@
 // Committed checkpoints never change. Their files are opened with
 // FOPEN_KEEP_CACHE and the mount asks for explicit data cache control, so
 // the page cache of a .ram file survives opens and closes and is never
-// invalidated behind the VMM's back. Entries and attributes live one
+// invalidated behind the VMM's back (but see above: the kernel drops it
+// when a .ram handle opened for writing is mapped). Entries and attributes live one
 // second. Failed lookups are not cached and directories are listed afresh,
 // so runs and checkpoints committed while mounted appear at once; a
 // watcher drops the entries of removed runs when the store's Generation
