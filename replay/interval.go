@@ -66,6 +66,10 @@ type IntervalConfig struct {
 	Interval int
 	// Full starts from full/<I>.ram instead of the sparse <I>.ram.
 	Full bool
+	// Preload makes QEMU read the whole RAM file before the replay starts,
+	// as a restore that loads a full checkpoint does: the baseline that
+	// sparse replays are measured against.
+	Preload bool
 	// Plugins are -plugin values "SO[,ARGS]", appended in order. Each SO
 	// must exist.
 	Plugins []string
@@ -417,7 +421,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	defer os.RemoveAll(tmp)
 	sock := filepath.Join(tmp, "qmp.sock")
 	args, err := intervalArgs(intervalArgSpec{Recorded: p.recorded, RAMFile: p.ramFile, LogFile: p.logFile,
-		RAMSize: p.rd.info.RAMSize, QMPSocket: sock, Plugins: cfg.Plugins})
+		RAMSize: p.rd.info.RAMSize, QMPSocket: sock, Plugins: cfg.Plugins, Preload: cfg.Preload})
 	if err != nil {
 		return errorf(ErrNotDeterministic, "run %s is not deterministic: %v", cfg.Run, err)
 	}

@@ -13,6 +13,7 @@ type intervalArgSpec struct {
 	RAMSize   uint64
 	QMPSocket string
 	Plugins   []string // -plugin values, passed through in order
+	Preload   bool     // prealloc=on: QEMU reads all of RAMFile before it starts
 }
 
 // intervalArgs returns QEMU's arguments (binary excluded) for the replay of
@@ -64,7 +65,7 @@ func intervalArgs(s intervalArgSpec) ([]string, error) {
 	}
 	keep = append(keep, "rr=replay", "rrfile="+optEscape(s.LogFile))
 	out = append(out, "-accel", "tcg", "-m", memArg(s.RAMSize),
-		"-object", fmt.Sprintf("memory-backend-file,id=%s,size=%d,mem-path=%s,share=off", id, s.RAMSize, optEscape(s.RAMFile)))
+		"-object", fmt.Sprintf("memory-backend-file,id=%s,size=%d,mem-path=%s,share=off%s", id, s.RAMSize, optEscape(s.RAMFile), preloadOpt(s.Preload)))
 	if backendFromArgs(out) == "" {
 		out = append(out, "-machine", "memory-backend="+id)
 	}
@@ -103,4 +104,14 @@ func pluginFile(p string) string {
 	}
 	f = strings.ReplaceAll(f, ",,", ",")
 	return strings.TrimPrefix(f, "file=")
+}
+
+// preloadOpt is the memory backend option that makes QEMU fault in all of
+// guest RAM at start (a conventional restore, which loads the whole
+// checkpoint), or "".
+func preloadOpt(preload bool) string {
+	if preload {
+		return ",prealloc=on"
+	}
+	return ""
 }

@@ -55,7 +55,9 @@ type PassReport struct {
 	// time, sampled every 20 ms from each one's exec to its STOP (the
 	// verification, whose reads fault W_I into QEMU, is not counted).
 	// MaxReplayRSS is the largest single QEMU's VmHWM.
-	PeakRSS      uint64 `json:"peak_rss_bytes"`
+	PeakRSS uint64 `json:"peak_rss_bytes"`
+	// PeakGuestRAM is the same sum for the guest-RAM mappings alone.
+	PeakGuestRAM uint64 `json:"peak_guest_ram_bytes"`
 	MaxReplayRSS uint64 `json:"max_replay_rss_bytes"`
 	Misses       uint64 `json:"misses"`
 	MissFrames   uint64 `json:"miss_frames"`
@@ -70,10 +72,12 @@ type RunReport struct {
 	Jobs   int         `json:"jobs"`
 	Sparse PassReport  `json:"sparse"`
 	Full   *PassReport `json:"full,omitempty"`
-	// With Compare: sparse / full of PeakRSS and of MeanLoad.
-	MemoryRatio float64 `json:"memory_ratio,omitempty"`
-	LoadRatio   float64 `json:"load_ratio,omitempty"`
-	AllVerified bool    `json:"all_verified"`
+	// With Compare: sparse / full of PeakRSS, PeakGuestRAM and MeanLoad;
+	// the full pass loads each checkpoint whole (IntervalConfig.Preload).
+	MemoryRatio   float64 `json:"memory_ratio,omitempty"`
+	GuestRAMRatio float64 `json:"guest_ram_ratio,omitempty"`
+	LoadRatio     float64 `json:"load_ratio,omitempty"`
+	AllVerified   bool    `json:"all_verified"`
 }
 
 // Run replays every interval of a deterministic run with Interval, Jobs at
@@ -127,6 +131,9 @@ func Run(ctx context.Context, cfg RunConfig) (RunReport, error) {
 		if full.PeakRSS > 0 {
 			rep.MemoryRatio = float64(rep.Sparse.PeakRSS) / float64(full.PeakRSS)
 		}
+		if full.PeakGuestRAM > 0 {
+			rep.GuestRAMRatio = float64(rep.Sparse.PeakGuestRAM) / float64(full.PeakGuestRAM)
+		}
 		if full.MeanLoad > 0 {
 			rep.LoadRatio = float64(rep.Sparse.MeanLoad) / float64(full.MeanLoad)
 		}
@@ -165,7 +172,7 @@ func runPass(ctx context.Context, cfg RunConfig, ivs []int, full bool) PassRepor
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	mem := newRSSSampler()
+	mem := newRSSSampler(cfg.Mount)
 	defer mem.stop()
 	var cbMu sync.Mutex
 	next := make(chan int)
@@ -176,7 +183,7 @@ func runPass(ctx context.Context, cfg RunConfig, ivs []int, full bool) PassRepor
 		go func() {
 			defer wg.Done()
 			for k := range next {
-				icfg := IntervalConfig{Mount: cfg.Mount, Run: cfg.Run, Interval: ivs[k], Full: full,
+				icfg := IntervalConfig{Mount: cfg.Mount, Run: cfg.Run, Interval: ivs[k], Full: full, Preload: full,
 					Plugins: cfg.Plugins, QEMU: cfg.QEMU, Deadline: cfg.Deadline, Logger: log, track: mem.track}
 				r, err := Interval(ctx, icfg)
 				if err != nil {
@@ -203,6 +210,7 @@ func runPass(ctx context.Context, cfg RunConfig, ivs []int, full bool) PassRepor
 	wg.Wait()
 	pass.Wall = time.Since(t0)
 	pass.PeakRSS = mem.stop()
+	pass.PeakGuestRAM = mem.peakRAM
 	pass.AllVerified = true
 	for _, r := range pass.Intervals {
 		pass.ReplaySum += r.ReplayTime
@@ -231,15 +239,17 @@ func runPass(ctx context.Context, cfg RunConfig, ivs []int, full bool) PassRepor
 // the largest sum.
 type rssSampler struct {
 	mu      sync.Mutex
+	mount   string
 	pids    map[int]bool
 	peak    uint64
+	peakRAM uint64 // the same for the guest-RAM mappings alone
 	quit    chan struct{}
 	stopped chan struct{}
 	once    sync.Once
 }
 
-func newRSSSampler() *rssSampler {
-	s := &rssSampler{pids: map[int]bool{}, quit: make(chan struct{}), stopped: make(chan struct{})}
+func newRSSSampler(mount string) *rssSampler {
+	s := &rssSampler{mount: mount, pids: map[int]bool{}, quit: make(chan struct{}), stopped: make(chan struct{})}
 	go func() {
 		defer close(s.stopped)
 		t := time.NewTicker(20 * time.Millisecond)
@@ -259,13 +269,17 @@ func newRSSSampler() *rssSampler {
 }
 
 func (s *rssSampler) sampleLocked() {
-	var sum uint64
+	var sum, ram uint64
 	for pid := range s.pids {
 		if v, ok := procStatusKB(pid, "VmRSS"); ok {
 			sum += v
 		}
+		if v, ok := guestRAMRss(pid, s.mount); ok {
+			ram += v
+		}
 	}
 	s.peak = max(s.peak, sum)
+	s.peakRAM = max(s.peakRAM, ram)
 }
 
 // track adds pid (running) or, after a last sample, removes it.

@@ -60,7 +60,7 @@ func (r *RunReport) Table(w io.Writer) error {
 		}
 		file := "<I>.ram"
 		if p.Source == "full" {
-			file = "full/<I>.ram"
+			file = "full/<I>.ram, loaded whole (prealloc=on)"
 		}
 		fmt.Fprintf(w, "replay run %s from %s, %d at a time:\n", r.Run, file, r.Jobs)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -74,8 +74,8 @@ func (r *RunReport) Table(w io.Writer) error {
 		}
 		fmt.Fprintf(w, "  %d of %d verified; %d instructions; wall %s, replay times sum %s (%.2f× the wall), load mean %s\n",
 			p.Verified, len(p.Intervals), p.Instructions, fmtDur(p.Wall), fmtDur(p.ReplaySum), p.ReplayPerWall, fmtDur(p.MeanLoad))
-		fmt.Fprintf(w, "  peak memory of the replays running together %s (largest replay %s); misses %d (%d frames)\n",
-			fmtBytes(p.PeakRSS), fmtBytes(p.MaxReplayRSS), p.Misses, p.MissFrames)
+		fmt.Fprintf(w, "  peak memory of the replays running together %s, of it guest RAM %s (largest replay %s); misses %d (%d frames)\n",
+			fmtBytes(p.PeakRSS), fmtBytes(p.PeakGuestRAM), fmtBytes(p.MaxReplayRSS), p.Misses, p.MissFrames)
 		for _, iv := range p.Intervals {
 			if iv.Error != "" {
 				fmt.Fprintf(w, "  interval %d: %s\n", iv.Interval, iv.Error)
@@ -83,7 +83,7 @@ func (r *RunReport) Table(w io.Writer) error {
 		}
 	}
 	if r.Full != nil {
-		fmt.Fprintf(w, "sparse/full: peak memory %.2f, time to start replaying %.2f\n", r.MemoryRatio, r.LoadRatio)
+		fmt.Fprintf(w, "sparse/full: peak memory %.2f, guest RAM %.2f, time to start replaying %.2f\n", r.MemoryRatio, r.GuestRAMRatio, r.LoadRatio)
 	}
 	verdict := "all verified"
 	if !r.AllVerified {

@@ -67,7 +67,7 @@ func replayIntervalCommands() []*cli.Command {
 			Flags: append(common(),
 				&cli.IntFlag{Name: "jobs", Value: 1, Usage: "replays at once (K)"},
 				&cli.StringFlag{Name: "intervals", Usage: "comma-separated intervals (default: every interval with a working set and a next checkpoint)"},
-				&cli.BoolFlag{Name: "compare-full", Usage: "then replay all intervals again from full/<I>.ram and report sparse/full memory and start time"},
+				&cli.BoolFlag{Name: "compare-full", Usage: "then replay all intervals again from full/<I>.ram loaded whole (a conventional restore) and report sparse/full memory and start time"},
 			),
 			Action: replayRunCmd,
 		},
