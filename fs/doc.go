@@ -99,13 +99,10 @@
 // requests. For <i>.ram that readahead would drag holes into the page
 // cache: a fault's read-around reads 1 MiB around the faulting page, and
 // the zero pages it caches are then mapped into the VMM by fault-around
-// without a fault, so misses would go unseen. So the first READ of <i>.ram
-// that touches a hole is refused (EIO), whatever its size: a read-around
-// covers only pages not yet cached, so next to cached W_i frames it comes
-// as one-frame READs of single holes. The kernel treats failed readahead
-// as advisory and reads the page it needs on its own once more (a fault is
-// retried; read(2) reads the page itself); that one-frame READ lies in a
-// window refused moments ago and is served (and counted as a miss if it is
+// without a fault, so misses would go unseen. So a READ of <i>.ram that
+// spans several frames and touches a hole is refused (EIO). The kernel
+// treats failed readahead as advisory and reads the page it needs on its
+// own, as a one-frame READ, which is served (and counted as a miss if it is
 // a hole). The W_i frames of the refused window are pushed from a goroutine
 // instead, so the working set keeps the benefit of readahead; that push
 // starts once the READ of the page the kernel needs is answered (or after
