@@ -231,7 +231,7 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		if p != nil {
 			p.hintAt(first)
 		}
-		if !direct {
+		if !direct && last-first > 1 {
 			if e := n.refuseReadahead(ck, first, last); e != 0 {
 				return nil, e
 			}
@@ -382,30 +382,25 @@ func copyXattr(dest []byte, v string) (uint32, syscall.Errno) {
 	return uint32(copy(dest, v)), 0
 }
 
-// refusedRetry is how long a refused window is remembered: a one-frame
-// request inside it, or a folio-shaped one smaller than it (the kernel
-// does repeat a whole window), is then served whatever it holds, so that
-// the read that follows a failed readahead, or a kernel that caches the
-// file in large folios and retries by reading a whole folio, never sees an
-// error. (Linux 6.18 uses single-page folios for FUSE and retries page by
-// page.)
+// refusedRetry is how long a refused readahead window is remembered: a
+// folio-shaped request inside it (and smaller: the kernel does repeat a
+// whole window) is then served whatever it holds, so that
+// a kernel that caches the file in large folios, and retries a failed
+// readahead by reading a whole folio, never sees an error. (Linux 6.18 uses
+// single-page folios for FUSE and retries page by page.)
 const refusedRetry = 2 * time.Second
 
-// refuseReadahead implements the readahead policy of <i>.ram: the first
-// READ that touches a hole is refused, because it may be kernel readahead
-// (a page fault's read-around, or readahead past the end of a data run), not
-// a process asking for those holes. Serving it would put zero pages into
-// the page cache, where fault-around maps them into the VMM without a fault,
-// so working-set misses would go unseen, and it would count holes nobody
-// needed as misses. A read-around covers only pages not yet cached, so
-// around a working-set frame it can be a single hole between cached frames:
-// one-frame READs are refused too. The kernel treats failed readahead as
-// advisory and then reads the page a process actually wants on its own,
-// once more (a fault is retried, read() falls back to reading the page):
-// that READ lies in a window refused moments ago, and is served and, for a
-// hole, counted as a miss. The working-set frames of a refused window are
-// pushed into the page cache from a goroutine, so they keep the benefit of
-// readahead.
+// refuseReadahead implements the readahead policy of <i>.ram: a READ of
+// several frames that touches a hole is kernel readahead (a page fault's
+// read-around, or readahead past the end of a data run), not a process
+// asking for those holes. Serving it would put zero pages into the page
+// cache, where fault-around maps them into the VMM without a fault, so
+// working-set misses would go unseen and unmapped memory would fill with
+// zeros. Such a READ fails instead; the kernel treats failed readahead as
+// advisory and reads the page actually wanted on its own (a one-frame READ,
+// which is served and, for a hole, counted as a miss). The working-set
+// frames of the refused window are pushed into the page cache from a
+// goroutine, so they keep the benefit of readahead.
 func (n *ramFile) refuseReadahead(ck *ckpt, first, last uint64) syscall.Errno {
 	ws, _, err := n.f.wsExtents(ck)
 	if err != nil {
@@ -418,8 +413,8 @@ func (n *ramFile) refuseReadahead(ck *ckpt, first, last uint64) syscall.Errno {
 	now := time.Now()
 	n.mu.Lock()
 	for _, w := range n.mu.refused {
-		retry := last-first == 1 || folioShaped(first, last) && last-first < w.last-w.first
-		if retry && w.first <= first && last <= w.last && now.Sub(w.at) < refusedRetry {
+		if folioShaped(first, last) && w.first <= first && last <= w.last && last-first < w.last-w.first &&
+			now.Sub(w.at) < refusedRetry {
 			n.mu.Unlock()
 			return 0
 		}
