@@ -66,6 +66,11 @@ type IntervalConfig struct {
 	Interval int
 	// Full starts from full/<I>.ram instead of the sparse <I>.ram.
 	Full bool
+	// WSPlugin is ckptfs's working-set plugin (kvmrec/wsplugin), or "".
+	// When set it is loaded with random=on: a fault then reads only its own
+	// page, not holes around it, so the mount's misses are exactly the holes
+	// the replay touched.
+	WSPlugin string
 	// Preload makes QEMU read the whole RAM file before the replay starts,
 	// as a restore that loads a full checkpoint does: the baseline that
 	// sparse replays are measured against.
@@ -421,7 +426,8 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	defer os.RemoveAll(tmp)
 	sock := filepath.Join(tmp, "qmp.sock")
 	args, err := intervalArgs(intervalArgSpec{Recorded: p.recorded, RAMFile: p.ramFile, LogFile: p.logFile,
-		RAMSize: p.rd.info.RAMSize, QMPSocket: sock, Plugins: cfg.Plugins, Preload: cfg.Preload})
+		RAMSize: p.rd.info.RAMSize, QMPSocket: sock, Plugins: cfg.Plugins, Preload: cfg.Preload,
+		ReadAround: cfg.WSPlugin})
 	if err != nil {
 		return errorf(ErrNotDeterministic, "run %s is not deterministic: %v", cfg.Run, err)
 	}

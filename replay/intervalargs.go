@@ -14,6 +14,9 @@ type intervalArgSpec struct {
 	QMPSocket string
 	Plugins   []string // -plugin values, passed through in order
 	Preload   bool     // prealloc=on: QEMU reads all of RAMFile before it starts
+	// ReadAround is the working-set plugin, loaded (before Plugins) to turn
+	// the kernel's read-around off for guest RAM; "" for none.
+	ReadAround string
 }
 
 // intervalArgs returns QEMU's arguments (binary excluded) for the replay of
@@ -27,6 +30,7 @@ type intervalArgSpec struct {
 //	-icount OPTS,rr=replay,rrfile=LOG (OPTS: the recorded ones, shift=... etc.)
 //	-S -incoming defer -global migration.send-configuration=off
 //	-qmp unix:SOCK,server=on,wait=off [-display none] [-serial null]
+//	[-plugin WS,ram=RAMFILE,random=on] (ckptfs's plugin: no read-around)
 //	-plugin P ...                     (the user's, in order)
 //
 // -display none only when the recording chose no display; -serial null only
@@ -77,6 +81,9 @@ func intervalArgs(s intervalArgSpec) ([]string, error) {
 	}
 	if !hadSerial && !hasOption(out, "nodefaults") {
 		out = append(out, "-serial", "null")
+	}
+	if s.ReadAround != "" {
+		out = append(out, "-plugin", optEscape(s.ReadAround)+",ram="+optEscape(s.RAMFile)+",random=on")
 	}
 	for _, p := range s.Plugins {
 		out = append(out, "-plugin", p)

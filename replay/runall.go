@@ -19,9 +19,10 @@ type RunConfig struct {
 	Intervals []int
 	// Jobs is how many replays run at once; default 1.
 	Jobs int
-	// Plugins, QEMU and Deadline are those of IntervalConfig, for every
-	// interval (Deadline per interval).
+	// Plugins, WSPlugin, QEMU and Deadline are those of IntervalConfig, for
+	// every interval (Deadline per interval).
 	Plugins  []string
+	WSPlugin string
 	QEMU     string
 	Deadline time.Duration
 	// Compare runs a second pass from full/<I>.ram after the one from
@@ -183,7 +184,7 @@ func runPass(ctx context.Context, cfg RunConfig, ivs []int, full bool) PassRepor
 		go func() {
 			defer wg.Done()
 			for k := range next {
-				icfg := IntervalConfig{Mount: cfg.Mount, Run: cfg.Run, Interval: ivs[k], Full: full, Preload: full,
+				icfg := IntervalConfig{Mount: cfg.Mount, Run: cfg.Run, Interval: ivs[k], Full: full, Preload: full, WSPlugin: cfg.WSPlugin,
 					Plugins: cfg.Plugins, QEMU: cfg.QEMU, Deadline: cfg.Deadline, Logger: log, track: mem.track}
 				r, err := Interval(ctx, icfg)
 				if err != nil {

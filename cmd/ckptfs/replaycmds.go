@@ -89,8 +89,8 @@ func replayIntervalCmd(c *cli.Context) error {
 		return usageErrorf("replay interval: --deadline must be positive")
 	}
 	cfg := replay.IntervalConfig{Mount: absPath(c, c.String("mount")), Run: c.String("run"), Interval: i,
-		Full: c.Bool("full"), Plugins: plugins(c), QEMU: c.String("qemu"), Deadline: c.Duration("deadline"),
-		Logger: slog.Default()}
+		Full: c.Bool("full"), Plugins: plugins(c), WSPlugin: replayWSPlugin(c), QEMU: c.String("qemu"),
+		Deadline: c.Duration("deadline"), Logger: slog.Default()}
 	rep, err := replay.Interval(c.Context, cfg)
 	if rep.QEMUArgs != nil { // QEMU ran: the report says how far it got
 		rep.Table(c.App.Writer)
@@ -120,8 +120,9 @@ func replayRunCmd(c *cli.Context) error {
 	}
 	out := c.App.ErrWriter
 	cfg := replay.RunConfig{Intervals: intervals, Mount: absPath(c, c.String("mount")), Run: c.String("run"), Jobs: c.Int("jobs"),
-		Plugins: plugins(c), QEMU: c.String("qemu"), Deadline: c.Duration("deadline"), Compare: c.Bool("compare-full"),
-		Logger: slog.Default(),
+		Plugins: plugins(c), WSPlugin: replayWSPlugin(c), QEMU: c.String("qemu"), Deadline: c.Duration("deadline"),
+		Compare: c.Bool("compare-full"),
+		Logger:  slog.Default(),
 		OnInterval: func(r replay.IntervalReport) {
 			fmt.Fprintf(out, "ckptfs: interval %d from %s: %s in %s\n", r.Interval, r.Source, r.Verdict, r.Total.Round(time.Millisecond))
 		}}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -25,4 +26,17 @@ func wsPlugin(c *cli.Context) string {
 		return wsPluginName
 	}
 	return filepath.Join(filepath.Dir(exe), wsPluginName)
+}
+
+// replayWSPlugin is the working-set plugin a replay loads to turn the
+// kernel's read-around off for guest RAM (exact miss counts), or "" when
+// it is not there: replays work without it, and their miss counts may then
+// include holes that read-around fetched.
+func replayWSPlugin(c *cli.Context) string {
+	p := wsPlugin(c)
+	if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
+		slog.Debug("replay without the working-set plugin: misses may include read-around", "plugin", p)
+		return ""
+	}
+	return p
 }

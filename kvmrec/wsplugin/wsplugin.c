@@ -22,7 +22,9 @@
  *
  * Arguments: ram=PATH (the memory backend's mem-path), counters=PATH (a file
  * of 8 bytes per frame of the RAM size and TRAILER_WORDS more, below),
- * wp=on|off (default on).
+ * wp=on|off (default on), random=on (MADV_RANDOM on guest RAM, for replays
+ * from a sparse file: see disable_read_around; without counters= the
+ * plugin does only that).
  *
  * Debian's QEMU ships no qemu-plugin.h: the few declarations used are below.
  */
@@ -82,6 +84,7 @@ static bool resetting;
  * plugin's counts of translated blocks and of cache flushes. */
 enum { GEN_WORD, TRANSLATED_WORD, FLUSHED_WORD, TRAILER_WORDS };
 static bool want_wp = true;
+static bool want_random;     /* random=on: no read-around on guest RAM */
 static bool located_failed;
 
 static void say(const char *fmt, const char *arg)
@@ -112,6 +115,17 @@ static void disable_fault_around(void)
 	/* fd stays open for the life of QEMU: closing it ends the registration. */
 }
 
+/* In a replay from a sparse <i>.ram, the kernel's read-around on a page
+ * fault would read holes next to the faulting frame that the guest never
+ * touches, and the mount would count them as working-set misses. With
+ * MADV_RANDOM a fault reads only its own page, so every hole the mount is
+ * asked for is one the replay touched. It changes no memory contents. */
+static void disable_read_around(void)
+{
+	if (madvise((void *)ram_base, ram_frames << FRAME_SHIFT, MADV_RANDOM) < 0)
+		say("ckptfs-ws: madvise(MADV_RANDOM): %s; reads around faults stay on\n", strerror(errno));
+}
+
 /* locate finds the RAM backend's mapping in /proc/self/maps. QEMU maps it
  * after plugins are installed, so this runs when the first vCPU starts. */
 static bool locate(void)
@@ -133,6 +147,8 @@ static bool locate(void)
 		p[strcspn(p, "\n")] = 0;
 		if (off == 0 && strcmp(p, ram_path) == 0 && (hi - lo) >> FRAME_SHIFT >= ram_frames) {
 			ram_base = lo;
+			if (!ram_frames)
+				ram_frames = (hi - lo) >> FRAME_SHIFT;
 			break;
 		}
 	}
@@ -144,6 +160,8 @@ static bool locate(void)
 	}
 	if (want_wp)
 		disable_fault_around();
+	if (want_random)
+		disable_read_around();
 	return true;
 }
 
@@ -228,14 +246,26 @@ int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, 
 			counters_path = argv[i] + 9;
 		} else if (strcmp(argv[i], "wp=off") == 0) {
 			want_wp = false;
+		} else if (strcmp(argv[i], "random=on") == 0) {
+			want_random = true;
 		} else if (strcmp(argv[i], "wp=on") != 0) {
-			say("ckptfs-ws: unknown argument %s (ram=, counters=, wp=)\n", argv[i]);
+			say("ckptfs-ws: unknown argument %s (ram=, counters=, wp=, random=)\n", argv[i]);
 			return -1;
 		}
 	}
-	if (!ram_path[0] || !counters_path) {
-		say("ckptfs-ws: %s\n", "ram=PATH and counters=PATH are required");
+	if (!ram_path[0]) {
+		say("ckptfs-ws: %s\n", "ram=PATH is required");
 		return -1;
+	}
+	if (!counters_path) {
+		if (!want_random) {
+			say("ckptfs-ws: %s\n", "counters=PATH is required unless random=on");
+			return -1;
+		}
+		/* A replay's helper: turn read-around off, count nothing. */
+		want_wp = false;
+		qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
+		return 0;
 	}
 	int fd = open(counters_path, O_RDWR | O_CLOEXEC);
 	struct stat st;
