@@ -132,7 +132,7 @@ func runDemo(c *cli.Context) error {
 		return err
 	}
 	defer srvNP.Unmount()
-	sock, err := serveStore(st, &ownedStore{st: st, what: "ckptfs demo (pid " + strconv.Itoa(os.Getpid()) + ")", mountPoint: mnt})
+	sock, err := serveStore(st, &ownedStore{st: st, what: "ckptfs demo (pid " + strconv.Itoa(os.Getpid()) + ")"})
 	if err != nil {
 		return err
 	}

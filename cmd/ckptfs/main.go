@@ -31,9 +31,7 @@ func usageErrorf(format string, args ...any) error {
 }
 
 func main() {
-	if handled := maybeRunChild(); handled {
-		return
-	}
+	runIfHelperProcess()
 	reexecForMount()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr, nil)
@@ -112,10 +110,10 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) *cli.A
 		HideHelpCommand: true,
 		Commands: []*cli.Command{
 			importCommand(), exportCommand(), lsCommand(), infoCommand(), verifyCommand(), rmCommand(), packCommand(),
+			mountCommand(), recordCommand(), replayCommand(), demoCommand(), synthGuestCommand(),
 		},
 		Metadata: map[string]any{ownedKey: owned},
 	}
-	app.Commands = append(app.Commands, extraCommands()...)
 	for _, cmd := range app.Commands {
 		setUsageHandler(cmd)
 	}

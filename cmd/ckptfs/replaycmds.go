@@ -12,6 +12,76 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+func replayCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "replay",
+		Usage: "restore a checkpoint into QEMU, re-execute intervals deterministically, or measure loading",
+		Subcommands: append([]*cli.Command{
+			{
+				Name:      "qemu",
+				Usage:     "start a QEMU that continues the recorded VM from checkpoint I",
+				ArgsUsage: "[-- QEMU-ARGS...]",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "mount"}, &cli.StringFlag{Name: "run"}, &cli.StringFlag{Name: "interval"},
+					&cli.BoolFlag{Name: "sparse", Hidden: true, Usage: "refused: use replay interval for <I>.ram"},
+					&cli.StringFlag{Name: "accel", Usage: "tcg (default) or kvm"},
+					&cli.StringFlag{Name: "serial", Usage: "write the guest's serial console to this file"},
+					&cli.StringFlag{Name: "qemu", Usage: "QEMU binary (default qemu-system-x86_64)"},
+				},
+				Action: replayQEMU,
+			},
+			{
+				Name:  "bench",
+				Usage: "measure load time and footprint: full vs sparse vs lazy, K replays at once",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "mount"}, &cli.StringFlag{Name: "run"},
+					&cli.StringFlag{Name: "no-prefetch-mount", Usage: "a second mount with --prefetch none, for mode (d)"},
+					&cli.StringFlag{Name: "concurrency", Value: "1,4,16", Usage: "replays at once, comma-separated"},
+					&cli.StringFlag{Name: "intervals", Usage: "comma-separated intervals (default: all with a working set)"},
+					&cli.StringFlag{Name: "modes", Usage: "modes to measure, comma-separated: a-d or full, sparse, lazy, lazy-noprefetch (default: all; reductions and the floor need a)"},
+					&cli.BoolFlag{Name: "warm", Usage: "do not drop caches between measurements"},
+					&cli.StringFlag{Name: "json", Usage: "write the report as JSON to FILE"},
+					&cli.StringFlag{Name: "plot", Usage: "write a plot to FILE (.png or .svg)"},
+				},
+				Action: replayBench,
+			},
+		}, replayIntervalCommands()...),
+	}
+}
+
+func replayQEMU(c *cli.Context) error {
+	if c.String("mount") == "" || c.String("run") == "" || c.String("interval") == "" {
+		return usageErrorf("replay qemu: want --mount MNT --run R --interval I")
+	}
+	if c.Bool("sparse") {
+		// W_I covers interval I only; the guest replay qemu continues
+		// runs past it and would read holes as zeros.
+		return usageErrorf("replay qemu --sparse: a continued guest leaves W_I after interval I; replay interval re-executes interval I from <I>.ram")
+	}
+	i, err := parseInterval(c.String("interval"))
+	if err != nil {
+		return err
+	}
+	cfg := replay.QEMUConfig{Mount: absPath(c, c.String("mount")), Run: c.String("run"), Interval: i, Accel: c.String("accel"), QEMU: c.String("qemu"),
+		SerialPath: absPath(c, c.String("serial")), Args: c.Args().Slice(), Logger: slog.Default(),
+		Stderr: c.App.ErrWriter}
+	q, err := replay.QEMU(c.Context, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.ErrWriter, "ckptfs: QEMU (pid %d) continues %s from checkpoint %d; Ctrl-C stops it\n", q.Pid(), cfg.Run, i)
+	done := make(chan error, 1)
+	go func() { done <- q.Wait() }()
+	select {
+	case <-c.Context.Done():
+		q.Stop()
+		<-done
+		return nil
+	case err := <-done:
+		return err
+	}
+}
+
 // pluginList collects repeated --plugin values whole: "SO,ARGS" keeps its
 // commas (a string slice flag would split it).
 type pluginList []string
