@@ -90,8 +90,8 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) *cli.A
 		Writer:    stdout,
 		ErrWriter: stderr,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "store", Usage: "store directory (default $CKPTFS_STORE, else ./ckpt-store)"},
-			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "store", Usage: "store directory `DIR` (default $CKPTFS_STORE, else ./ckpt-store)"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "`LEVEL`: debug, info, warn or error"},
 		},
 		Before: func(c *cli.Context) error {
 			var lvl slog.Level

@@ -54,7 +54,7 @@ func mountAt(c *cli.Context, st *index.Store, mnt string, prefetch string, reg p
 
 func mountFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "prefetch", Value: "ws", Usage: "what opening <i>.ram pushes into the page cache: ws or none"},
+		&cli.StringFlag{Name: "prefetch", Value: "ws", Usage: "`WHAT` opening <i>.ram pushes into the page cache: ws or none"},
 		&cli.BoolFlag{Name: "allow-other", Usage: "let other users read the mount (guest memory holds secrets)"},
 		&cli.BoolFlag{Name: "cleanup-stale", Usage: "unmount a stale mount left by a killed daemon first"},
 		metricsFlag,
