@@ -2,7 +2,6 @@ package replay
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ckptfs/ckptfs/internal/tailbuf"
 )
 
 // child is one running measurement child.
@@ -21,7 +22,7 @@ type child struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	lines  chan string
-	stderr *bytes.Buffer
+	stderr *tailbuf.Buffer
 }
 
 // runBatch starts one child per job, waits until all are ready, starts all
@@ -100,8 +101,8 @@ func (b *bench) startChild(ctx context.Context, job childJob) (*child, error) {
 	cmd.Env = append(os.Environ(), childEnv+"="+string(data))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 5 * time.Second
-	c := &child{cmd: cmd, lines: make(chan string, 4), stderr: &bytes.Buffer{}}
-	cmd.Stderr = &lockedWriter{w: c.stderr}
+	c := &child{cmd: cmd, lines: make(chan string, 4), stderr: &tailbuf.Buffer{Max: 4096}}
+	cmd.Stderr = c.stderr
 	var err error
 	if c.stdin, err = cmd.StdinPipe(); err != nil {
 		return nil, err
@@ -138,25 +139,11 @@ func (c *child) next(ctx context.Context) (string, error) {
 }
 
 func (c *child) stderrTail() string {
-	w := c.cmd.Stderr.(*lockedWriter)
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	s := strings.TrimSpace(c.stderr.String())
 	if s == "" {
 		return ""
 	}
 	return "; stderr: " + truncate(s, 500)
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 func truncate(s string, n int) string {

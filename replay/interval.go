@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ckptfs/ckptfs/internal/qmp"
+	"github.com/ckptfs/ckptfs/internal/tailbuf"
 )
 
 // Sentinel errors of Interval and Run; the errors carry one readable line
@@ -213,7 +214,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	log.Debug("replay interval", "run", cfg.Run, "interval", i, "source", rep.Source, "icount", p.tgt, "deadline", p.deadline,
 		"args", strings.Join(rep.QEMUArgs, " "))
 
-	var out lockedBuffer
+	var out tailbuf.Buffer
 	cmd := exec.Command(p.qemu, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.Dir = tmp
@@ -281,7 +282,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 			case <-time.After(time.Second):
 			}
 		}
-		return fmt.Errorf("replay of interval %d: %v: %s", i, err, lastLines(strings.TrimSpace(out.String()), 3))
+		return fmt.Errorf("replay of interval %d: %v: %s", i, err, out.LastLines(3))
 	}
 
 	if client, err = qmp.DialStarting(dctx, sock, done); err != nil {

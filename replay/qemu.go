@@ -1,7 +1,6 @@
 package replay
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/ckptfs/ckptfs/internal/qemuargs"
 	"github.com/ckptfs/ckptfs/internal/qmp"
+	"github.com/ckptfs/ckptfs/internal/tailbuf"
 )
 
 // MetaQEMUArgs is the run.json meta key that holds the QEMU arguments of the
@@ -79,7 +79,7 @@ type QEMUReplay struct {
 	args    []string // binary first
 	qmp     *qmp.Client
 	tmpDir  string
-	out     lockedBuffer
+	out     tailbuf.Buffer
 	done    chan struct{}
 	waitErr error
 	once    sync.Once
@@ -221,8 +221,8 @@ func QEMU(ctx context.Context, cfg QEMUConfig) (*QEMUReplay, error) {
 			msg += fmt.Sprintf(" (qemu exited: %v)", r.waitErr)
 		default:
 		}
-		if out := strings.TrimSpace(r.out.String()); out != "" {
-			msg += ": " + lastLines(out, 5)
+		if out := r.out.LastLines(5); out != "" {
+			msg += ": " + out
 		}
 		return fmt.Errorf("replay: %s", msg)
 	}
@@ -383,29 +383,4 @@ func ResolveQEMU(cfg QEMUConfig) (QEMUConfig, error) {
 	}
 	cfg.QEMU = path
 	return cfg, nil
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
