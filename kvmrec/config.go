@@ -11,11 +11,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// PageSize is the frame size.
-const PageSize = index.PageSize
+// pageSize is the frame size.
+const pageSize = index.PageSize
 
-// Recorder is what the store records as the run's recorder.
-const Recorder = "kvmrec/qemu"
+// recorderName is what the store records as the run's recorder.
+const recorderName = "kvmrec/qemu"
 
 // Trackers.
 const (

@@ -170,7 +170,7 @@ func RecordDeterministic(ctx context.Context, st *index.Store, cfg Deterministic
 	if err != nil {
 		return Summary{}, fmt.Errorf("guest RAM file: %w", err)
 	}
-	ec, err := createExecCounters(counters, ramSize/PageSize)
+	ec, err := createExecCounters(counters, ramSize/pageSize)
 	if err != nil {
 		return Summary{}, err
 	}

@@ -26,7 +26,7 @@ func presentFrames(pagemap *os.File, m ramMapping, buf *[]byte) ([]span, error) 
 			*buf = make([]byte, need)
 		}
 		b := (*buf)[:need]
-		if _, err := pagemap.ReadAt(b, int64(s.addr/PageSize*8)); err != nil {
+		if _, err := pagemap.ReadAt(b, int64(s.addr/pageSize*8)); err != nil {
 			if errors.Is(err, unix.ESRCH) || errors.Is(err, io.EOF) {
 				return nil, fmt.Errorf("%w: reading its page table: %v", ErrVMGone, err)
 			}

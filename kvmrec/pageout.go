@@ -71,13 +71,13 @@ func (r *recorder) pageout(present []span, maxGap uint64) error {
 				continue
 			}
 			lo, hi := max(s.start, seg.first), min(s.end, seg.first+seg.n)
-			base := seg.addr + (lo-seg.first)*PageSize
+			base := seg.addr + (lo-seg.first)*pageSize
 			if k := len(iovs) - 1; k >= 0 && base >= iovs[k].base+iovs[k].len &&
-				base-(iovs[k].base+iovs[k].len) <= maxGap*PageSize {
-				iovs[k].len = base + (hi-lo)*PageSize - iovs[k].base
+				base-(iovs[k].base+iovs[k].len) <= maxGap*pageSize {
+				iovs[k].len = base + (hi-lo)*pageSize - iovs[k].base
 				continue
 			}
-			iovs = append(iovs, iovec{base: base, len: (hi - lo) * PageSize})
+			iovs = append(iovs, iovec{base: base, len: (hi - lo) * pageSize})
 		}
 	}
 	const maxIov = 1024 // UIO_MAXIOV

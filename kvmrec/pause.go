@@ -161,7 +161,7 @@ func (r *recorder) reserve(i int) error {
 		if err := unix.Fstat(int(r.ram.Fd()), &st); err != nil {
 			return fmt.Errorf("stat of the RAM file: %w", err)
 		}
-		frames := min(uint64(st.Blocks)*512/PageSize, r.frames)
+		frames := min(uint64(st.Blocks)*512/pageSize, r.frames)
 		need = int(frames/chunkFrames) + 1
 		return r.pool.reserve(need, 0)
 	}

@@ -67,7 +67,7 @@ func record(ctx context.Context, st *index.Store, cfg Config, det *detState, aft
 	for k, v := range cfg.Meta {
 		meta[k] = v
 	}
-	spec := index.RunSpec{Name: cfg.Run, RAMSize: r.m.size, Recorder: Recorder, Tracker: cfg.Tracker, Meta: meta}
+	spec := index.RunSpec{Name: cfg.Run, RAMSize: r.m.size, Recorder: recorderName, Tracker: cfg.Tracker, Meta: meta}
 	if det != nil {
 		spec.Deterministic = true
 		var args []string

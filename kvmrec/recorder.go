@@ -47,7 +47,7 @@ type recorder struct {
 	det *detState // a deterministic recording's additions, or nil
 }
 
-var zeroHash = xxh3.Hash128(make([]byte, PageSize))
+var zeroHash = xxh3.Hash128(make([]byte, pageSize))
 
 // attach connects to the VMM and checks everything Record refuses on.
 func attach(ctx context.Context, cfg Config) (_ *recorder, err error) {
@@ -70,7 +70,7 @@ func attach(ctx context.Context, cfg Config) (_ *recorder, err error) {
 	if r.m, err = findMapping(r.pid, cfg.MemPath); err != nil {
 		return nil, err
 	}
-	r.frames = r.m.size / PageSize
+	r.frames = r.m.size / pageSize
 	if r.ram, err = os.Open(cfg.MemPath); err != nil {
 		return nil, fmt.Errorf("opening the RAM file: %w", err)
 	}
@@ -122,7 +122,7 @@ func attach(ctx context.Context, cfg Config) (_ *recorder, err error) {
 	for i := range r.hashes {
 		r.hashes[i] = zeroHash
 	}
-	r.scratch = make([]byte, 64*PageSize)
+	r.scratch = make([]byte, 64*pageSize)
 	return r, nil
 }
 

@@ -71,7 +71,7 @@ func (t *restoreTrial) run(ctx context.Context, i int, dev []byte) (_ []span, er
 	if err := os.WriteFile(devPath, dev, 0o600); err != nil {
 		return nil, err
 	}
-	ec, err := createExecCounters(counters, t.ramSize/PageSize)
+	ec, err := createExecCounters(counters, t.ramSize/pageSize)
 	if err != nil {
 		return nil, err
 	}

@@ -70,7 +70,7 @@ const readGap = 4
 // scan reads the candidate frames with pread, hashes them and copies those
 // whose hash differs from the last checkpoint into st.
 func (r *recorder) scan(cands []span, st *staging, cls *classifier, scratch []byte) error {
-	batch := uint64(len(scratch) / PageSize)
+	batch := uint64(len(scratch) / pageSize)
 	from := uint64(0) // where cands[i] continues (a long run is split)
 	for i := 0; i < len(cands); {
 		// One pread covers cands[i:j], with their gaps, up to batch
@@ -84,14 +84,14 @@ func (r *recorder) scan(cands []span, st *staging, cls *classifier, scratch []by
 				j++
 			}
 		}
-		buf := scratch[:(hi-lo)*PageSize]
-		if _, err := r.ram.ReadAt(buf, int64(lo*PageSize)); err != nil {
+		buf := scratch[:(hi-lo)*pageSize]
+		if _, err := r.ram.ReadAt(buf, int64(lo*pageSize)); err != nil {
 			return fmt.Errorf("reading guest RAM at frame %d: %w", lo, err)
 		}
 		for k := i; k < j; k++ {
 			s := cands[k]
 			for p := max(s.start, lo); p < min(s.end, hi); p++ {
-				f := buf[(p-lo)*PageSize : (p-lo+1)*PageSize]
+				f := buf[(p-lo)*pageSize : (p-lo+1)*pageSize]
 				h := xxh3.Hash128(f)
 				changed := h != r.hashes[p]
 				if cls != nil {

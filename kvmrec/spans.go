@@ -106,7 +106,7 @@ func (b *bitset) addSpans(spans []span) {
 // SEEK_HOLE). Holes read as zeros.
 func dataSpans(f *os.File, frames uint64) ([]span, error) {
 	fd := int(f.Fd())
-	size := int64(frames * PageSize)
+	size := int64(frames * pageSize)
 	var out []span
 	for off := int64(0); off < size; {
 		d, err := unix.Seek(fd, off, unix.SEEK_DATA)
@@ -123,7 +123,7 @@ func dataSpans(f *os.File, frames uint64) ([]span, error) {
 		if err != nil {
 			return nil, fmt.Errorf("seeking holes in %s: %w", f.Name(), err)
 		}
-		s := span{uint64(d) / PageSize, min((uint64(h)+PageSize-1)/PageSize, frames)}
+		s := span{uint64(d) / pageSize, min((uint64(h)+pageSize-1)/pageSize, frames)}
 		if s.end > s.start {
 			if k := len(out) - 1; k >= 0 && out[k].end >= s.start {
 				out[k].end = s.end

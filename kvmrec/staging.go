@@ -24,8 +24,8 @@ type staging struct {
 func (st *staging) dropped(j int) bool { return st.drop != nil && st.drop[j] }
 
 func (st *staging) frame(j int) []byte {
-	off := (j % chunkFrames) * PageSize
-	return st.chunks[j/chunkFrames][off : off+PageSize]
+	off := (j % chunkFrames) * pageSize
+	return st.chunks[j/chunkFrames][off : off+pageSize]
 }
 
 // add copies frame f of pfn.
@@ -64,7 +64,7 @@ type chunkPool struct {
 }
 
 func (p *chunkPool) alloc() ([]byte, error) {
-	b, err := unix.Mmap(-1, 0, chunkFrames*PageSize, unix.PROT_READ|unix.PROT_WRITE,
+	b, err := unix.Mmap(-1, 0, chunkFrames*pageSize, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
 	if err != nil {
 		return nil, fmt.Errorf("allocating a staging buffer: %w", err)

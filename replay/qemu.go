@@ -23,9 +23,9 @@ import (
 // recording: a JSON array of strings, or arguments separated by white space.
 const MetaQEMUArgs = "qemu_args"
 
-// DefaultBackendID is the memory backend id (and RAM block name) used when
+// defaultBackendID is the memory backend id (and RAM block name) used when
 // the arguments name none; it is what the recorder's QEMU guests use.
-const DefaultBackendID = "ram0"
+const defaultBackendID = "ram0"
 
 // QEMUConfig describes a replay of checkpoint Interval of Run in QEMU.
 type QEMUConfig struct {
@@ -51,7 +51,7 @@ type QEMUConfig struct {
 	// RAMSize of the guest; 0 means run.json's ram_size. QEMUArgs needs it.
 	RAMSize uint64
 	// BackendID of the memory backend; "" means the memory-backend= of a
-	// -machine argument, else DefaultBackendID. It must be the recording's.
+	// -machine argument, else defaultBackendID. It must be the recording's.
 	BackendID string
 	// QMPSocket for QEMU's QMP; "" means one in a new temporary directory.
 	QMPSocket string

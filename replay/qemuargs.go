@@ -25,7 +25,7 @@ func QEMUArgs(cfg QEMUConfig) []string {
 		id = backendFromArgs(all)
 	}
 	if id == "" {
-		id = DefaultBackendID
+		id = defaultBackendID
 	}
 	rec, hadSerial := filterRecorded(cfg.RecordedArgs, id, cfg.SerialPath)
 
