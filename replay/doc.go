@@ -198,14 +198,15 @@
 //
 // # Files
 //
-// qemu.go starts a QEMU that continues a checkpoint, qemuargs.go builds its
-// command line from the recorded one. interval.go replays one interval,
-// intervalplan.go checks what it needs first, intervalargs.go builds the
-// replay's QEMU arguments, verify.go compares the frames, runall.go replays
-// every interval of a run; runreport.go prints their reports. For the
-// bench: benchmodes.go and benchconfig.go say what to measure, bench.go
-// runs the batches, childbatch.go starts and talks to the children,
-// child.go and loader.go are a child's side, procfs.go reads /proc,
-// benchreport.go and benchoutput.go hold and print the results. layout.go
-// reads the mount's files.
+// qemu.go starts a QEMU that continues a checkpoint, qemuargs.go builds
+// its command line from the recorded one. interval.go replays one
+// interval, intervalplan.go checks what it needs first, intervalargs.go
+// builds the replay's QEMU arguments, verify.go compares the frames,
+// runall.go replays every interval of a run, rsssampler.go samples the
+// replays' memory, runreport.go prints both reports. For the bench:
+// benchmodes.go and benchconfig.go say what to measure, bench.go runs the
+// batches, childbatch.go starts and talks to the children, child.go and
+// loader.go are a child's side, procfs.go reads /proc, benchreport.go and
+// benchoutput.go hold and print the results. layout.go reads the mount's
+// files.
 package replay
