@@ -1,5 +1,3 @@
-// Command ckptfs records running VMs as incremental memory checkpoints and
-// serves every checkpoint as a sparse guest-RAM file through FUSE.
 package main
 
 import (
