@@ -43,7 +43,7 @@ func Bench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 		modes = AllModes()
 	}
 	for _, m := range modes {
-		if _, err := ParseMode(string(m)); err != nil {
+		if _, err := parseMode(string(m)); err != nil {
 			return nil, err
 		}
 	}

@@ -56,8 +56,8 @@ func (m Mode) Describe() string {
 
 func (m Mode) lazy() bool { return m == ModeLazy || m == ModeLazyNoPrefetch }
 
-// ParseMode accepts a mode's name or its letter (a-d).
-func ParseMode(s string) (Mode, error) {
+// parseMode accepts a mode's name or its letter (a-d).
+func parseMode(s string) (Mode, error) {
 	s = strings.ToLower(strings.TrimSpace(s))
 	for _, m := range AllModes() {
 		if s == string(m) || s == m.Letter() {
@@ -75,7 +75,7 @@ func ParseModes(s string) ([]Mode, error) {
 	}
 	var out []Mode
 	for _, f := range strings.Split(s, ",") {
-		m, err := ParseMode(f)
+		m, err := parseMode(f)
 		if err != nil {
 			return nil, err
 		}

@@ -48,7 +48,7 @@ type QEMUConfig struct {
 	// the recording needs that RecordedArgs lacks.
 	Args []string
 
-	// RAMSize of the guest; 0 means run.json's ram_size. QEMUArgs needs it.
+	// RAMSize of the guest; 0 means run.json's ram_size. qemuArgs needs it.
 	RAMSize uint64
 	// BackendID of the memory backend; "" means the memory-backend= of a
 	// -machine argument, else defaultBackendID. It must be the recording's.
@@ -155,7 +155,7 @@ func (r *QEMUReplay) cleanup() {
 // start-up only; afterwards QEMU runs until it exits or Stop is called (or
 // the calling process dies).
 func QEMU(ctx context.Context, cfg QEMUConfig) (*QEMUReplay, error) {
-	cfg, err := ResolveQEMU(cfg)
+	cfg, err := resolveQEMU(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -179,7 +179,7 @@ func QEMU(ctx context.Context, cfg QEMUConfig) (*QEMUReplay, error) {
 	}
 	_ = os.Remove(cfg.QMPSocket)
 	r.cfg = cfg
-	args := QEMUArgs(cfg)
+	args := qemuArgs(cfg)
 	r.args = append([]string{cfg.QEMU}, args...)
 	log.Info("replay qemu", "args", strings.Join(r.args, " "))
 
@@ -305,12 +305,12 @@ func waitIncoming(ctx context.Context, c *qmp.Client) error {
 	}
 }
 
-// ResolveQEMU checks cfg against the mount and fills what it leaves to the
+// resolveQEMU checks cfg against the mount and fills what it leaves to the
 // run: RAMSize, RecordedArgs (from run.json), the QEMU binary's path and the
 // accelerator. Errors: ErrRunNotFound, ErrNoCheckpoint, ErrNoWorkingSet
 // (Sparse on an interval without <I>.ram), ErrNoDeviceState, ErrNoQEMU,
 // ErrRAMSizeMismatch, ErrBadConfig.
-func ResolveQEMU(cfg QEMUConfig) (QEMUConfig, error) {
+func resolveQEMU(cfg QEMUConfig) (QEMUConfig, error) {
 	rd, err := openRun(cfg.Mount, cfg.Run)
 	if err != nil {
 		return cfg, err

@@ -8,8 +8,8 @@ import (
 	"strings"
 )
 
-// QEMUArgs returns QEMU's arguments (without the binary) for cfg, which must
-// have RAMSize set (ResolveQEMU does it). It reads nothing. The order:
+// qemuArgs returns QEMU's arguments (without the binary) for cfg, which must
+// have RAMSize set (resolveQEMU does it). It reads nothing. The order:
 // the recorded arguments (filtered), then the replay's own
 //
 //	-accel tcg -m SIZE
@@ -18,7 +18,7 @@ import (
 //	-serial file:SERIAL -display none -S -incoming defer
 //
 // (each only where the arguments do not already say it), then cfg.Args.
-func QEMUArgs(cfg QEMUConfig) []string {
+func qemuArgs(cfg QEMUConfig) []string {
 	all := append(append([]string(nil), cfg.RecordedArgs...), cfg.Args...)
 	id := cfg.BackendID
 	if id == "" {
