@@ -266,7 +266,7 @@ func (f *fsys) readFrames(c *ckpt, first uint64, dst []byte) error {
 		return readSplit(fr, first, dst, f.splitReaders)
 	}
 	key := fmt.Sprintf("%d/%d/%d+%d", c.key.run, c.key.i, first, len(dst))
-	v, err, shared := f.sf.Do(key, func() (any, error) {
+	v, err, _ := f.sf.Do(key, func() (any, error) {
 		buf := make([]byte, len(dst))
 		if err := fr.ReadFrames(first, buf); err != nil {
 			return nil, err
@@ -276,7 +276,6 @@ func (f *fsys) readFrames(c *ckpt, first uint64, dst []byte) error {
 	if err != nil {
 		return err
 	}
-	_ = shared
 	copy(dst, v.([]byte))
 	return nil
 }

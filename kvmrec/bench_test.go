@@ -52,7 +52,7 @@ func (r *benchResult) ms(p float64, f func(CheckpointStats) time.Duration) float
 		ds = append(ds, f(cs))
 	}
 	slices.Sort(ds)
-	return float64(Percentile(ds, p)) / float64(time.Millisecond)
+	return float64(percentile(ds, p)) / float64(time.Millisecond)
 }
 
 func (r *benchResult) mean(f func(CheckpointStats) float64) float64 {
@@ -85,7 +85,7 @@ func bareStopCont(b *testing.B, sock string, n int) float64 {
 		time.Sleep(20 * time.Millisecond)
 	}
 	slices.Sort(ds)
-	return float64(Percentile(ds, 50)) / float64(time.Millisecond)
+	return float64(percentile(ds, 50)) / float64(time.Millisecond)
 }
 
 func benchRecord(b *testing.B, gcfg synthguest.Config, cfg Config) *benchResult {
@@ -257,9 +257,9 @@ func BenchmarkQEMUDeviceState(b *testing.B) {
 	slices.Sort(without)
 	slices.Sort(with)
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	b.ReportMetric(ms(Percentile(without, 50)), "median-ms-without")
-	b.ReportMetric(ms(Percentile(with, 50)), "median-ms-with")
-	b.ReportMetric(ms(Percentile(with, 50)-Percentile(without, 50)), "device-state-cost-ms")
+	b.ReportMetric(ms(percentile(without, 50)), "median-ms-without")
+	b.ReportMetric(ms(percentile(with, 50)), "median-ms-with")
+	b.ReportMetric(ms(percentile(with, 50)-percentile(without, 50)), "device-state-cost-ms")
 	b.ReportMetric(float64(devBytes), "device-state-bytes")
 }
 
@@ -298,6 +298,6 @@ func BenchmarkQEMUWorkingSets(b *testing.B) {
 		}
 		slices.Sort(down[exact])
 		b.ReportMetric(sum/float64(len(ws[exact])), "ws-frames-"+name)
-		b.ReportMetric(float64(Percentile(down[exact], 50))/float64(time.Millisecond), "median-ms-"+name)
+		b.ReportMetric(float64(percentile(down[exact], 50))/float64(time.Millisecond), "median-ms-"+name)
 	}
 }

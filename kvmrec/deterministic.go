@@ -14,6 +14,7 @@ import (
 	"github.com/ckptfs/ckptfs/index"
 	"github.com/ckptfs/ckptfs/internal/qemuargs"
 	"github.com/ckptfs/ckptfs/internal/qmp"
+	"github.com/ckptfs/ckptfs/internal/tailbuf"
 )
 
 // DeterministicConfig describes a recording of a QEMU that the recorder
@@ -170,7 +171,7 @@ func RecordDeterministic(ctx context.Context, st *index.Store, cfg Deterministic
 	if err != nil {
 		return Summary{}, fmt.Errorf("guest RAM file: %w", err)
 	}
-	ec, err := createExecCounters(counters, ramSize/PageSize)
+	ec, err := createExecCounters(counters, ramSize/pageSize)
 	if err != nil {
 		return Summary{}, err
 	}
@@ -185,7 +186,7 @@ func RecordDeterministic(ctx context.Context, st *index.Store, cfg Deterministic
 		"-qmp", "unix:"+sock+",server=on,wait=off",
 		"-plugin", fmt.Sprintf("%s,ram=%s,counters=%s", cfg.Plugin, ramPath, counters))
 	cmd := exec.Command(cfg.QEMU, args...)
-	var out limitedBuffer
+	out := tailbuf.Buffer{Max: 4096}
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if cfg.Stderr != nil {
 		cmd.Stdout, cmd.Stderr = cfg.Stderr, cfg.Stderr
@@ -204,12 +205,12 @@ func RecordDeterministic(ctx context.Context, st *index.Store, cfg Deterministic
 	c, err := qmp.DialStarting(dctx, sock, exited)
 	cancel()
 	if err != nil {
-		return Summary{}, fmt.Errorf("starting QEMU: %w: %s", err, out.lastLine())
+		return Summary{}, fmt.Errorf("starting QEMU: %w: %s", err, out.LastLine())
 	}
 	c.Close() // the recorder dials its own connection
 	// The plugin says when it cannot turn fault-around off (working sets
 	// then hold 64 KiB blocks) or cannot find guest RAM (no code counted).
-	for _, l := range out.linesWith("ckptfs-ws:") {
+	for _, l := range out.LinesWith("ckptfs-ws:") {
 		cfg.Logger.Warn("working-set plugin: "+strings.TrimPrefix(l, "ckptfs-ws: "), "run", cfg.Run)
 	}
 	if det.log, err = openLogFollower(logPath, header); err != nil {

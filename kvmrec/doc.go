@@ -10,6 +10,17 @@
 // /proc/PID/maps (QEMU: -object memory-backend-file,mem-path=PATH,share=on).
 // The synthguest subpackage is a VMM stand-in for tests and benchmarks.
 //
+// # Files
+//
+// config.go holds what a caller passes and gets back; record.go the
+// boundary loop; storeloop.go the store goroutine; livepacker.go the
+// working-set packs. recorder.go attaches to the VMM; pause.go is one pause
+// (take) and capture.go what it yields; precopy.go, scan.go, staging.go,
+// classifier.go, pagemap.go, pageout.go and punchedholes.go are its parts,
+// named as in the sections below; vmm.go finds the RAM mapping, device.go
+// saves device state. The deterministic recording adds deterministic.go
+// and the files it names.
+//
 // # A pause, in order
 //
 //  1. Before stop, with the VM running: wait until the frames left mapped
@@ -185,8 +196,8 @@
 // # Device state
 //
 // With Config.DeviceState, every checkpoint carries QEMU's migration stream
-// without the shared RAM (x-ignore-shared; ≈ 320 KB for the test guest, of
-// which ≈ 200 KB are ROM blocks). QEMU is left in state "postmigrate" by the
+// without the shared RAM (x-ignore-shared; mostly ROM blocks and device
+// registers, docs/DECISIONS.md has sizes). QEMU is left in state "postmigrate" by the
 // save and cont runs it on. A restore needs a QEMU with the same command
 // line but mem-path=<checkpoint image>,share=off, -incoming defer,
 // x-ignore-shared on, and migrate-incoming from the stream.

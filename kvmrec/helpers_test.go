@@ -173,7 +173,7 @@ func checkImages(t testing.TB, st *index.Store, run, truthDir string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 256*PageSize)
+	buf := make([]byte, 256*pageSize)
 	for i := 0; i < ri.Checkpoints; i++ {
 		want, err := synthguest.ReadPauseHashes(truthDir, i)
 		if err != nil {
@@ -187,13 +187,13 @@ func checkImages(t testing.TB, st *index.Store, run, truthDir string) int {
 			t.Fatal(err)
 		}
 		bad := 0
-		for p := uint64(0); p < ri.Frames; p += uint64(len(buf) / PageSize) {
-			b := buf[:min(uint64(len(buf)), (ri.Frames-p)*PageSize)]
+		for p := uint64(0); p < ri.Frames; p += uint64(len(buf) / pageSize) {
+			b := buf[:min(uint64(len(buf)), (ri.Frames-p)*pageSize)]
 			if err := cp.ReadFrames(p, b); err != nil {
 				t.Fatalf("checkpoint %d: %v", i, err)
 			}
-			for k := 0; k < len(b)/PageSize; k++ {
-				if synthguest.FrameHash(b[k*PageSize:(k+1)*PageSize]) != want[p+uint64(k)] {
+			for k := 0; k < len(b)/pageSize; k++ {
+				if synthguest.FrameHash(b[k*pageSize:(k+1)*pageSize]) != want[p+uint64(k)] {
 					if bad < 5 {
 						t.Errorf("run %s checkpoint %d: frame %d differs from the guest's RAM at pause %d", run, i, p+uint64(k), i)
 					}

@@ -79,7 +79,7 @@ type pageTableWalker struct {
 	read   func(pa uint64, b []byte) error
 	frames uint64 // guest RAM size in frames; tables beyond it are skipped
 	seen   map[uint64]bool
-	buf    [PageSize]byte
+	buf    [pageSize]byte
 }
 
 // pageTableFrames returns the sorted frames of every page table reachable
@@ -112,13 +112,13 @@ func (w *pageTableWalker) walkRoot(r pagingRegs) error {
 	case r.cr4&cr4PAE != 0:
 		// The 32-byte PDPT of 4 entries, each naming a page directory.
 		pdpt := r.cr3 & 0xffffffe0
-		if !w.visit(pdpt / PageSize) {
+		if !w.visit(pdpt / pageSize) {
 			return nil
 		}
-		if err := w.read(pdpt&^(PageSize-1), w.buf[:]); err != nil {
+		if err := w.read(pdpt&^(pageSize-1), w.buf[:]); err != nil {
 			return err
 		}
-		off := pdpt & (PageSize - 1)
+		off := pdpt & (pageSize - 1)
 		var dirs []uint64
 		for k := uint64(0); k < 4; k++ {
 			e := binary.LittleEndian.Uint64(w.buf[off+8*k:])
@@ -149,7 +149,7 @@ func (w *pageTableWalker) visit(p uint64) bool {
 // walk64 walks a table of 512 eight-byte entries at physical address pa,
 // levels levels above the frames it maps (1: a page table).
 func (w *pageTableWalker) walk64(pa uint64, levels int) error {
-	if !w.visit(pa / PageSize) {
+	if !w.visit(pa / pageSize) {
 		return nil
 	}
 	if levels == 1 {
@@ -176,7 +176,7 @@ func (w *pageTableWalker) walk64(pa uint64, levels int) error {
 
 // walk32 walks a 32-bit page directory (1024 four-byte entries).
 func (w *pageTableWalker) walk32(pa uint64, pse bool) error {
-	if !w.visit(pa / PageSize) {
+	if !w.visit(pa / pageSize) {
 		return nil
 	}
 	if err := w.read(pa, w.buf[:]); err != nil {
@@ -191,7 +191,7 @@ func (w *pageTableWalker) walk32(pa uint64, pse bool) error {
 		tables = append(tables, e&0xfffff000)
 	}
 	for _, t := range tables {
-		w.visit(t / PageSize)
+		w.visit(t / pageSize)
 	}
 	return nil
 }

@@ -11,18 +11,18 @@ type guestMem map[uint64][]byte
 
 func (m guestMem) set64(frame uint64, idx int, v uint64) {
 	if m[frame] == nil {
-		m[frame] = make([]byte, PageSize)
+		m[frame] = make([]byte, pageSize)
 	}
 	binary.LittleEndian.PutUint64(m[frame][8*idx:], v)
 }
 
 func (m guestMem) read(pa uint64, b []byte) error {
-	f := m[pa/PageSize]
+	f := m[pa/pageSize]
 	if f == nil {
 		clear(b)
 		return nil
 	}
-	copy(b, f[pa%PageSize:])
+	copy(b, f[pa%pageSize:])
 	return nil
 }
 
@@ -63,7 +63,7 @@ func TestPageTableFramesLongMode(t *testing.T) {
 
 func TestPageTableFrames32(t *testing.T) {
 	m := guestMem{}
-	m[20] = make([]byte, PageSize)
+	m[20] = make([]byte, pageSize)
 	binary.LittleEndian.PutUint32(m[20][0:], 21<<12|0x67)
 	binary.LittleEndian.PutUint32(m[20][4:], 4<<22|0xe7)  // a 4 MiB page with PSE
 	binary.LittleEndian.PutUint32(m[20][8:], 22<<12|0x66) // not present

@@ -15,7 +15,7 @@ func TestSettlePrecopy(t *testing.T) {
 	var pool chunkPool
 	defer pool.close()
 	frame := func(pfn uint64, gen byte) []byte {
-		f := make([]byte, PageSize)
+		f := make([]byte, pageSize)
 		f[0], f[1] = byte(pfn), gen
 		return f
 	}

@@ -119,7 +119,7 @@ func restoreCheckpoint(t *testing.T, ctx context.Context, st *index.Store, art q
 	_ = f.Truncate(int64(cp.Size()))
 	buf := make([]byte, 1<<20)
 	for off := uint64(0); off < cp.Size(); off += uint64(len(buf)) {
-		if err := cp.ReadFrames(off/PageSize, buf); err != nil {
+		if err := cp.ReadFrames(off/pageSize, buf); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := f.WriteAt(buf, int64(off)); err != nil {

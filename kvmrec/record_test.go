@@ -94,7 +94,7 @@ func TestRecordSynthetic(t *testing.T) {
 			if tc.tracker == TrackerHash {
 				wantIntervals = 0
 			}
-			if ri.Checkpoints != count || ri.Intervals != wantIntervals || ri.Tracker != tc.tracker || ri.Recorder != Recorder || ri.RAMSize != gcfg.RAMSize {
+			if ri.Checkpoints != count || ri.Intervals != wantIntervals || ri.Tracker != tc.tracker || ri.Recorder != recorderName || ri.RAMSize != gcfg.RAMSize {
 				t.Fatalf("run info %+v", ri)
 			}
 			checkImages(t, st, "r", gcfg.TruthDir)
@@ -120,7 +120,7 @@ func TestRecordSynthetic(t *testing.T) {
 				t.Logf("%d of %d intervals packed live", packed, ri.Intervals)
 			}
 
-			frames := gcfg.RAMSize / PageSize
+			frames := gcfg.RAMSize / pageSize
 			var accessed, present uint64
 			for i, cs := range stats {
 				if cs.Checkpoint != i {
@@ -382,9 +382,9 @@ func TestSpans(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	_ = f.Truncate(64 * PageSize)
-	_, _ = f.WriteAt([]byte{1}, 3*PageSize+5)
-	_, _ = f.WriteAt(make([]byte, 2*PageSize), 10*PageSize)
+	_ = f.Truncate(64 * pageSize)
+	_, _ = f.WriteAt([]byte{1}, 3*pageSize+5)
+	_, _ = f.WriteAt(make([]byte, 2*pageSize), 10*pageSize)
 	d, err := dataSpans(f, 64)
 	if err != nil || fmt.Sprint(d) != "[{3 4} {10 12}]" {
 		t.Errorf("dataSpans %v %v", d, err)
@@ -427,14 +427,14 @@ func TestPunchedHoles(t *testing.T) {
 				return
 			}
 			defer f.Close()
-			buf := make([]byte, 64*PageSize)
-			_, _ = f.ReadAt(buf, 256*PageSize)
+			buf := make([]byte, 64*pageSize)
+			_, _ = f.ReadAt(buf, 256*pageSize)
 			for k := 0; k < 64; k++ {
-				if !bytes.Equal(buf[k*PageSize:(k+1)*PageSize], make([]byte, PageSize)) {
+				if !bytes.Equal(buf[k*pageSize:(k+1)*pageSize], make([]byte, pageSize)) {
 					punchedNonZero++
 				}
 			}
-			punchErr = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 256*PageSize, 64*PageSize)
+			punchErr = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 256*pageSize, 64*pageSize)
 		}})
 	if err != nil || punchErr != nil {
 		t.Fatal(err, punchErr)

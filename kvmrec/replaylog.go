@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/ckptfs/ckptfs/internal/tailbuf"
 )
 
 // QEMU writes its record/replay log through a stdio buffer, and its 12-byte
@@ -32,10 +34,10 @@ func probeReplayHeader(ctx context.Context, binary, dir string) ([]byte, error) 
 	cmd := exec.CommandContext(ctx, binary, "-machine", "none", "-display", "none", "-nodefaults",
 		"-icount", "shift=auto,rr=record,rrfile="+log, "-qmp", "stdio")
 	cmd.Stdin = strings.NewReader(`{"execute":"qmp_capabilities"}` + "\n" + `{"execute":"quit"}` + "\n")
-	var out limitedBuffer
+	out := tailbuf.Buffer{Max: 4096}
 	cmd.Stderr = &out
 	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("probing %s for its replay log format: %w (%s)", binary, err, out.lastLine())
+		return nil, fmt.Errorf("probing %s for its replay log format: %w (%s)", binary, err, out.LastLine())
 	}
 	b, err := os.ReadFile(log)
 	if err != nil {

@@ -7,11 +7,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/ckptfs/ckptfs/internal/qmp"
+	"github.com/ckptfs/ckptfs/internal/tailbuf"
 )
 
 // QEMU touches guest RAM itself when it loads a checkpoint's device state
@@ -71,7 +71,7 @@ func (t *restoreTrial) run(ctx context.Context, i int, dev []byte) (_ []span, er
 	if err := os.WriteFile(devPath, dev, 0o600); err != nil {
 		return nil, err
 	}
-	ec, err := createExecCounters(counters, t.ramSize/PageSize)
+	ec, err := createExecCounters(counters, t.ramSize/pageSize)
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +85,7 @@ func (t *restoreTrial) run(ctx context.Context, i int, dev []byte) (_ []span, er
 		"-qmp", "unix:"+sock+",server=on,wait=off",
 		"-plugin", fmt.Sprintf("%s,ram=%s,counters=%s", t.plugin, t.ramPath, counters))
 	cmd := exec.Command(t.binary, args...)
-	var out limitedBuffer
+	out := tailbuf.Buffer{Max: 4096}
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -97,7 +97,7 @@ func (t *restoreTrial) run(ctx context.Context, i int, dev []byte) (_ []span, er
 		_ = cmd.Process.Kill()
 		<-exited
 		if err != nil {
-			err = fmt.Errorf("restore trial of checkpoint %d: %w (QEMU said: %s)", i, err, out.lastLine())
+			err = fmt.Errorf("restore trial of checkpoint %d: %w (QEMU said: %s)", i, err, out.LastLine())
 		}
 	}()
 	c, err := qmp.DialStarting(ctx, sock, exited)
@@ -139,43 +139,4 @@ func (t *restoreTrial) run(ctx context.Context, i int, dev []byte) (_ []span, er
 	defer pm.Close()
 	var buf []byte
 	return presentFrames(pm, m, &buf)
-}
-
-// limitedBuffer keeps the last 4 KiB written to it.
-type limitedBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (b *limitedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf = append(b.buf, p...)
-	if len(b.buf) > 4096 {
-		b.buf = b.buf[len(b.buf)-4096:]
-	}
-	return len(p), nil
-}
-
-func (b *limitedBuffer) lines() []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Split(strings.TrimSpace(string(b.buf)), "\n")
-}
-
-// lastLine is the last non-empty line written.
-func (b *limitedBuffer) lastLine() string {
-	l := b.lines()
-	return strings.TrimSpace(l[len(l)-1])
-}
-
-// linesWith returns the lines written that start with prefix.
-func (b *limitedBuffer) linesWith(prefix string) []string {
-	var out []string
-	for _, l := range b.lines() {
-		if strings.HasPrefix(l, prefix) {
-			out = append(out, strings.TrimSpace(l))
-		}
-	}
-	return out
 }

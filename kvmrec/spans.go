@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
-	"unsafe"
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"golang.org/x/sys/unix"
@@ -108,7 +106,7 @@ func (b *bitset) addSpans(spans []span) {
 // SEEK_HOLE). Holes read as zeros.
 func dataSpans(f *os.File, frames uint64) ([]span, error) {
 	fd := int(f.Fd())
-	size := int64(frames * PageSize)
+	size := int64(frames * pageSize)
 	var out []span
 	for off := int64(0); off < size; {
 		d, err := unix.Seek(fd, off, unix.SEEK_DATA)
@@ -125,7 +123,7 @@ func dataSpans(f *os.File, frames uint64) ([]span, error) {
 		if err != nil {
 			return nil, fmt.Errorf("seeking holes in %s: %w", f.Name(), err)
 		}
-		s := span{uint64(d) / PageSize, min((uint64(h)+PageSize-1)/PageSize, frames)}
+		s := span{uint64(d) / pageSize, min((uint64(h)+pageSize-1)/pageSize, frames)}
 		if s.end > s.start {
 			if k := len(out) - 1; k >= 0 && out[k].end >= s.start {
 				out[k].end = s.end
@@ -138,94 +136,10 @@ func dataSpans(f *os.File, frames uint64) ([]span, error) {
 	return out, nil
 }
 
-// chunkFrames is the size of a staging chunk (2 MiB).
-const chunkFrames = 512
-
-// chunkPool recycles staging chunks: anonymous mappings populated in
-// advance, so that copying frames during a pause never faults.
-type chunkPool struct {
-	mu     sync.Mutex
-	free   [][]byte
-	retain int // chunks kept when returned; the rest are unmapped
-	mapped int // chunks that exist (free or in use)
-}
-
-func (p *chunkPool) alloc() ([]byte, error) {
-	b, err := unix.Mmap(-1, 0, chunkFrames*PageSize, unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
-	if err != nil {
-		return nil, fmt.Errorf("allocating a staging buffer: %w", err)
+func appendSpan(out []span, s span) []span {
+	if k := len(out) - 1; k >= 0 && out[k].end == s.start {
+		out[k].end = s.end
+		return out
 	}
-	p.mapped++
-	return b, nil
-}
-
-// get returns a free chunk, mapping a new one when none is free.
-func (p *chunkPool) get() ([]byte, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if k := len(p.free); k > 0 {
-		b := p.free[k-1]
-		p.free = p.free[:k-1]
-		return b, nil
-	}
-	return p.alloc()
-}
-
-func (p *chunkPool) put(chunks [][]byte) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, b := range chunks {
-		if len(p.free) < p.retain {
-			p.free = append(p.free, b)
-		} else {
-			_ = unix.Munmap(b)
-			p.mapped--
-		}
-	}
-}
-
-// reserve makes sure n chunks are free, and that returned chunks are kept
-// up to keep.
-func (p *chunkPool) reserve(n, keep int) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.retain = max(keep, n)
-	for len(p.free) < n {
-		b, err := p.alloc()
-		if err != nil {
-			return err
-		}
-		p.free = append(p.free, b)
-	}
-	return nil
-}
-
-func (p *chunkPool) close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, b := range p.free {
-		_ = unix.Munmap(b)
-	}
-	p.free = nil
-}
-
-// iovec is struct iovec for a remote address (process_madvise).
-type iovec struct {
-	base uint64
-	len  uint64
-}
-
-// processMadvise advises the ranges of another process; it returns the bytes
-// advised (less than the total when the kernel stopped early).
-func processMadvise(pidfd int, iovs []iovec, advice int) (uint64, error) {
-	if len(iovs) == 0 {
-		return 0, nil
-	}
-	r, _, e := unix.Syscall6(unix.SYS_PROCESS_MADVISE, uintptr(pidfd),
-		uintptr(unsafe.Pointer(&iovs[0])), uintptr(len(iovs)), uintptr(advice), 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return uint64(r), nil
+	return append(out, s)
 }

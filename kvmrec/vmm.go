@@ -17,7 +17,7 @@ import (
 // segment is one VMA of the VMM that maps part of the RAM file.
 type segment struct {
 	addr  uint64 // virtual address in the VMM
-	first uint64 // first frame (file offset / PageSize)
+	first uint64 // first frame (file offset / pageSize)
 	n     uint64 // frames
 }
 
@@ -46,8 +46,8 @@ func mappingOf(pid int, path string, shared bool) (ramMapping, error) {
 		return ramMapping{}, fmt.Errorf("RAM file %s is not a regular file", path)
 	}
 	m := ramMapping{size: uint64(st.Size), dev: uint64(st.Dev), ino: st.Ino}
-	if m.size == 0 || m.size%PageSize != 0 {
-		return ramMapping{}, fmt.Errorf("%w: RAM file %s has %d bytes, not a positive multiple of %d", ErrRAMSizeMismatch, path, m.size, PageSize)
+	if m.size == 0 || m.size%pageSize != 0 {
+		return ramMapping{}, fmt.Errorf("%w: RAM file %s has %d bytes, not a positive multiple of %d", ErrRAMSizeMismatch, path, m.size, pageSize)
 	}
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
 	if err != nil {
@@ -65,10 +65,10 @@ func mappingOf(pid int, path string, shared bool) (ramMapping, error) {
 			private = !v.shared
 			continue
 		}
-		if v.offset%PageSize != 0 {
+		if v.offset%pageSize != 0 {
 			continue
 		}
-		m.segs = append(m.segs, segment{addr: v.start, first: v.offset / PageSize, n: (v.end - v.start) / PageSize})
+		m.segs = append(m.segs, segment{addr: v.start, first: v.offset / pageSize, n: (v.end - v.start) / pageSize})
 	}
 	if len(m.segs) == 0 {
 		if private {
@@ -87,8 +87,8 @@ func mappingOf(pid int, path string, shared bool) (ramMapping, error) {
 		}
 		next += s.n
 	}
-	if next*PageSize != m.size {
-		return ramMapping{}, fmt.Errorf("%w: the VMM (pid %d) maps %d bytes of %s, the file has %d bytes", ErrRAMSizeMismatch, pid, next*PageSize, path, m.size)
+	if next*pageSize != m.size {
+		return ramMapping{}, fmt.Errorf("%w: the VMM (pid %d) maps %d bytes of %s, the file has %d bytes", ErrRAMSizeMismatch, pid, next*pageSize, path, m.size)
 	}
 	return m, nil
 }

@@ -96,8 +96,9 @@
 //
 // The eager loaders fault their destination in with one
 // madvise(MADV_POPULATE_WRITE) per run before the pread: a classic loader
-// that lets pread fault 4 KiB at a time is 4-6 times slower here, and a
-// baseline that slow would flatter the reductions.
+// that lets pread fault 4 KiB at a time takes a fault per frame inside the
+// copy, several times slower (docs/DECISIONS.md), and a baseline that slow
+// would flatter the reductions.
 //
 // Load time is the time from the start signal to the last frame loaded or
 // touched, including open, mmap and, for (b), reading and parsing i.ws. The
@@ -194,4 +195,18 @@
 // A binary that does not call MaybeRunChild never prints the ready line and
 // Bench fails with ErrChild. Children die with the parent (PR_SET_PDEATHSIG).
 // The parent itself only stats files and reads run.json, i.ws and i.json.
+//
+// # Files
+//
+// qemu.go starts a QEMU that continues a checkpoint, qemuargs.go builds
+// its command line from the recorded one. interval.go replays one
+// interval, intervalplan.go checks what it needs first, intervalargs.go
+// builds the replay's QEMU arguments, verify.go compares the frames,
+// runall.go replays every interval of a run, rsssampler.go samples the
+// replays' memory, runreport.go prints both reports. For the bench:
+// benchmodes.go and benchconfig.go say what to measure, bench.go runs the
+// batches, childbatch.go starts and talks to the children, child.go and
+// loader.go are a child's side, procfs.go reads /proc, benchreport.go and
+// benchoutput.go hold and print the results. layout.go reads the mount's
+// files.
 package replay

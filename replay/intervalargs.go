@@ -57,7 +57,7 @@ func intervalArgs(s intervalArgSpec) ([]string, error) {
 	}
 	id := backendFromArgs(s.Recorded)
 	if id == "" {
-		id = DefaultBackendID
+		id = defaultBackendID
 	}
 	out, hadSerial := filterRecorded(rec, id, "")
 	var keep []string

@@ -1,9 +1,7 @@
 package replay
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,15 +16,16 @@ import (
 
 	"github.com/ckptfs/ckptfs/internal/qemuargs"
 	"github.com/ckptfs/ckptfs/internal/qmp"
+	"github.com/ckptfs/ckptfs/internal/tailbuf"
 )
 
 // MetaQEMUArgs is the run.json meta key that holds the QEMU arguments of the
 // recording: a JSON array of strings, or arguments separated by white space.
 const MetaQEMUArgs = "qemu_args"
 
-// DefaultBackendID is the memory backend id (and RAM block name) used when
+// defaultBackendID is the memory backend id (and RAM block name) used when
 // the arguments name none; it is what the recorder's QEMU guests use.
-const DefaultBackendID = "ram0"
+const defaultBackendID = "ram0"
 
 // QEMUConfig describes a replay of checkpoint Interval of Run in QEMU.
 type QEMUConfig struct {
@@ -49,10 +48,10 @@ type QEMUConfig struct {
 	// the recording needs that RecordedArgs lacks.
 	Args []string
 
-	// RAMSize of the guest; 0 means run.json's ram_size. QEMUArgs needs it.
+	// RAMSize of the guest; 0 means run.json's ram_size. qemuArgs needs it.
 	RAMSize uint64
 	// BackendID of the memory backend; "" means the memory-backend= of a
-	// -machine argument, else DefaultBackendID. It must be the recording's.
+	// -machine argument, else defaultBackendID. It must be the recording's.
 	BackendID string
 	// QMPSocket for QEMU's QMP; "" means one in a new temporary directory.
 	QMPSocket string
@@ -80,7 +79,7 @@ type QEMUReplay struct {
 	args    []string // binary first
 	qmp     *qmp.Client
 	tmpDir  string
-	out     lockedBuffer
+	out     tailbuf.Buffer
 	done    chan struct{}
 	waitErr error
 	once    sync.Once
@@ -156,7 +155,7 @@ func (r *QEMUReplay) cleanup() {
 // start-up only; afterwards QEMU runs until it exits or Stop is called (or
 // the calling process dies).
 func QEMU(ctx context.Context, cfg QEMUConfig) (*QEMUReplay, error) {
-	cfg, err := ResolveQEMU(cfg)
+	cfg, err := resolveQEMU(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +179,7 @@ func QEMU(ctx context.Context, cfg QEMUConfig) (*QEMUReplay, error) {
 	}
 	_ = os.Remove(cfg.QMPSocket)
 	r.cfg = cfg
-	args := QEMUArgs(cfg)
+	args := qemuArgs(cfg)
 	r.args = append([]string{cfg.QEMU}, args...)
 	log.Info("replay qemu", "args", strings.Join(r.args, " "))
 
@@ -222,8 +221,8 @@ func QEMU(ctx context.Context, cfg QEMUConfig) (*QEMUReplay, error) {
 			msg += fmt.Sprintf(" (qemu exited: %v)", r.waitErr)
 		default:
 		}
-		if out := strings.TrimSpace(r.out.String()); out != "" {
-			msg += ": " + lastLines(out, 5)
+		if out := r.out.LastLines(5); out != "" {
+			msg += ": " + out
 		}
 		return fmt.Errorf("replay: %s", msg)
 	}
@@ -306,12 +305,12 @@ func waitIncoming(ctx context.Context, c *qmp.Client) error {
 	}
 }
 
-// ResolveQEMU checks cfg against the mount and fills what it leaves to the
+// resolveQEMU checks cfg against the mount and fills what it leaves to the
 // run: RAMSize, RecordedArgs (from run.json), the QEMU binary's path and the
 // accelerator. Errors: ErrRunNotFound, ErrNoCheckpoint, ErrNoWorkingSet
 // (Sparse on an interval without <I>.ram), ErrNoDeviceState, ErrNoQEMU,
 // ErrRAMSizeMismatch, ErrBadConfig.
-func ResolveQEMU(cfg QEMUConfig) (QEMUConfig, error) {
+func resolveQEMU(cfg QEMUConfig) (QEMUConfig, error) {
 	rd, err := openRun(cfg.Mount, cfg.Run)
 	if err != nil {
 		return cfg, err
@@ -384,232 +383,4 @@ func ResolveQEMU(cfg QEMUConfig) (QEMUConfig, error) {
 	}
 	cfg.QEMU = path
 	return cfg, nil
-}
-
-// QEMUArgs returns QEMU's arguments (without the binary) for cfg, which must
-// have RAMSize set (ResolveQEMU does it). It reads nothing. The order:
-// the recorded arguments (filtered), then the replay's own
-//
-//	-accel tcg -m SIZE
-//	-object memory-backend-file,id=ID,size=BYTES,mem-path=MNT/RUN/full/I.ram,share=off
-//	-machine memory-backend=ID -qmp unix:SOCK,server=on,wait=off
-//	-serial file:SERIAL -display none -S -incoming defer
-//
-// (each only where the arguments do not already say it), then cfg.Args.
-func QEMUArgs(cfg QEMUConfig) []string {
-	all := append(append([]string(nil), cfg.RecordedArgs...), cfg.Args...)
-	id := cfg.BackendID
-	if id == "" {
-		id = backendFromArgs(all)
-	}
-	if id == "" {
-		id = DefaultBackendID
-	}
-	rec, hadSerial := filterRecorded(cfg.RecordedArgs, id, cfg.SerialPath)
-
-	mem := filepath.Join(cfg.Mount, cfg.Run, "full", strconv.Itoa(cfg.Interval)+".ram")
-	if cfg.Sparse {
-		mem = filepath.Join(cfg.Mount, cfg.Run, strconv.Itoa(cfg.Interval)+".ram")
-	}
-	out := rec
-	if !userAccel(cfg.Args) {
-		accel := cfg.Accel
-		if accel == "" {
-			accel = "tcg"
-		}
-		out = append(out, "-accel", accel)
-	}
-	if _, ok := optionValue(cfg.Args, "m"); !ok {
-		out = append(out, "-m", memArg(cfg.RAMSize))
-	}
-	out = append(out, "-object", fmt.Sprintf("memory-backend-file,id=%s,size=%d,mem-path=%s,share=off",
-		id, cfg.RAMSize, mem))
-	if backendFromArgs(all) == "" {
-		out = append(out, "-machine", "memory-backend="+id)
-	}
-	if cfg.QMPSocket != "" {
-		out = append(out, "-qmp", "unix:"+cfg.QMPSocket+",server=on,wait=off")
-	}
-	if cfg.SerialPath != "" && !hadSerial {
-		if _, user := optionValue(cfg.Args, "serial"); !user {
-			out = append(out, "-serial", "file:"+cfg.SerialPath)
-		}
-	}
-	if !hasOption(all, "display") && !hasOption(all, "nographic") {
-		out = append(out, "-display", "none")
-	}
-	out = append(out, "-S", "-incoming", "defer")
-	return append(out, cfg.Args...)
-}
-
-// optName returns the option name of an argument ("-m" and "--m" give "m"),
-// or "" when it is not an option.
-func optName(a string) string {
-	if !strings.HasPrefix(a, "-") || a == "-" {
-		return ""
-	}
-	return strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
-}
-
-// optionValue returns the value of the last option name in args.
-func optionValue(args []string, name string) (string, bool) {
-	v, ok := "", false
-	for i := 0; i+1 < len(args); i++ {
-		if optName(args[i]) == name {
-			v, ok = args[i+1], true
-			i++
-		}
-	}
-	return v, ok
-}
-
-func hasOption(args []string, name string) bool {
-	for _, a := range args {
-		if optName(a) == name {
-			return true
-		}
-	}
-	return false
-}
-
-// userAccel reports whether args choose an accelerator.
-func userAccel(args []string) bool {
-	for i, a := range args {
-		switch optName(a) {
-		case "accel", "enable-kvm":
-			return true
-		case "machine", "M":
-			if i+1 < len(args) && optionParam(args[i+1], "accel") != "" {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// optionParam returns key's value in a QEMU option string "a,key=v,b=w".
-func optionParam(s, key string) string {
-	for _, p := range strings.Split(s, ",") {
-		if v, ok := strings.CutPrefix(p, key+"="); ok {
-			return v
-		}
-	}
-	return ""
-}
-
-func backendFromArgs(args []string) string {
-	id := ""
-	for i := 0; i+1 < len(args); i++ {
-		if n := optName(args[i]); n == "machine" || n == "M" {
-			if v := optionParam(args[i+1], "memory-backend"); v != "" {
-				id = v
-			}
-		}
-	}
-	return id
-}
-
-// filterRecorded drops from the recording's arguments what belongs to the
-// recording process: its RAM backend (the one with id), -m, -mem-path, the
-// accelerator, QMP and monitors, -incoming, -S, -daemonize, -pidfile,
-// -loadvm. Serial outputs become "null", except the first, which becomes
-// serialPath when set; hadSerial reports whether there was one.
-func filterRecorded(args []string, id, serialPath string) (out []string, hadSerial bool) {
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		val := ""
-		if i+1 < len(args) {
-			val = args[i+1]
-		}
-		switch optName(a) {
-		case "qmp", "qmp-pretty", "monitor", "incoming", "pidfile", "loadvm", "mem-path", "m", "accel":
-			i++
-			continue
-		case "S", "daemonize", "mem-prealloc", "enable-kvm":
-			continue
-		case "object":
-			if strings.HasPrefix(val, "memory-backend-") && optionParam(val, "id") == id {
-				i++
-				continue
-			}
-		case "machine", "M":
-			var keep []string
-			for _, p := range strings.Split(val, ",") {
-				if !strings.HasPrefix(p, "accel=") {
-					keep = append(keep, p)
-				}
-			}
-			i++
-			if len(keep) > 0 && strings.Join(keep, "") != "" {
-				out = append(out, a, strings.Join(keep, ","))
-			}
-			continue
-		case "serial":
-			i++
-			s := "null"
-			if !hadSerial && serialPath != "" {
-				s = "file:" + serialPath
-			}
-			hadSerial = true
-			out = append(out, a, s)
-			continue
-		}
-		out = append(out, a)
-	}
-	return out, hadSerial
-}
-
-// memArg formats a RAM size for -m.
-func memArg(n uint64) string {
-	if n%(1<<20) == 0 {
-		return strconv.FormatUint(n>>20, 10) + "M"
-	}
-	return strconv.FormatUint(n, 10) + "B"
-}
-
-// parseArgList parses the meta value of MetaQEMUArgs: a JSON array of
-// strings, or arguments separated by white space ("" gives none).
-func parseArgList(s string) ([]string, error) {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return []string{}, nil
-	}
-	if strings.HasPrefix(s, "[") {
-		var out []string
-		if err := json.Unmarshal([]byte(s), &out); err != nil {
-			return nil, err
-		}
-		return out, nil
-	}
-	return strings.Fields(s), nil
-}
-
-// shellQuote quotes s for /bin/sh.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

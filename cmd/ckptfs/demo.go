@@ -35,8 +35,8 @@ func demoCommand() *cli.Command {
 			&cli.StringFlag{Name: "kernel", Usage: "guest kernel (default $CKPTFS_GUEST_DIR/vmlinuz)"},
 			&cli.StringFlag{Name: "initrd", Usage: "guest initramfs (default $CKPTFS_GUEST_DIR/initramfs.gz)"},
 			&cli.IntFlag{Name: "count", Value: 6, Usage: "checkpoints to record"},
-			&cli.DurationFlag{Name: "interval", Value: time.Second},
-			&cli.IntFlag{Name: "ram-mib", Value: 256},
+			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "how long the guest runs between checkpoints"},
+			&cli.IntFlag{Name: "ram-mib", Value: 256, Usage: "guest RAM in MiB"},
 			&cli.StringFlag{Name: "concurrency", Value: "1,4", Usage: "replays at once in the bench"},
 			&cli.BoolFlag{Name: "no-wait", Usage: "clean up and exit instead of staying mounted"},
 			noPackFlag,
@@ -132,7 +132,7 @@ func runDemo(c *cli.Context) error {
 		return err
 	}
 	defer srvNP.Unmount()
-	sock, err := serveStore(st, &ownedStore{st: st, what: "ckptfs demo (pid " + strconv.Itoa(os.Getpid()) + ")", mountPoint: mnt})
+	sock, err := serveStore(st, &ownedStore{st: st, what: "ckptfs demo (pid " + strconv.Itoa(os.Getpid()) + ")"})
 	if err != nil {
 		return err
 	}

@@ -1,5 +1,3 @@
-// Command ckptfs records running VMs as incremental memory checkpoints and
-// serves every checkpoint as a sparse guest-RAM file through FUSE.
 package main
 
 import (
@@ -31,9 +29,7 @@ func usageErrorf(format string, args ...any) error {
 }
 
 func main() {
-	if handled := maybeRunChild(); handled {
-		return
-	}
+	runIfHelperProcess()
 	reexecForMount()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr, nil)
@@ -92,8 +88,8 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) *cli.A
 		Writer:    stdout,
 		ErrWriter: stderr,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "store", Usage: "store directory (default $CKPTFS_STORE, else ./ckpt-store)"},
-			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "store", Usage: "store directory `DIR` (default $CKPTFS_STORE, else ./ckpt-store)"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "`LEVEL`: debug, info, warn or error"},
 		},
 		Before: func(c *cli.Context) error {
 			var lvl slog.Level
@@ -112,10 +108,10 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) *cli.A
 		HideHelpCommand: true,
 		Commands: []*cli.Command{
 			importCommand(), exportCommand(), lsCommand(), infoCommand(), verifyCommand(), rmCommand(), packCommand(),
+			mountCommand(), recordCommand(), replayCommand(), demoCommand(), synthGuestCommand(),
 		},
 		Metadata: map[string]any{ownedKey: owned},
 	}
-	app.Commands = append(app.Commands, extraCommands()...)
 	for _, cmd := range app.Commands {
 		setUsageHandler(cmd)
 	}

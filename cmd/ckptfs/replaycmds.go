@@ -12,6 +12,79 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+func replayCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "replay",
+		Usage: "restore a checkpoint into QEMU, re-execute intervals deterministically, or measure loading",
+		Subcommands: append([]*cli.Command{
+			{
+				Name:      "qemu",
+				Usage:     "start a QEMU that continues the recorded VM from checkpoint I",
+				ArgsUsage: "[-- QEMU-ARGS...]",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "mount", Usage: "the ckptfs mount `MNT` that serves the run"},
+					&cli.StringFlag{Name: "run", Usage: "the recorded run `R` (MNT/R)"},
+					&cli.StringFlag{Name: "interval", Usage: "continue from checkpoint `I` (MNT/R/full/I.ram and I.dev)"},
+					&cli.BoolFlag{Name: "sparse", Hidden: true, Usage: "refused: use replay interval for <I>.ram"},
+					&cli.StringFlag{Name: "accel", Usage: "accelerator `ACCEL`: tcg (default) or kvm"},
+					&cli.StringFlag{Name: "serial", Usage: "write the guest's serial console to `FILE`"},
+					&cli.StringFlag{Name: "qemu", Usage: "QEMU `BINARY` (default qemu-system-x86_64)"},
+				},
+				Action: replayQEMU,
+			},
+			{
+				Name:  "bench",
+				Usage: "measure load time and footprint: full vs sparse vs lazy, K replays at once",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "mount", Usage: "the ckptfs mount `MNT` (with --prefetch ws) to load from"},
+					&cli.StringFlag{Name: "run", Usage: "the run `R` whose intervals are loaded (MNT/R)"},
+					&cli.StringFlag{Name: "no-prefetch-mount", Usage: "a second mount `MNT` of the store with --prefetch none, for mode (d)"},
+					&cli.StringFlag{Name: "concurrency", Value: "1,4,16", Usage: "`LIST` of replays at once, comma-separated"},
+					&cli.StringFlag{Name: "intervals", Usage: "comma-separated `LIST` of intervals (default: all with a working set)"},
+					&cli.StringFlag{Name: "modes", Usage: "`LIST` of modes to measure, comma-separated: a-d or full, sparse, lazy, lazy-noprefetch (default: all; reductions and the floor need a)"},
+					&cli.BoolFlag{Name: "warm", Usage: "do not drop caches between measurements"},
+					&cli.StringFlag{Name: "json", Usage: "write the report as JSON to `FILE`"},
+					&cli.StringFlag{Name: "plot", Usage: "write a plot to `FILE` (.png or .svg)"},
+				},
+				Action: replayBench,
+			},
+		}, replayIntervalCommands()...),
+	}
+}
+
+func replayQEMU(c *cli.Context) error {
+	if c.String("mount") == "" || c.String("run") == "" || c.String("interval") == "" {
+		return usageErrorf("replay qemu: want --mount MNT --run R --interval I")
+	}
+	if c.Bool("sparse") {
+		// W_I covers interval I only; the guest replay qemu continues
+		// runs past it and would read holes as zeros.
+		return usageErrorf("replay qemu --sparse: a continued guest leaves W_I after interval I; replay interval re-executes interval I from <I>.ram")
+	}
+	i, err := parseInterval(c.String("interval"))
+	if err != nil {
+		return err
+	}
+	cfg := replay.QEMUConfig{Mount: absPath(c, c.String("mount")), Run: c.String("run"), Interval: i, Accel: c.String("accel"), QEMU: c.String("qemu"),
+		SerialPath: absPath(c, c.String("serial")), Args: c.Args().Slice(), Logger: slog.Default(),
+		Stderr: c.App.ErrWriter}
+	q, err := replay.QEMU(c.Context, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.ErrWriter, "ckptfs: QEMU (pid %d) continues %s from checkpoint %d; Ctrl-C stops it\n", q.Pid(), cfg.Run, i)
+	done := make(chan error, 1)
+	go func() { done <- q.Wait() }()
+	select {
+	case <-c.Context.Done():
+		q.Stop()
+		<-done
+		return nil
+	case err := <-done:
+		return err
+	}
+}
+
 // pluginList collects repeated --plugin values whole: "SO,ARGS" keeps its
 // commas (a string slice flag would split it).
 type pluginList []string
@@ -28,7 +101,7 @@ func (p *pluginList) String() string { return strings.Join(*p, " ") }
 
 func pluginFlag() cli.Flag {
 	return &cli.GenericFlag{Name: "plugin", Value: &pluginList{},
-		Usage: "load a TCG plugin into the replay, as QEMU's -plugin SO[,ARGS] (repeatable)"}
+		Usage: "load a TCG plugin `SO[,ARGS]` into the replay, as QEMU's -plugin (repeatable)"}
 }
 
 func plugins(c *cli.Context) []string {
@@ -42,13 +115,13 @@ func plugins(c *cli.Context) []string {
 func replayIntervalCommands() []*cli.Command {
 	common := func() []cli.Flag {
 		return []cli.Flag{
-			&cli.StringFlag{Name: "mount", Usage: "the ckptfs mount (MNT)"},
-			&cli.StringFlag{Name: "run", Usage: "the deterministic run to replay (MNT/R)"},
+			&cli.StringFlag{Name: "mount", Usage: "the ckptfs mount `MNT`"},
+			&cli.StringFlag{Name: "run", Usage: "the deterministic run `R` to replay (MNT/R)"},
 			pluginFlag(),
-			&cli.StringFlag{Name: "json", Usage: "also write the report as JSON to FILE"},
-			&cli.DurationFlag{Name: "deadline", Usage: "kill a replay that has not reached the next checkpoint after this long",
+			&cli.StringFlag{Name: "json", Usage: "also write the report as JSON to `FILE`"},
+			&cli.DurationFlag{Name: "deadline", Usage: "kill a replay that has not reached the next checkpoint after this `DURATION`",
 				DefaultText: "10m, or 60s + 1s per million instructions when longer"},
-			&cli.StringFlag{Name: "qemu", Usage: "QEMU binary (default qemu-system-x86_64)"},
+			&cli.StringFlag{Name: "qemu", Usage: "QEMU `BINARY` (default qemu-system-x86_64)"},
 		}
 	}
 	return []*cli.Command{
@@ -56,7 +129,7 @@ func replayIntervalCommands() []*cli.Command {
 			Name:  "interval",
 			Usage: "re-execute interval I of a deterministic run from checkpoint I to I+1 and verify it; exit 0 only when verified",
 			Flags: append(common(),
-				&cli.StringFlag{Name: "interval", Usage: "the interval I to replay"},
+				&cli.StringFlag{Name: "interval", Usage: "the interval `I` to replay"},
 				&cli.BoolFlag{Name: "full", Usage: "start from full/<I>.ram instead of the sparse <I>.ram"},
 			),
 			Action: replayIntervalCmd,
@@ -65,8 +138,8 @@ func replayIntervalCommands() []*cli.Command {
 			Name:  "run",
 			Usage: "replay every interval of a deterministic run, K at a time, each verified; exit 0 only when all are",
 			Flags: append(common(),
-				&cli.IntFlag{Name: "jobs", Value: 1, Usage: "replays at once (K)"},
-				&cli.StringFlag{Name: "intervals", Usage: "comma-separated intervals (default: every interval with a working set and a next checkpoint)"},
+				&cli.IntFlag{Name: "jobs", Value: 1, Usage: "`K` replays at once"},
+				&cli.StringFlag{Name: "intervals", Usage: "comma-separated `LIST` of intervals (default: every interval with a working set and a next checkpoint)"},
 				&cli.BoolFlag{Name: "compare-full", Usage: "then replay all intervals again from full/<I>.ram loaded whole (a conventional restore) and report sparse/full memory and start time"},
 			),
 			Action: replayRunCmd,

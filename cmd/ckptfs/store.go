@@ -23,9 +23,6 @@ type ownedStore struct {
 	st   *index.Store
 	what string // what the owner is doing, for messages
 	cwd  string // the forwarding client's working directory
-	// extra hooks the owner offers to forwarded commands (e.g. the mount a
-	// forwarded record serves into).
-	mountPoint string
 }
 
 func owned(c *cli.Context) *ownedStore {

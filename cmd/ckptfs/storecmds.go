@@ -17,8 +17,8 @@ func importCommand() *cli.Command {
 		Usage:     "import raw RAM images as checkpoints 0..n of a new run",
 		ArgsUsage: "DUMP0 DUMP1 ...",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "run", Usage: "name of the new run"},
-			&cli.StringFlag{Name: "ws-dir", Usage: "directory with <i>.ws working sets (list format) for i < n"},
+			&cli.StringFlag{Name: "run", Usage: "name `R` of the new run"},
+			&cli.StringFlag{Name: "ws-dir", Usage: "`DIR` with <i>.ws working sets (list format) for i < n"},
 			noPackFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -59,8 +59,8 @@ func exportCommand() *cli.Command {
 		Usage:     "write checkpoint I of a run as a raw image (holes stay holes)",
 		ArgsUsage: "OUT",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "run"},
-			&cli.StringFlag{Name: "interval", Usage: "checkpoint number"},
+			&cli.StringFlag{Name: "run", Usage: "the run `R` to export from"},
+			&cli.StringFlag{Name: "interval", Usage: "checkpoint number `I`"},
 			&cli.BoolFlag{Name: "sparse", Usage: "only the working set W_i is data"},
 		},
 		Action: func(c *cli.Context) error {

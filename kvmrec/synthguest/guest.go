@@ -64,13 +64,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// PageSize is the frame size.
-const PageSize = index.PageSize
+// pageSize is the frame size.
+const pageSize = index.PageSize
 
 // Config describes a synthetic guest.
 type Config struct {
 	MemPath   string // RAM backing file; created or truncated to RAMSize
-	RAMSize   uint64 // bytes, a multiple of PageSize
+	RAMSize   uint64 // bytes, a multiple of pageSize
 	QMPSocket string // unix socket path the guest listens on
 
 	WSFraction    float64 // fraction of all frames accessed per interval
@@ -102,8 +102,8 @@ func (c *Config) check() error {
 	if c.MemPath == "" || c.QMPSocket == "" {
 		return errors.New("synthguest: MemPath and QMPSocket are required")
 	}
-	if c.RAMSize == 0 || c.RAMSize%PageSize != 0 {
-		return fmt.Errorf("synthguest: RAM size %d is not a positive multiple of %d", c.RAMSize, PageSize)
+	if c.RAMSize == 0 || c.RAMSize%pageSize != 0 {
+		return fmt.Errorf("synthguest: RAM size %d is not a positive multiple of %d", c.RAMSize, pageSize)
 	}
 	for _, f := range []float64{c.WSFraction, c.DirtyFraction, c.Locality} {
 		if f < 0 || f > 1 {
@@ -142,14 +142,14 @@ type guest struct {
 	}
 }
 
-// Run runs the guest until ctx ends or a client sends `quit`.
-func Run(ctx context.Context, cfg Config) error {
+// run runs the guest until ctx ends or a client sends `quit`.
+func run(ctx context.Context, cfg Config) error {
 	if err := cfg.check(); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	g := &guest{cfg: cfg, frames: int(cfg.RAMSize / PageSize), quit: cancel}
+	g := &guest{cfg: cfg, frames: int(cfg.RAMSize / pageSize), quit: cancel}
 	g.mu.cond = sync.NewCond(&g.mu.Mutex)
 	g.mu.running = true
 	g.mu.status = "running"
@@ -233,7 +233,7 @@ func mix(x uint64) uint64 {
 func (g *guest) initRAM() {
 	for p := 0; p < g.frames; p++ {
 		h := mix(g.cfg.Seed ^ uint64(p)*0x100000001b3)
-		frame := g.ram[p*PageSize : (p+1)*PageSize]
+		frame := g.ram[p*pageSize : (p+1)*pageSize]
 		switch h % 8 {
 		case 0, 1: // zero frame
 		case 2, 3, 4: // compressible: a 64-byte pattern repeated
@@ -241,15 +241,15 @@ func (g *guest) initRAM() {
 			for i := 0; i < 64; i += 8 {
 				binary.LittleEndian.PutUint64(pat[i:], mix(h+uint64(i)))
 			}
-			for i := 0; i < PageSize; i += 64 {
+			for i := 0; i < pageSize; i += 64 {
 				copy(frame[i:], pat[:])
 			}
 		case 5: // duplicate of one of 16 frames
-			for i := 0; i < PageSize; i += 8 {
+			for i := 0; i < pageSize; i += 8 {
 				binary.LittleEndian.PutUint64(frame[i:], mix(g.cfg.Seed+(h>>60)<<32+uint64(i)))
 			}
 		default: // random
-			for i := 0; i < PageSize; i += 8 {
+			for i := 0; i < pageSize; i += 8 {
 				binary.LittleEndian.PutUint64(frame[i:], mix(h^uint64(i)<<40))
 			}
 		}
@@ -303,10 +303,10 @@ var sink atomic.Uint64
 
 // access performs one operation on the RAM through the mapping.
 func (g *guest) access(k int, o op) {
-	frame := g.ram[int(o.pfn)*PageSize : (int(o.pfn)+1)*PageSize]
+	frame := g.ram[int(o.pfn)*pageSize : (int(o.pfn)+1)*pageSize]
 	h := mix(g.cfg.Seed ^ uint64(k+1)<<32 ^ uint64(o.pfn))
 	if !o.write {
-		sink.Add(binary.LittleEndian.Uint64(frame[h%(PageSize/8)*8:]))
+		sink.Add(binary.LittleEndian.Uint64(frame[h%(pageSize/8)*8:]))
 		return
 	}
 	if h%50 == 0 && !isZero(frame) {
@@ -314,11 +314,11 @@ func (g *guest) access(k int, o op) {
 		return
 	}
 	// The first XOR mask is never zero, so the content always changes.
-	w0 := h % (PageSize / 8) * 8
+	w0 := h % (pageSize / 8) * 8
 	binary.LittleEndian.PutUint64(frame[w0:], binary.LittleEndian.Uint64(frame[w0:])^(mix(h)|1))
 	for i := uint64(1); i < 8; i++ {
 		x := mix(h + i)
-		w := x % (PageSize / 8) * 8
+		w := x % (pageSize / 8) * 8
 		binary.LittleEndian.PutUint64(frame[w:], binary.LittleEndian.Uint64(frame[w:])^x)
 	}
 }
@@ -422,14 +422,14 @@ func (g *guest) writeTruthLocked(n int) error {
 		}
 	}
 	hashes := make([]byte, 8*g.frames)
-	buf := make([]byte, 256*PageSize)
+	buf := make([]byte, 256*pageSize)
 	for off := 0; off < len(g.ram); off += len(buf) {
 		b := buf[:min(len(buf), len(g.ram)-off)]
 		if _, err := g.file.ReadAt(b, int64(off)); err != nil {
 			return fmt.Errorf("synthguest: reading RAM for truth: %w", err)
 		}
-		for i := 0; i < len(b); i += PageSize {
-			binary.LittleEndian.PutUint64(hashes[(off+i)/PageSize*8:], xxh3.Hash(b[i:i+PageSize]))
+		for i := 0; i < len(b); i += pageSize {
+			binary.LittleEndian.PutUint64(hashes[(off+i)/pageSize*8:], xxh3.Hash(b[i:i+pageSize]))
 		}
 	}
 	return writeAtomic(filepath.Join(dir, "pause-"+strconv.Itoa(n)+".hashes"), hashes)

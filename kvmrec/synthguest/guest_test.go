@@ -34,14 +34,14 @@ func TestPlan(t *testing.T) {
 		t.Error("plans of different intervals look the same")
 	}
 	// A write always changes the frame, also when it clears it.
-	g.cfg.RAMSize = 1000 * PageSize
+	g.cfg.RAMSize = 1000 * pageSize
 	g.ram = make([]byte, g.cfg.RAMSize)
 	g.initRAM()
 	for k := 0; k < 200; k++ {
 		o := op{pfn: uint32(k % 1000), write: true}
-		before := append([]byte(nil), g.ram[int(o.pfn)*PageSize:(int(o.pfn)+1)*PageSize]...)
+		before := append([]byte(nil), g.ram[int(o.pfn)*pageSize:(int(o.pfn)+1)*pageSize]...)
 		g.access(k, o)
-		if bytes.Equal(before, g.ram[int(o.pfn)*PageSize:(int(o.pfn)+1)*PageSize]) {
+		if bytes.Equal(before, g.ram[int(o.pfn)*pageSize:(int(o.pfn)+1)*pageSize]) {
 			t.Fatalf("write %d left frame %d unchanged", k, o.pfn)
 		}
 	}

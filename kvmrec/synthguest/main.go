@@ -84,7 +84,7 @@ func mainTo(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := Run(ctx, cfg); err != nil {
+	if err := run(ctx, cfg); err != nil {
 		fmt.Fprintln(stderr, "synth-guest:", err)
 		return 1
 	}

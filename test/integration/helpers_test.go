@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ckptfs/ckptfs/test/integration/qemuguest"
+	"github.com/ckptfs/ckptfs/internal/tailbuf"
 )
 
 // ckptfsBin is the binary under test, built once by TestMain.
@@ -95,13 +95,13 @@ func mustCkptfs(t *testing.T, store string, args ...string) string {
 // daemon is a background ckptfs process (mount, record, a guest).
 type daemon struct {
 	cmd    *exec.Cmd
-	stderr *qemuguest.LockedBuffer
+	stderr *tailbuf.Buffer
 	done   chan struct{}
 }
 
 func startDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{cmd: exec.Command(ckptfsBin, args...), stderr: &qemuguest.LockedBuffer{}, done: make(chan struct{})}
+	d := &daemon{cmd: exec.Command(ckptfsBin, args...), stderr: &tailbuf.Buffer{}, done: make(chan struct{})}
 	d.cmd.Stderr = d.stderr
 	d.cmd.Stdout = d.stderr
 	if err := d.cmd.Start(); err != nil {

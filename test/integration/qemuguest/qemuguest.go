@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ckptfs/ckptfs/internal/tailbuf"
 )
 
 // DefaultCacheDir is where Build puts the guest when CKPTFS_GUEST_DIR is unset
@@ -176,7 +178,7 @@ type Guest struct {
 	Cmd  *exec.Cmd
 	Args []string // full command line, binary first
 
-	out     LockedBuffer
+	out     tailbuf.Buffer
 	done    chan struct{}
 	waitErr error
 }
@@ -391,25 +393,6 @@ func RequireQEMU(t testing.TB) {
 		}
 		t.Skip(msg)
 	}
-}
-
-// LockedBuffer is a bytes.Buffer that a process's output goroutine writes
-// while a test reads it.
-type LockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *LockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *LockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // CopySparse copies a file, leaving all-zero 64 KiB blocks as holes (tests
