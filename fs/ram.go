@@ -231,7 +231,7 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		if p != nil {
 			p.hintAt(first)
 		}
-		if !direct && last-first > 1 {
+		if !direct && (last-first > 1 || n.faultRead(ctx)) {
 			if e := n.refuseReadahead(ck, first, last); e != 0 {
 				return nil, e
 			}
@@ -390,10 +390,22 @@ func copyXattr(dest []byte, v string) (uint32, syscall.Errno) {
 // single-page folios for FUSE and retries page by page.)
 const refusedRetry = 2 * time.Second
 
+// faultRead reports whether a one-frame READ comes from a process that has
+// the file mapped: a fault's read, or a read-around of a single hole between
+// cached frames, which the kernel sends the same way. Refusing it once is
+// safe, because a fault that needs the page reads it again; read(2) would
+// fail instead, so a process without a mapping is always served.
+func (n *ramFile) faultRead(ctx context.Context) bool {
+	return callerMaps(ctx, n.StableAttr().Ino, "/"+n.path())
+}
+
 // refuseReadahead implements the readahead policy of <i>.ram: a READ of
 // several frames that touches a hole is kernel readahead (a page fault's
 // read-around, or readahead past the end of a data run), not a process
-// asking for those holes. Serving it would put zero pages into the page
+// asking for those holes; so is, often, a one-frame READ of a hole from a
+// process that maps the file (faultRead). A one-frame READ inside a window
+// refused moments ago is the kernel asking again for a page a process does
+// need, and is served. Serving it would put zero pages into the page
 // cache, where fault-around maps them into the VMM without a fault, so
 // working-set misses would go unseen and unmapped memory would fill with
 // zeros. Such a READ fails instead; the kernel treats failed readahead as
@@ -413,8 +425,8 @@ func (n *ramFile) refuseReadahead(ck *ckpt, first, last uint64) syscall.Errno {
 	now := time.Now()
 	n.mu.Lock()
 	for _, w := range n.mu.refused {
-		if folioShaped(first, last) && w.first <= first && last <= w.last && last-first < w.last-w.first &&
-			now.Sub(w.at) < refusedRetry {
+		retry := last-first == 1 || folioShaped(first, last) && last-first < w.last-w.first
+		if retry && w.first <= first && last <= w.last && now.Sub(w.at) < refusedRetry {
 			n.mu.Unlock()
 			return 0
 		}
