@@ -100,10 +100,16 @@
 // cache: a fault's read-around reads 1 MiB around the faulting page, and
 // the zero pages it caches are then mapped into the VMM by fault-around
 // without a fault, so misses would go unseen. So a READ of <i>.ram that
-// spans several frames and touches a hole is refused (EIO). The kernel
-// treats failed readahead as advisory and reads the page it needs on its
-// own, as a one-frame READ, which is served (and counted as a miss if it is
-// a hole). The W_i frames of the refused window are pushed from a goroutine
+// spans several frames and touches a hole is refused (EIO). A read-around
+// covers only pages not yet cached, so next to cached W_i frames it comes
+// as one-frame READs of single holes: a one-frame READ of a hole from a
+// process that maps the file is refused too, once. The kernel treats failed
+// readahead as advisory and reads the page a fault needs on its own, once
+// more, as a one-frame READ inside the refused window, which is served (and
+// counted as a miss if it is a hole). read(2) is not retried, so a READ
+// from a process without a mapping of the file is always served. Replays
+// also load the working-set plugin with random=on (MADV_RANDOM on guest
+// RAM), which turns read-around off altogether. The W_i frames of the refused window are pushed from a goroutine
 // instead, so the working set keeps the benefit of readahead; that push
 // starts once the READ of the page the kernel needs is answered (or after
 // 2 ms), so it does not slow that READ down. The price is one more round
