@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -69,6 +70,10 @@ type IntervalConfig struct {
 	// Plugins are -plugin values "SO[,ARGS]", appended in order. Each SO
 	// must exist.
 	Plugins []string
+	// PrecisionPlugin, when set, is the working-set plugin (ckptfs-ws.so):
+	// it is loaded into the replay with mem=on, and the report's Touched
+	// compares the frames the replay touched with W_I.
+	PrecisionPlugin string
 	// QEMU binary; default qemu-system-x86_64 from $PATH.
 	QEMU string
 	// Deadline bounds the whole replay, from QEMU's start to the end of
@@ -121,6 +126,9 @@ type IntervalReport struct {
 	Deadline time.Duration `json:"deadline_ns"`
 	Error    string        `json:"error,omitempty"`
 	QEMUArgs []string      `json:"qemu_args,omitempty"` // binary first
+	// Touched is set with IntervalConfig.PrecisionPlugin, as far as the
+	// replay ran (also when it spun until the deadline).
+	Touched *TouchReport `json:"touched,omitempty"`
 }
 
 // Verified reports whether the replay was verified.
@@ -321,7 +329,11 @@ func planInterval(cfg IntervalConfig, rep *IntervalReport) (*intervalPlan, error
 		return nil, errorf(ErrLogNotReady, "interval %d is not replayable yet: QEMU has written %d of the %d log bytes it needs",
 			i, lf.Size(), pos.LogOffset+1)
 	}
-	for _, pl := range cfg.Plugins {
+	plugins := cfg.Plugins
+	if cfg.PrecisionPlugin != "" {
+		plugins = append(slices.Clip(plugins), cfg.PrecisionPlugin)
+	}
+	for _, pl := range plugins {
 		so := pluginFile(pl)
 		st, err := os.Stat(so)
 		if err != nil || !st.Mode().IsRegular() {
@@ -357,7 +369,8 @@ func planInterval(cfg IntervalConfig, rep *IntervalReport) (*intervalPlan, error
 // replay-break at checkpoint I+1's instruction count, cont, and the wait
 // for STOP. Verified means: query-replay gives that instruction count,
 // every frame of W_I in QEMU's RAM (read through /proc/PID/mem) equals
-// full/<I+1>.ram, and <I>.json's miss counters did not grow.
+// full/<I+1>.ram, <I>.json's miss counters did not grow and, with
+// PrecisionPlugin, the replay touched no frame outside W_I.
 //
 // The report is filled as far as the replay got, also on error. The error
 // is nil only when the verdict is "verified"; it is one line that wraps
@@ -416,8 +429,16 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	}
 	defer os.RemoveAll(tmp)
 	sock := filepath.Join(tmp, "qmp.sock")
+	plugins := cfg.Plugins
+	var touch *touchCounters
+	if cfg.PrecisionPlugin != "" {
+		if touch, err = newTouchCounters(tmp, p.rd.frames()); err != nil {
+			return fmt.Errorf("replay: counters of the frames touched: %v", err)
+		}
+		plugins = append(slices.Clip(plugins), touch.pluginArg(cfg.PrecisionPlugin, p.ramFile))
+	}
 	args, err := intervalArgs(intervalArgSpec{Recorded: p.recorded, RAMFile: p.ramFile, LogFile: p.logFile,
-		RAMSize: p.rd.info.RAMSize, QMPSocket: sock, Plugins: cfg.Plugins})
+		RAMSize: p.rd.info.RAMSize, QMPSocket: sock, Plugins: plugins})
 	if err != nil {
 		return errorf(ErrNotDeterministic, "run %s is not deterministic: %v", cfg.Run, err)
 	}
@@ -453,6 +474,18 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 			tracked = false
 		}
 	}
+	// readTouched fills rep.Touched once QEMU is gone (before tmp is
+	// removed), also when the replay failed.
+	readTouched := func() {
+		if touch == nil || rep.Touched != nil {
+			return
+		}
+		t, err := touch.report(p.runs, p.frames)
+		if err != nil {
+			log.Warn("replay interval: frames touched unknown", "interval", i, "err", err)
+		}
+		rep.Touched = t
+	}
 	var client *qmp.Client
 	peakKnown := false
 	var tCont time.Time
@@ -471,6 +504,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 		}
 		kill()
 		<-done
+		readTouched()
 	}()
 	exited := func(while string) error {
 		<-done
@@ -556,6 +590,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	// Kill QEMU before reading the counters: nothing reads after that.
 	kill()
 	<-done
+	readTouched()
 	if p.countersKnow {
 		if c, err := readCheckpointJSON(p.statFile); err == nil && c.Mount != nil {
 			rep.Misses = c.Mount.Misses - p.misses
@@ -579,6 +614,11 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	case rep.Misses > 0:
 		rep.Verdict = VerdictDiverged
 		return errorf(ErrDiverged, "interval %d left its working set: %d reads of holes of %s (%d frames)", i, rep.Misses, p.ramFile, rep.MissFrames)
+	case rep.Touched != nil && rep.Touched.OutsideWS > 0:
+		// A read the page cache answered is no miss; the plugin saw it.
+		rep.Verdict = VerdictDiverged
+		return errorf(ErrDiverged, "interval %d left its working set: it touched %d frames outside W_%d (first pfn %#x)",
+			i, rep.Touched.OutsideWS, i, rep.Touched.FirstOutside[0])
 	}
 	rep.Verdict = VerdictVerified
 	return nil

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"time"
 )
@@ -24,6 +25,8 @@ type RunConfig struct {
 	Plugins  []string
 	QEMU     string
 	Deadline time.Duration
+	// PrecisionPlugin is IntervalConfig's, for every interval.
+	PrecisionPlugin string
 	// Compare runs a second pass from full/<I>.ram after the one from
 	// <I>.ram, for the sparse/full ratios of memory and start time.
 	Compare bool
@@ -61,6 +64,13 @@ type PassReport struct {
 	MissFrames   uint64 `json:"miss_frames"`
 	Verified     int    `json:"verified"`
 	AllVerified  bool   `json:"all_verified"`
+	// With RunConfig.PrecisionPlugin: how many intervals have a
+	// TouchReport, their least and mean precision, and the sum of their
+	// frames touched outside W_I.
+	Touched        int     `json:"touched_intervals,omitempty"`
+	MinPrecision   float64 `json:"min_precision,omitempty"`
+	MeanPrecision  float64 `json:"mean_precision,omitempty"`
+	TouchedOutside uint64  `json:"touched_outside_ws,omitempty"`
 }
 
 // RunReport is the result of Run.
@@ -96,7 +106,11 @@ func Run(ctx context.Context, cfg RunConfig) (RunReport, error) {
 	if !det {
 		return rep, errorf(ErrNotDeterministic, "run %s is not deterministic: record it with ckptfs record --deterministic", cfg.Run)
 	}
-	for _, pl := range cfg.Plugins {
+	plugins := cfg.Plugins
+	if cfg.PrecisionPlugin != "" {
+		plugins = append(slices.Clip(plugins), cfg.PrecisionPlugin)
+	}
+	for _, pl := range plugins {
 		if st, err := os.Stat(pluginFile(pl)); err != nil || !st.Mode().IsRegular() {
 			return rep, errorf(ErrNoPlugin, "plugin %s: no such file", pluginFile(pl))
 		}
@@ -177,7 +191,8 @@ func runPass(ctx context.Context, cfg RunConfig, ivs []int, full bool) PassRepor
 			defer wg.Done()
 			for k := range next {
 				icfg := IntervalConfig{Mount: cfg.Mount, Run: cfg.Run, Interval: ivs[k], Full: full,
-					Plugins: cfg.Plugins, QEMU: cfg.QEMU, Deadline: cfg.Deadline, Logger: log, track: mem.track}
+					Plugins: cfg.Plugins, PrecisionPlugin: cfg.PrecisionPlugin, QEMU: cfg.QEMU, Deadline: cfg.Deadline,
+					Logger: log, track: mem.track}
 				r, err := Interval(ctx, icfg)
 				if err != nil {
 					log.Debug("replay run: interval not verified", "interval", ivs[k], "source", pass.Source, "err", err)
@@ -217,6 +232,17 @@ func runPass(ctx context.Context, cfg RunConfig, ivs []int, full bool) PassRepor
 		} else {
 			pass.AllVerified = false
 		}
+		if t := r.Touched; t != nil {
+			if pass.Touched == 0 || t.Precision < pass.MinPrecision {
+				pass.MinPrecision = t.Precision
+			}
+			pass.Touched++
+			pass.MeanPrecision += t.Precision
+			pass.TouchedOutside += t.OutsideWS
+		}
+	}
+	if pass.Touched > 0 {
+		pass.MeanPrecision /= float64(pass.Touched)
 	}
 	if n := len(pass.Intervals); n > 0 {
 		pass.MeanLoad = pass.LoadSum / time.Duration(n)

@@ -211,7 +211,7 @@ Try, in another terminal:
 		fmt.Fprintf(out, "  %s replay qemu --mount %s --run %s --interval %d --serial %s/replay.serial\n", selfPath(), mnt, run, max(last, 0), dir)
 	}
 	if det != nil {
-		fmt.Fprintf(out, "  %s replay interval --mount %s --run %s --interval 1\n", selfPath(), mnt, det.run)
+		fmt.Fprintf(out, "  %s replay interval --mount %s --run %s --interval 1 --precision\n", selfPath(), mnt, det.run)
 	}
 	fmt.Fprintf(out, "Report: %s/bench.json, plot: %s/bench.png\n", dir, dir)
 	if det != nil {

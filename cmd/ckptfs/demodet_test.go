@@ -13,7 +13,10 @@ import (
 func TestDemoReplaysVerdict(t *testing.T) {
 	ok := replay.IntervalReport{Interval: 0, Verdict: replay.VerdictVerified}
 	spun := replay.IntervalReport{Interval: 1, Verdict: replay.VerdictTimeout}
-	holes := replay.IntervalReport{Interval: 2, Verdict: replay.VerdictDiverged, TargetICount: 9, ReachedICount: 9, Misses: 4}
+	holes := replay.IntervalReport{Interval: 2, Verdict: replay.VerdictDiverged, TargetICount: 9, ReachedICount: 9, Misses: 4,
+		Touched: &replay.TouchReport{OutsideWS: 2}}
+	raced := replay.IntervalReport{Interval: 4, Verdict: replay.VerdictDiverged, TargetICount: 9, ReachedICount: 9, Misses: 4,
+		Touched: &replay.TouchReport{}}
 	differ := replay.IntervalReport{Interval: 3, Verdict: replay.VerdictDiverged, TargetICount: 9, ReachedICount: 9, DifferingFrames: 1}
 
 	all := &demoReplays{run: "demo-x-det", json: "/d/replay.json"}
@@ -27,9 +30,10 @@ func TestDemoReplaysVerdict(t *testing.T) {
 	}
 
 	some := &demoReplays{run: "demo-x-det", json: "/d/replay.json"}
-	some.rep.Sparse = replay.PassReport{Intervals: []replay.IntervalReport{ok, spun, holes, differ}, Verified: 1}
+	some.rep.Sparse = replay.PassReport{Intervals: []replay.IntervalReport{ok, spun, holes, differ, raced}, Verified: 1}
 	v := some.verdict()
-	for _, want := range []string{"NOT VERIFIED: 1 of 4", "1 spun until the deadline", "1 reached the next checkpoint with no frame different but read holes",
+	for _, want := range []string{"NOT VERIFIED: 1 of 5", "1 spun until the deadline", "1 reached the next checkpoint with no frame different but left W_i",
+		"1 reached it with no frame different and touched nothing outside W_i", "raced",
 		"1 ended elsewhere or with frames different", "known gap"} {
 		if !strings.Contains(v, want) {
 			t.Errorf("verdict %q lacks %q", v, want)
@@ -37,7 +41,7 @@ func TestDemoReplaysVerdict(t *testing.T) {
 	}
 	err := some.err()
 	var ee *exitError
-	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(err.Error(), "3 of 4 interval replays of demo-x-det not verified") {
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(err.Error(), "4 of 5 interval replays of demo-x-det not verified") {
 		t.Errorf("exit: %v", err)
 	}
 

@@ -49,6 +49,8 @@ func replayIntervalCommands() []*cli.Command {
 			&cli.DurationFlag{Name: "deadline", Usage: "kill a replay that has not reached the next checkpoint after this long",
 				DefaultText: "10m, or 60s + 1s per million instructions when longer"},
 			&cli.StringFlag{Name: "qemu", Usage: "QEMU binary (default qemu-system-x86_64)"},
+			&cli.BoolFlag{Name: "precision", Usage: "load the working-set plugin with mem=on and report the frames of W_I the replay touched (a lower bound) and those it touched outside W_I; slows the replay"},
+			&cli.StringFlag{Name: "ws-plugin", Usage: "with --precision: the working-set plugin (default: ckptfs-ws.so beside this binary, or $CKPTFS_WS_PLUGIN)"},
 		}
 	}
 	return []*cli.Command{
@@ -90,7 +92,7 @@ func replayIntervalCmd(c *cli.Context) error {
 	}
 	cfg := replay.IntervalConfig{Mount: absPath(c, c.String("mount")), Run: c.String("run"), Interval: i,
 		Full: c.Bool("full"), Plugins: plugins(c), QEMU: c.String("qemu"), Deadline: c.Duration("deadline"),
-		Logger: slog.Default()}
+		PrecisionPlugin: precisionPlugin(c), Logger: slog.Default()}
 	rep, err := replay.Interval(c.Context, cfg)
 	if rep.QEMUArgs != nil { // QEMU ran: the report says how far it got
 		rep.Table(c.App.Writer)
@@ -121,7 +123,7 @@ func replayRunCmd(c *cli.Context) error {
 	out := c.App.ErrWriter
 	cfg := replay.RunConfig{Intervals: intervals, Mount: absPath(c, c.String("mount")), Run: c.String("run"), Jobs: c.Int("jobs"),
 		Plugins: plugins(c), QEMU: c.String("qemu"), Deadline: c.Duration("deadline"), Compare: c.Bool("compare-full"),
-		Logger: slog.Default(),
+		PrecisionPlugin: precisionPlugin(c), Logger: slog.Default(),
 		OnInterval: func(r replay.IntervalReport) {
 			fmt.Fprintf(out, "ckptfs: interval %d from %s: %s in %s\n", r.Interval, r.Source, r.Verdict, r.Total.Round(time.Millisecond))
 		}}
@@ -133,6 +135,14 @@ func replayRunCmd(c *cli.Context) error {
 		}
 	}
 	return err
+}
+
+// precisionPlugin is the working-set plugin with --precision, else "".
+func precisionPlugin(c *cli.Context) string {
+	if !c.Bool("precision") {
+		return ""
+	}
+	return wsPlugin(c)
 }
 
 // writeReportJSON writes v to --json FILE, when given.
