@@ -107,7 +107,8 @@ type IntervalReport struct {
 	TargetICount  uint64 `json:"target_icount"`
 	ReachedICount uint64 `json:"reached_icount"`
 	// Misses and MissFrames: growth of <I>.json's mount counters over the
-	// replay (reads of holes of <I>.ram, by anybody).
+	// replay, also one killed at its deadline (reads of holes of <I>.ram,
+	// by anybody).
 	Misses     uint64 `json:"misses"`
 	MissFrames uint64 `json:"miss_frames"`
 	// CountersKnown is false when <I>.json has no mount counters (not a
@@ -474,17 +475,27 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 			tracked = false
 		}
 	}
-	// readTouched fills rep.Touched once QEMU is gone (before tmp is
-	// removed), also when the replay failed.
-	readTouched := func() {
-		if touch == nil || rep.Touched != nil {
+	// readAfter fills the misses and rep.Touched once QEMU is gone (before
+	// tmp is removed), also when the replay failed or was killed.
+	readDone := false
+	readAfter := func() {
+		if readDone {
 			return
 		}
-		t, err := touch.report(p.runs, p.frames)
-		if err != nil {
-			log.Warn("replay interval: frames touched unknown", "interval", i, "err", err)
+		readDone = true
+		if p.countersKnow {
+			if c, err := readCheckpointJSON(p.statFile); err == nil && c.Mount != nil {
+				rep.Misses = c.Mount.Misses - p.misses
+				rep.MissFrames = c.Mount.MissFrames - p.missFrames
+			}
 		}
-		rep.Touched = t
+		if touch != nil {
+			t, err := touch.report(p.runs, p.frames)
+			if err != nil {
+				log.Warn("replay interval: frames touched unknown", "interval", i, "err", err)
+			}
+			rep.Touched = t
+		}
 	}
 	var client *qmp.Client
 	peakKnown := false
@@ -504,7 +515,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 		}
 		kill()
 		<-done
-		readTouched()
+		readAfter()
 	}()
 	exited := func(while string) error {
 		<-done
@@ -590,13 +601,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	// Kill QEMU before reading the counters: nothing reads after that.
 	kill()
 	<-done
-	readTouched()
-	if p.countersKnow {
-		if c, err := readCheckpointJSON(p.statFile); err == nil && c.Mount != nil {
-			rep.Misses = c.Mount.Misses - p.misses
-			rep.MissFrames = c.Mount.MissFrames - p.missFrames
-		}
-	}
+	readAfter()
 	if verr != nil {
 		if dctx.Err() != nil {
 			return timeoutErr()

@@ -114,8 +114,7 @@ func (d *demoReplays) verdict() string {
 		why = append(why, fmt.Sprintf("%d reached the next checkpoint with no frame different but left W_i", left))
 	}
 	if raced > 0 {
-		why = append(why, fmt.Sprintf("%d reached it with no frame different and touched nothing outside W_i, "+
-			"but reads of holes of <I>.ram were counted (QEMU's faults raced the working-set push on a busy host)", raced))
+		why = append(why, fmt.Sprintf("%d reached it with no frame different but read holes of <I>.ram, touching no frame outside W_i the plugin sees", raced))
 	}
 	if differ > 0 {
 		why = append(why, fmt.Sprintf("%d ended elsewhere or with frames different from the next checkpoint", differ))
@@ -125,8 +124,8 @@ func (d *demoReplays) verdict() string {
 	}
 	line := fmt.Sprintf("NOT VERIFIED: %d of %d interval replays from sparse checkpoints verified; %s.",
 		p.Verified, len(p.Intervals), strings.Join(why, ", "))
-	if spun+left > 0 {
-		line += " Replays that spin or read holes left W_i: the known gap of deterministic working sets (README, Limits)."
+	if spun+left+raced > 0 {
+		line += " Spinning replays and reads of holes are the known gap of deterministic working sets (README, Limits)."
 	}
 	return line
 }
