@@ -64,9 +64,9 @@ type PassReport struct {
 	MissFrames   uint64 `json:"miss_frames"`
 	Verified     int    `json:"verified"`
 	AllVerified  bool   `json:"all_verified"`
-	// With RunConfig.PrecisionPlugin: how many intervals have a
-	// TouchReport, their least and mean precision, and the sum of their
-	// frames touched outside W_I.
+	// With RunConfig.PrecisionPlugin: how many replays reached the next
+	// checkpoint with a TouchReport, their least and mean precision, and
+	// the frames touched outside W_I summed over every replay.
 	Touched        int     `json:"touched_intervals,omitempty"`
 	MinPrecision   float64 `json:"min_precision,omitempty"`
 	MeanPrecision  float64 `json:"mean_precision,omitempty"`
@@ -218,39 +218,47 @@ func runPass(ctx context.Context, cfg RunConfig, ivs []int, full bool) PassRepor
 	wg.Wait()
 	pass.Wall = time.Since(t0)
 	pass.PeakRSS = mem.stop()
-	pass.AllVerified = true
-	for _, r := range pass.Intervals {
-		pass.ReplaySum += r.ReplayTime
-		pass.LoadSum += r.LoadTime
-		pass.TotalSum += r.Total
-		pass.Instructions += r.Instructions
-		pass.Misses += r.Misses
-		pass.MissFrames += r.MissFrames
-		pass.MaxReplayRSS = max(pass.MaxReplayRSS, r.PeakRSS)
+	pass.total()
+	return pass
+}
+
+// total sums the intervals' reports into the pass's figures.
+func (p *PassReport) total() {
+	p.AllVerified = true
+	for _, r := range p.Intervals {
+		p.ReplaySum += r.ReplayTime
+		p.LoadSum += r.LoadTime
+		p.TotalSum += r.Total
+		p.Instructions += r.Instructions
+		p.Misses += r.Misses
+		p.MissFrames += r.MissFrames
+		p.MaxReplayRSS = max(p.MaxReplayRSS, r.PeakRSS)
 		if r.Verified() {
-			pass.Verified++
+			p.Verified++
 		} else {
-			pass.AllVerified = false
+			p.AllVerified = false
 		}
 		if t := r.Touched; t != nil {
-			if pass.Touched == 0 || t.Precision < pass.MinPrecision {
-				pass.MinPrecision = t.Precision
+			p.TouchedOutside += t.OutsideWS
+			// A replay that stopped short touched only part of W_I.
+			if r.ReachedICount == r.TargetICount && r.TargetICount > 0 {
+				if p.Touched == 0 || t.Precision < p.MinPrecision {
+					p.MinPrecision = t.Precision
+				}
+				p.Touched++
+				p.MeanPrecision += t.Precision
 			}
-			pass.Touched++
-			pass.MeanPrecision += t.Precision
-			pass.TouchedOutside += t.OutsideWS
 		}
 	}
-	if pass.Touched > 0 {
-		pass.MeanPrecision /= float64(pass.Touched)
+	if p.Touched > 0 {
+		p.MeanPrecision /= float64(p.Touched)
 	}
-	if n := len(pass.Intervals); n > 0 {
-		pass.MeanLoad = pass.LoadSum / time.Duration(n)
+	if n := len(p.Intervals); n > 0 {
+		p.MeanLoad = p.LoadSum / time.Duration(n)
 	}
-	if pass.Wall > 0 {
-		pass.ReplayPerWall = float64(pass.ReplaySum) / float64(pass.Wall)
+	if p.Wall > 0 {
+		p.ReplayPerWall = float64(p.ReplaySum) / float64(p.Wall)
 	}
-	return pass
 }
 
 // rssSampler sums the VmRSS of the tracked processes every 20 ms and keeps

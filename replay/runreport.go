@@ -74,7 +74,10 @@ func (r *RunReport) Table(w io.Writer) error {
 		}
 		fmt.Fprintf(w, "replay run %s from %s, %d at a time:\n", r.Run, file, r.Jobs)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		touch := p.Touched > 0
+		touch := false
+		for _, iv := range p.Intervals {
+			touch = touch || iv.Touched != nil
+		}
 		head := "interval\tinstructions\tload ms\treplay ms\tframes\tdiffer\tmisses\t"
 		if touch {
 			head += "precision ≥\toutside W\t"
@@ -100,8 +103,8 @@ func (r *RunReport) Table(w io.Writer) error {
 		fmt.Fprintf(w, "  peak memory of the replays running together %s (largest replay %s); misses %d (%d frames)\n",
 			fmtBytes(p.PeakRSS), fmtBytes(p.MaxReplayRSS), p.Misses, p.MissFrames)
 		if touch {
-			fmt.Fprintf(w, "  precision (frames touched in W_I / |W_I|, a lower bound: page-table walks are not seen) min %.1f %%, mean %.1f %%; frames touched outside W_I %d\n",
-				100*p.MinPrecision, 100*p.MeanPrecision, p.TouchedOutside)
+			fmt.Fprintf(w, "  precision (frames touched in W_I / |W_I|, a lower bound: page-table walks are not seen) of the %d replays that reached the next checkpoint: min %.1f %%, mean %.1f %%; frames touched outside W_I %d\n",
+				p.Touched, 100*p.MinPrecision, 100*p.MeanPrecision, p.TouchedOutside)
 		}
 		for _, iv := range p.Intervals {
 			if iv.Error != "" {

@@ -2,11 +2,13 @@ package replay
 
 import (
 	"encoding/binary"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func counters(frames int, touched ...uint64) []byte {
@@ -83,5 +85,38 @@ func TestTouchCountersFile(t *testing.T) {
 	}
 	if _, err := newTouchCounters(dir, 32); err == nil {
 		t.Error("a second counters file in the same directory was created over the first")
+	}
+}
+
+// A pass's precision counts only the replays that reached the next
+// checkpoint (one that spun touched part of W_I); frames touched outside
+// W_I count for every replay, and the table shows both.
+func TestPassPrecision(t *testing.T) {
+	p := PassReport{Source: "sparse", Wall: time.Second, Intervals: []IntervalReport{
+		{Interval: 0, Verdict: VerdictVerified, TargetICount: 5, ReachedICount: 5, Touched: &TouchReport{Precision: 0.99, WSFrames: 100, InWS: 99}},
+		{Interval: 1, Verdict: VerdictDiverged, TargetICount: 9, ReachedICount: 9, Touched: &TouchReport{Precision: 0.95, OutsideWS: 2, FirstOutside: []uint64{7, 8}}},
+		{Interval: 2, Verdict: VerdictTimeout, TargetICount: 12, Touched: &TouchReport{Precision: 0.1, OutsideWS: 1, FirstOutside: []uint64{3}}},
+		{Interval: 3, Verdict: VerdictFailed, TargetICount: 15},
+	}}
+	p.total()
+	if p.Touched != 2 || p.MinPrecision != 0.95 || math.Abs(p.MeanPrecision-0.97) > 1e-9 || p.TouchedOutside != 3 || p.Verified != 1 || p.AllVerified {
+		t.Errorf("pass: %d touched, min %v, mean %v, outside %d, verified %d", p.Touched, p.MinPrecision, p.MeanPrecision, p.TouchedOutside, p.Verified)
+	}
+	var b strings.Builder
+	rep := RunReport{Run: "r", Jobs: 2, Sparse: p}
+	if err := rep.Table(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"precision ≥", "outside W", "99.0 %", "10.0 %", "of the 2 replays that reached the next checkpoint: min 95.0 %, mean 97.0 %; frames touched outside W_I 3"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+	b.Reset()
+	if err := p.Intervals[1].Table(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "≥ 95.0 %") || !strings.Contains(b.String(), "2 (first pfns 0x7,0x8)") {
+		t.Errorf("interval table:\n%s", b.String())
 	}
 }
