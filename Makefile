@@ -1,5 +1,6 @@
 # ckptfs — the two commands a new user needs:
-#   make demo   record a guest, mount it, show what sparse checkpoints buy
+#   make demo   record a guest (non-deterministically, then deterministically),
+#               mount it, show what sparse checkpoints buy, replay every interval
 #   make test   every test, installing what they need
 # Both install their Debian packages (apt-get) and Go modules themselves.
 

@@ -65,6 +65,17 @@
 // Verified means the icount was reached, no frame differs, and I.json's
 // miss counters did not grow.
 //
+// With PrecisionPlugin the working-set plugin (kvmrec/wsplugin) is loaded
+// into the replay with mem=on and a counters file of its own: it marks
+// every frame whose code the replay ran and every frame it loaded or stored.
+// TouchReport compares that set with W_I: precision = |touched ∩ W_I| /
+// |W_I|, a lower bound (QEMU's page-table walks and its own reads when it
+// restores the checkpoint pass no plugin), and touched \ W_I, frames W_I
+// lacks. A frame in touched \ W_I also makes the replay not verified: the
+// page cache can answer a read of a hole without a miss, the plugin sees it.
+// An empty touched \ W_I proves nothing: the plugin in the replay has the
+// blind spots it had in the recording.
+//
 // The replay needs replay.log up to the log position of checkpoint I+1:
 // file_offset of the "replay" vmstate section of I+1.dev
 // (ParseReplayPosition). While a recording runs QEMU buffers its log, so a

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -76,6 +77,10 @@ type IntervalConfig struct {
 	// Plugins are -plugin values "SO[,ARGS]", appended in order. Each SO
 	// must exist.
 	Plugins []string
+	// PrecisionPlugin, when set, is the working-set plugin (ckptfs-ws.so):
+	// it is loaded into the replay with mem=on, and the report's Touched
+	// compares the frames the replay touched with W_I.
+	PrecisionPlugin string
 	// QEMU binary; default qemu-system-x86_64 from $PATH.
 	QEMU string
 	// Deadline bounds the whole replay, from QEMU's start to the end of
@@ -109,7 +114,8 @@ type IntervalReport struct {
 	TargetICount  uint64 `json:"target_icount"`
 	ReachedICount uint64 `json:"reached_icount"`
 	// Misses and MissFrames: growth of <I>.json's mount counters over the
-	// replay (reads of holes of <I>.ram, by anybody).
+	// replay, also one killed at its deadline (reads of holes of <I>.ram,
+	// by anybody).
 	Misses     uint64 `json:"misses"`
 	MissFrames uint64 `json:"miss_frames"`
 	// CountersKnown is false when <I>.json has no mount counters (not a
@@ -128,6 +134,9 @@ type IntervalReport struct {
 	Deadline time.Duration `json:"deadline_ns"`
 	Error    string        `json:"error,omitempty"`
 	QEMUArgs []string      `json:"qemu_args,omitempty"` // binary first
+	// Touched is set with IntervalConfig.PrecisionPlugin, as far as the
+	// replay ran (also when it spun until the deadline).
+	Touched *TouchReport `json:"touched,omitempty"`
 }
 
 // Verified reports whether the replay was verified.
@@ -155,7 +164,8 @@ func errorf(kind error, format string, args ...any) error {
 // replay-break at checkpoint I+1's instruction count, cont, and the wait
 // for STOP. Verified means: query-replay gives that instruction count,
 // every frame of W_I in QEMU's RAM (read through /proc/PID/mem) equals
-// full/<I+1>.ram, and <I>.json's miss counters did not grow.
+// full/<I+1>.ram, <I>.json's miss counters did not grow and, with
+// PrecisionPlugin, the replay touched no frame outside W_I.
 //
 // The report is filled as far as the replay got, also on error. The error
 // is nil only when the verdict is "verified"; it is one line that wraps
@@ -214,9 +224,20 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	}
 	defer os.RemoveAll(tmp)
 	sock := filepath.Join(tmp, "qmp.sock")
+	plugins, readAround := cfg.Plugins, cfg.WSPlugin
+	var touch *touchCounters
+	if cfg.PrecisionPlugin != "" {
+		if touch, err = newTouchCounters(tmp, p.rd.frames()); err != nil {
+			return fmt.Errorf("replay: counters of the frames touched: %v", err)
+		}
+		// One instance of the plugin does both (a second load of the same
+		// file would share its state).
+		plugins = append(slices.Clip(plugins), touch.pluginArg(cfg.PrecisionPlugin, p.ramFile))
+		readAround = ""
+	}
 	args, err := intervalArgs(intervalArgSpec{Recorded: p.recorded, RAMFile: p.ramFile, LogFile: p.logFile,
-		RAMSize: p.rd.info.RAMSize, QMPSocket: sock, Plugins: cfg.Plugins, Preload: cfg.Preload,
-		ReadAround: cfg.WSPlugin})
+		RAMSize: p.rd.info.RAMSize, QMPSocket: sock, Plugins: plugins, Preload: cfg.Preload,
+		ReadAround: readAround})
 	if err != nil {
 		return errorf(ErrNotDeterministic, "run %s is not deterministic: %v", cfg.Run, err)
 	}
@@ -252,6 +273,28 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 			tracked = false
 		}
 	}
+	// readAfter fills the misses and rep.Touched once QEMU is gone (before
+	// tmp is removed), also when the replay failed or was killed.
+	readDone := false
+	readAfter := func() {
+		if readDone {
+			return
+		}
+		readDone = true
+		if p.countersKnow {
+			if c, err := readCheckpointJSON(p.statFile); err == nil && c.Mount != nil {
+				rep.Misses = c.Mount.Misses - p.misses
+				rep.MissFrames = c.Mount.MissFrames - p.missFrames
+			}
+		}
+		if touch != nil {
+			t, err := touch.report(p.runs, p.frames)
+			if err != nil {
+				log.Warn("replay interval: frames touched unknown", "interval", i, "err", err)
+			}
+			rep.Touched = t
+		}
+	}
 	var client *qmp.Client
 	peakKnown := false
 	var tCont time.Time
@@ -270,6 +313,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 		}
 		kill()
 		<-done
+		readAfter()
 	}()
 	exited := func(while string) error {
 		<-done
@@ -355,12 +399,7 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	// Kill QEMU before reading the counters: nothing reads after that.
 	kill()
 	<-done
-	if p.countersKnow {
-		if c, err := readCheckpointJSON(p.statFile); err == nil && c.Mount != nil {
-			rep.Misses = c.Mount.Misses - p.misses
-			rep.MissFrames = c.Mount.MissFrames - p.missFrames
-		}
-	}
+	readAfter()
 	if verr != nil {
 		if dctx.Err() != nil {
 			return timeoutErr()
@@ -378,6 +417,11 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	case rep.Misses > 0:
 		rep.Verdict = VerdictDiverged
 		return errorf(ErrDiverged, "interval %d left its working set: %d reads of holes of %s (%d frames)", i, rep.Misses, p.ramFile, rep.MissFrames)
+	case rep.Touched != nil && rep.Touched.OutsideWS > 0:
+		// A read the page cache answered is no miss; the plugin saw it.
+		rep.Verdict = VerdictDiverged
+		return errorf(ErrDiverged, "interval %d left its working set: it touched %d frames outside W_%d (first pfn %#x)",
+			i, rep.Touched.OutsideWS, i, rep.Touched.FirstOutside[0])
 	}
 	rep.Verdict = VerdictVerified
 	return nil

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -193,7 +194,11 @@ func planInterval(cfg IntervalConfig, rep *IntervalReport) (*intervalPlan, error
 		return nil, errorf(ErrLogNotReady, "interval %d is not replayable yet: QEMU has written %d of the %d log bytes it needs",
 			i, lf.Size(), pos.LogOffset+1)
 	}
-	for _, pl := range cfg.Plugins {
+	plugins := cfg.Plugins
+	if cfg.PrecisionPlugin != "" {
+		plugins = append(slices.Clip(plugins), cfg.PrecisionPlugin)
+	}
+	for _, pl := range plugins {
 		so := pluginFile(pl)
 		st, err := os.Stat(so)
 		if err != nil || !st.Mode().IsRegular() {

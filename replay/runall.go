@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"time"
 )
@@ -25,6 +26,8 @@ type RunConfig struct {
 	WSPlugin string
 	QEMU     string
 	Deadline time.Duration
+	// PrecisionPlugin is IntervalConfig's, for every interval.
+	PrecisionPlugin string
 	// Compare runs a second pass from full/<I>.ram after the one from
 	// <I>.ram, for the sparse/full ratios of memory and start time.
 	Compare bool
@@ -64,6 +67,13 @@ type PassReport struct {
 	MissFrames   uint64 `json:"miss_frames"`
 	Verified     int    `json:"verified"`
 	AllVerified  bool   `json:"all_verified"`
+	// With RunConfig.PrecisionPlugin: how many replays reached the next
+	// checkpoint with a TouchReport, their least and mean precision, and
+	// the frames touched outside W_I summed over every replay.
+	Touched        int     `json:"touched_intervals,omitempty"`
+	MinPrecision   float64 `json:"min_precision,omitempty"`
+	MeanPrecision  float64 `json:"mean_precision,omitempty"`
+	TouchedOutside uint64  `json:"touched_outside_ws,omitempty"`
 }
 
 // RunReport is the result of Run.
@@ -101,7 +111,11 @@ func Run(ctx context.Context, cfg RunConfig) (RunReport, error) {
 	if !det {
 		return rep, errorf(ErrNotDeterministic, "run %s is not deterministic: record it with ckptfs record --deterministic", cfg.Run)
 	}
-	for _, pl := range cfg.Plugins {
+	plugins := cfg.Plugins
+	if cfg.PrecisionPlugin != "" {
+		plugins = append(slices.Clip(plugins), cfg.PrecisionPlugin)
+	}
+	for _, pl := range plugins {
 		if st, err := os.Stat(pluginFile(pl)); err != nil || !st.Mode().IsRegular() {
 			return rep, errorf(ErrNoPlugin, "plugin %s: no such file", pluginFile(pl))
 		}
@@ -184,8 +198,9 @@ func runPass(ctx context.Context, cfg RunConfig, ivs []int, full bool) PassRepor
 		go func() {
 			defer wg.Done()
 			for k := range next {
-				icfg := IntervalConfig{Mount: cfg.Mount, Run: cfg.Run, Interval: ivs[k], Full: full, Preload: full, WSPlugin: cfg.WSPlugin,
-					Plugins: cfg.Plugins, QEMU: cfg.QEMU, Deadline: cfg.Deadline, Logger: log, track: mem.track}
+				icfg := IntervalConfig{Mount: cfg.Mount, Run: cfg.Run, Interval: ivs[k], Full: full, Preload: full,
+					WSPlugin: cfg.WSPlugin, Plugins: cfg.Plugins, PrecisionPlugin: cfg.PrecisionPlugin, QEMU: cfg.QEMU,
+					Deadline: cfg.Deadline, Logger: log, track: mem.track}
 				r, err := Interval(ctx, icfg)
 				if err != nil {
 					log.Debug("replay run: interval not verified", "interval", ivs[k], "source", pass.Source, "err", err)
@@ -212,26 +227,45 @@ func runPass(ctx context.Context, cfg RunConfig, ivs []int, full bool) PassRepor
 	pass.Wall = time.Since(t0)
 	pass.PeakRSS = mem.stop()
 	pass.PeakGuestRAM = mem.peakRAM
-	pass.AllVerified = true
-	for _, r := range pass.Intervals {
-		pass.ReplaySum += r.ReplayTime
-		pass.LoadSum += r.LoadTime
-		pass.TotalSum += r.Total
-		pass.Instructions += r.Instructions
-		pass.Misses += r.Misses
-		pass.MissFrames += r.MissFrames
-		pass.MaxReplayRSS = max(pass.MaxReplayRSS, r.PeakRSS)
+	pass.total()
+	return pass
+}
+
+// total sums the intervals' reports into the pass's figures.
+func (p *PassReport) total() {
+	p.AllVerified = true
+	for _, r := range p.Intervals {
+		p.ReplaySum += r.ReplayTime
+		p.LoadSum += r.LoadTime
+		p.TotalSum += r.Total
+		p.Instructions += r.Instructions
+		p.Misses += r.Misses
+		p.MissFrames += r.MissFrames
+		p.MaxReplayRSS = max(p.MaxReplayRSS, r.PeakRSS)
 		if r.Verified() {
-			pass.Verified++
+			p.Verified++
 		} else {
-			pass.AllVerified = false
+			p.AllVerified = false
+		}
+		if t := r.Touched; t != nil {
+			p.TouchedOutside += t.OutsideWS
+			// A replay that stopped short touched only part of W_I.
+			if r.ReachedICount == r.TargetICount && r.TargetICount > 0 {
+				if p.Touched == 0 || t.Precision < p.MinPrecision {
+					p.MinPrecision = t.Precision
+				}
+				p.Touched++
+				p.MeanPrecision += t.Precision
+			}
 		}
 	}
-	if n := len(pass.Intervals); n > 0 {
-		pass.MeanLoad = pass.LoadSum / time.Duration(n)
+	if p.Touched > 0 {
+		p.MeanPrecision /= float64(p.Touched)
 	}
-	if pass.Wall > 0 {
-		pass.ReplayPerWall = float64(pass.ReplaySum) / float64(pass.Wall)
+	if n := len(p.Intervals); n > 0 {
+		p.MeanLoad = p.LoadSum / time.Duration(n)
 	}
-	return pass
+	if p.Wall > 0 {
+		p.ReplayPerWall = float64(p.ReplaySum) / float64(p.Wall)
+	}
 }

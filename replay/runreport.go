@@ -3,6 +3,7 @@ package replay
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -35,6 +36,15 @@ func (r *IntervalReport) Table(w io.Writer) error {
 		misses = "unknown (no mount counters in <I>.json)"
 	}
 	fmt.Fprintf(tw, "misses\t%s\n", misses)
+	if t := r.Touched; t != nil {
+		fmt.Fprintf(tw, "precision\t≥ %.1f %% (%d of the %d frames of W_%d touched; QEMU's page-table walks are not seen)\n",
+			100*t.Precision, t.InWS, t.WSFrames, r.Interval)
+		outside := fmt.Sprint(t.OutsideWS)
+		if len(t.FirstOutside) > 0 {
+			outside += " (first pfns " + fmtPFNs(t.FirstOutside) + ")"
+		}
+		fmt.Fprintf(tw, "touched outside W\t%s\n", outside)
+	}
 	fmt.Fprintf(tw, "peak RSS\t%s\n", fmtBytes(r.PeakRSS))
 	fmt.Fprintf(tw, "deadline\t%s\n", r.Deadline)
 	fmt.Fprintf(tw, "total\t%s\n", fmtDur(r.Total))
@@ -64,10 +74,26 @@ func (r *RunReport) Table(w io.Writer) error {
 		}
 		fmt.Fprintf(w, "replay run %s from %s, %d at a time:\n", r.Run, file, r.Jobs)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "interval\tinstructions\tload ms\treplay ms\tframes\tdiffer\tmisses\tpeak RSS\tverdict\t")
+		touch := false
 		for _, iv := range p.Intervals {
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t\n", iv.Interval, iv.Instructions, ms(iv.LoadTime), ms(iv.ReplayTime),
-				iv.FramesVerified, iv.DifferingFrames, iv.Misses, fmtBytes(iv.PeakRSS), iv.Verdict)
+			touch = touch || iv.Touched != nil
+		}
+		head := "interval\tinstructions\tload ms\treplay ms\tframes\tdiffer\tmisses\t"
+		if touch {
+			head += "precision ≥\toutside W\t"
+		}
+		fmt.Fprintln(tw, head+"peak RSS\tverdict\t")
+		for _, iv := range p.Intervals {
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%d\t%d\t%d\t", iv.Interval, iv.Instructions, ms(iv.LoadTime), ms(iv.ReplayTime),
+				iv.FramesVerified, iv.DifferingFrames, iv.Misses)
+			if touch {
+				if t := iv.Touched; t != nil {
+					fmt.Fprintf(tw, "%.1f %%\t%d\t", 100*t.Precision, t.OutsideWS)
+				} else {
+					fmt.Fprint(tw, "-\t-\t")
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t\n", fmtBytes(iv.PeakRSS), iv.Verdict)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -76,6 +102,10 @@ func (r *RunReport) Table(w io.Writer) error {
 			p.Verified, len(p.Intervals), p.Instructions, fmtDur(p.Wall), fmtDur(p.ReplaySum), p.ReplayPerWall, fmtDur(p.MeanLoad))
 		fmt.Fprintf(w, "  peak memory of the replays running together %s, of it guest RAM %s (largest replay %s); misses %d (%d frames)\n",
 			fmtBytes(p.PeakRSS), fmtBytes(p.PeakGuestRAM), fmtBytes(p.MaxReplayRSS), p.Misses, p.MissFrames)
+		if touch {
+			fmt.Fprintf(w, "  precision (frames touched in W_I / |W_I|, a lower bound: page-table walks are not seen) of the %d replays that reached the next checkpoint: min %.1f %%, mean %.1f %%; frames touched outside W_I %d\n",
+				p.Touched, 100*p.MinPrecision, 100*p.MeanPrecision, p.TouchedOutside)
+		}
 		for _, iv := range p.Intervals {
 			if iv.Error != "" {
 				fmt.Fprintf(w, "  interval %d: %s\n", iv.Interval, iv.Error)
@@ -91,6 +121,15 @@ func (r *RunReport) Table(w io.Writer) error {
 	}
 	_, err := fmt.Fprintln(w, verdict)
 	return err
+}
+
+// fmtPFNs writes pfns in hex, comma-separated.
+func fmtPFNs(pfns []uint64) string {
+	s := make([]string, len(pfns))
+	for k, p := range pfns {
+		s[k] = fmt.Sprintf("%#x", p)
+	}
+	return strings.Join(s, ",")
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/float64(time.Millisecond)) }

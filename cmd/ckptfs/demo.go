@@ -39,6 +39,9 @@ func demoCommand() *cli.Command {
 			&cli.IntFlag{Name: "ram-mib", Value: 256, Usage: "guest RAM in MiB"},
 			&cli.StringFlag{Name: "concurrency", Value: "1,4", Usage: "replays at once in the bench"},
 			&cli.BoolFlag{Name: "no-wait", Usage: "clean up and exit instead of staying mounted"},
+			&cli.BoolFlag{Name: "no-deterministic", Usage: "skip the deterministic recording and its interval replays (QEMU guest only)"},
+			&cli.IntFlag{Name: "jobs", Value: 2, Usage: "interval replays at once (replay run --jobs)"},
+			&cli.DurationFlag{Name: "replay-deadline", Value: time.Minute, Usage: "kill an interval replay that has not reached the next checkpoint after this long"},
 			noPackFlag,
 		},
 		Action: runDemo,
@@ -53,6 +56,9 @@ type demoGuest struct {
 	memDir  string // a private directory on tmpfs for mem, removed by stop
 	serial  string
 	qemuArg []string
+	// machineArgs are qemuArg without the RAM backend, the QMP socket and
+	// the serial file: what record --deterministic takes after --.
+	machineArgs []string
 }
 
 func (g *demoGuest) stop() {
@@ -82,6 +88,9 @@ func runDemo(c *cli.Context) error {
 	// Checked before anything starts: a bad flag should not cost a recording.
 	if _, err := replay.ParseConcurrency(c.String("concurrency")); err != nil {
 		return usageErrorf("demo: --concurrency: %v", err)
+	}
+	if c.Int("jobs") < 1 || c.Duration("replay-deadline") <= 0 {
+		return usageErrorf("demo: --jobs and --replay-deadline must be positive")
 	}
 	dir := absPath(c, c.String("dir"))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -148,6 +157,7 @@ func runDemo(c *cli.Context) error {
 		args, _ := json.Marshal(g.qemuArg) // a []string always marshals
 		cfg.Meta = map[string]string{"qemu_args": string(args)}
 	}
+	say("1. non-deterministic recording (record --qmp --mem, the path for a QEMU or KVM guest you start yourself)")
 	say("recording %d checkpoints of run %s every %s", cfg.Count, run, cfg.Interval)
 	sum, err := kvmrec.Record(c.Context, st, cfg)
 	if err != nil {
@@ -180,6 +190,15 @@ func runDemo(c *cli.Context) error {
 		}
 		return fmt.Errorf("replay bench: %w", err)
 	}
+	var det *demoReplays
+	if g.kind == "qemu" && !c.Bool("no-deterministic") {
+		g.stop() // the deterministic recording starts a QEMU of its own
+		if det, err = demoDeterministic(c, st, g, run+"-det", mnt, dir, say); err != nil {
+			return err
+		}
+	} else if g.kind == "synthetic" {
+		say("2. no deterministic recording: the synthetic guest is no QEMU (record --deterministic needs QEMU TCG)")
+	}
 	last := sum.Checkpoints - 2
 	fmt.Fprintf(out, `
 Try, in another terminal:
@@ -191,13 +210,19 @@ Try, in another terminal:
 	if g.kind == "qemu" {
 		fmt.Fprintf(out, "  %s replay qemu --mount %s --run %s --interval %d --serial %s/replay.serial\n", selfPath(), mnt, run, max(last, 0), dir)
 	}
-	fmt.Fprintf(out, "Report: %s/bench.json, plot: %s/bench.png\n", dir, dir)
-	if c.Bool("no-wait") {
-		return nil
+	if det != nil {
+		fmt.Fprintf(out, "  %s replay interval --mount %s --run %s --interval 1 --precision\n", selfPath(), mnt, det.run)
 	}
-	fmt.Fprintln(out, "Mounted until Ctrl-C.")
-	<-c.Context.Done()
-	return nil
+	fmt.Fprintf(out, "Report: %s/bench.json, plot: %s/bench.png\n", dir, dir)
+	if det != nil {
+		fmt.Fprintf(out, "Interval replays: %s\n", det.json)
+		say("%s", det.verdict())
+	}
+	if !c.Bool("no-wait") {
+		fmt.Fprintln(out, "Mounted until Ctrl-C.")
+		<-c.Context.Done()
+	}
+	return det.err()
 }
 
 func selfPath() string {
@@ -247,13 +272,15 @@ func startDemoGuest(c *cli.Context, dir string) (*demoGuest, error) {
 			return nil, fmt.Errorf("--qemu: no guest kernel/initramfs at %s, %s (make guest builds them)", kernel, initrd)
 		}
 		g.kind = "qemu"
-		g.qemuArg = []string{
+		g.machineArgs = []string{
 			"-machine", "pc,accel=tcg", "-m", fmt.Sprintf("%dM", ram),
-			"-object", fmt.Sprintf("memory-backend-file,id=ram0,size=%dM,mem-path=%s,share=on", ram, g.mem),
-			"-machine", "memory-backend=ram0", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+			"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 			"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 mitigations=off",
-			"-serial", "file:" + g.serial, "-qmp", "unix:" + g.qmp + ",server=on,wait=off",
 		}
+		g.qemuArg = append(append([]string(nil), g.machineArgs...),
+			"-object", fmt.Sprintf("memory-backend-file,id=ram0,size=%dM,mem-path=%s,share=on", ram, g.mem),
+			"-machine", "memory-backend=ram0",
+			"-serial", "file:"+g.serial, "-qmp", "unix:"+g.qmp+",server=on,wait=off")
 		g.cmd = exec.Command(qemu, g.qemuArg...)
 	} else {
 		g.kind = "synthetic"

@@ -122,6 +122,8 @@ func replayIntervalCommands() []*cli.Command {
 			&cli.DurationFlag{Name: "deadline", Usage: "kill a replay that has not reached the next checkpoint after this `DURATION`",
 				DefaultText: "10m, or 60s + 1s per million instructions when longer"},
 			&cli.StringFlag{Name: "qemu", Usage: "QEMU `BINARY` (default qemu-system-x86_64)"},
+			&cli.BoolFlag{Name: "precision", Usage: "load the working-set plugin with mem=on and report the frames of W_I the replay touched (a lower bound) and those it touched outside W_I; slows the replay"},
+			&cli.StringFlag{Name: "ws-plugin", Usage: "the working-set plugin `SO` (default: $CKPTFS_WS_PLUGIN, or ckptfs-ws.so beside this binary)"},
 		}
 	}
 	return []*cli.Command{
@@ -163,7 +165,7 @@ func replayIntervalCmd(c *cli.Context) error {
 	}
 	cfg := replay.IntervalConfig{Mount: absPath(c, c.String("mount")), Run: c.String("run"), Interval: i,
 		Full: c.Bool("full"), Plugins: plugins(c), WSPlugin: replayWSPlugin(c), QEMU: c.String("qemu"),
-		Deadline: c.Duration("deadline"), Logger: slog.Default()}
+		Deadline: c.Duration("deadline"), PrecisionPlugin: precisionPlugin(c), Logger: slog.Default()}
 	rep, err := replay.Interval(c.Context, cfg)
 	if rep.QEMUArgs != nil { // QEMU ran: the report says how far it got
 		rep.Table(c.App.Writer)
@@ -194,8 +196,7 @@ func replayRunCmd(c *cli.Context) error {
 	out := c.App.ErrWriter
 	cfg := replay.RunConfig{Intervals: intervals, Mount: absPath(c, c.String("mount")), Run: c.String("run"), Jobs: c.Int("jobs"),
 		Plugins: plugins(c), WSPlugin: replayWSPlugin(c), QEMU: c.String("qemu"), Deadline: c.Duration("deadline"),
-		Compare: c.Bool("compare-full"),
-		Logger:  slog.Default(),
+		Compare: c.Bool("compare-full"), PrecisionPlugin: precisionPlugin(c), Logger: slog.Default(),
 		OnInterval: func(r replay.IntervalReport) {
 			fmt.Fprintf(out, "ckptfs: interval %d from %s: %s in %s\n", r.Interval, r.Source, r.Verdict, r.Total.Round(time.Millisecond))
 		}}
@@ -207,6 +208,14 @@ func replayRunCmd(c *cli.Context) error {
 		}
 	}
 	return err
+}
+
+// precisionPlugin is the working-set plugin with --precision, else "".
+func precisionPlugin(c *cli.Context) string {
+	if !c.Bool("precision") {
+		return ""
+	}
+	return wsPlugin(c)
 }
 
 // writeReportJSON writes v to --json FILE, when given.

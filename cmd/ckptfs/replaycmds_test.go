@@ -35,6 +35,7 @@ func TestReplayIntervalCommands(t *testing.T) {
 		{[]string{"replay", "run", "--mount", mnt, "--run", "d", "--intervals", "1,x"}, 2, "not a list"},
 		{[]string{"replay", "run", "--mount", mnt, "--run", "n"}, 1, "run n is not deterministic"},
 		{[]string{"replay", "run", "--mount", mnt, "--run", "d", "--plugin", "/no/such.so,a=1"}, 1, "plugin /no/such.so: no such file"},
+		{[]string{"replay", "run", "--mount", mnt, "--run", "d", "--precision", "--ws-plugin", "/no/ws.so"}, 1, "plugin /no/ws.so: no such file"},
 		// Commas stay inside one --plugin value: a=1 is not a plugin.
 		{[]string{"replay", "run", "--mount", mnt, "--run", "d", "--plugin", exe + ",a=1,b=2", "--plugin", exe}, 1, "no interval to replay yet"},
 	} {

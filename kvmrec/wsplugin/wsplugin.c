@@ -20,11 +20,16 @@
  * on it, so the host page table shows exactly the 4 KiB frames that were
  * touched instead of 64 KiB blocks around them.
  *
+ * With mem=on (for replays: it costs a callback per load and store) the
+ * plugin also marks every frame the guest loads from or stores to, by guest
+ * physical address, so that the counters hold every frame the guest
+ * executed, read or wrote; QEMU's page-table walks stay invisible.
+ *
  * Arguments: ram=PATH (the memory backend's mem-path), counters=PATH (a file
  * of 8 bytes per frame of the RAM size and TRAILER_WORDS more, below),
  * wp=on|off (default on), random=on (MADV_RANDOM on guest RAM, for replays
  * from a sparse file: see disable_read_around; without counters= the
- * plugin does only that).
+ * plugin does only that), mem=on|off (default off).
  *
  * Debian's QEMU ships no qemu-plugin.h: the few declarations used are below.
  */
@@ -57,6 +62,11 @@ enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
 typedef void (*tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
 typedef void (*vcpu_cb_t)(qemu_plugin_id_t id, unsigned int vcpu_index);
 typedef void (*simple_cb_t)(qemu_plugin_id_t id);
+typedef uint32_t qemu_plugin_meminfo_t;
+struct qemu_plugin_hwaddr;
+enum qemu_plugin_cb_flags { QEMU_PLUGIN_CB_NO_REGS };
+enum qemu_plugin_mem_rw { QEMU_PLUGIN_MEM_RW = 3 };
+typedef void (*mem_cb_t)(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t vaddr, void *userdata);
 
 void qemu_plugin_register_vcpu_init_cb(qemu_plugin_id_t id, vcpu_cb_t cb);
 void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, tb_trans_cb_t cb);
@@ -66,6 +76,11 @@ size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
 struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t idx);
 void *qemu_plugin_insn_haddr(const struct qemu_plugin_insn *insn);
 void qemu_plugin_reset(qemu_plugin_id_t id, simple_cb_t cb);
+void qemu_plugin_register_vcpu_mem_cb(struct qemu_plugin_insn *insn, mem_cb_t cb,
+	enum qemu_plugin_cb_flags flags, enum qemu_plugin_mem_rw rw, void *userdata);
+struct qemu_plugin_hwaddr *qemu_plugin_get_hwaddr(qemu_plugin_meminfo_t info, uint64_t vaddr);
+bool qemu_plugin_hwaddr_is_io(const struct qemu_plugin_hwaddr *haddr);
+uint64_t qemu_plugin_hwaddr_phys_addr(const struct qemu_plugin_hwaddr *haddr);
 
 __attribute__((visibility("default"))) int qemu_plugin_version = 1;
 
@@ -85,6 +100,7 @@ static bool resetting;
 enum { GEN_WORD, TRANSLATED_WORD, FLUSHED_WORD, TRAILER_WORDS };
 static bool want_wp = true;
 static bool want_random;     /* random=on: no read-around on guest RAM */
+static bool want_mem;
 static bool located_failed;
 
 static void say(const char *fmt, const char *arg)
@@ -213,8 +229,35 @@ static void maybe_flush(qemu_plugin_id_t id)
 	qemu_plugin_reset(id, flushed);
 }
 
+/* mem_access marks the frame of one load or store. Guest physical
+ * addresses below the RAM size are taken as offsets into guest RAM, which
+ * holds on pc below the PCI hole; RAM above 4 GiB is not marked. */
+static void mem_access(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t vaddr, void *userdata)
+{
+	(void)vcpu_index;
+	(void)userdata;
+	struct qemu_plugin_hwaddr *hw = qemu_plugin_get_hwaddr(info, vaddr);
+	if (!hw || qemu_plugin_hwaddr_is_io(hw))
+		return;
+	uint64_t pfn = qemu_plugin_hwaddr_phys_addr(hw) >> FRAME_SHIFT;
+	if (pfn < ram_frames)
+		counters[pfn] = 1;
+}
+
+/* mem_trans asks for mem_access on every load and store of a block. */
+static void mem_trans(struct qemu_plugin_tb *tb)
+{
+	size_t n = qemu_plugin_tb_n_insns(tb);
+	for (size_t i = 0; i < n; i++)
+		qemu_plugin_register_vcpu_mem_cb(qemu_plugin_tb_get_insn(tb, i), mem_access,
+			QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_MEM_RW, NULL);
+}
+
 static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
+	(void)id;
+	if (want_mem)
+		mem_trans(tb);
 	if (!locate())
 		return;
 	trailer[TRANSLATED_WORD]++;
@@ -248,8 +291,10 @@ int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, 
 			want_wp = false;
 		} else if (strcmp(argv[i], "random=on") == 0) {
 			want_random = true;
+		} else if (strcmp(argv[i], "mem=on") == 0 || strcmp(argv[i], "mem=off") == 0) {
+			want_mem = strcmp(argv[i], "mem=on") == 0;
 		} else if (strcmp(argv[i], "wp=on") != 0) {
-			say("ckptfs-ws: unknown argument %s (ram=, counters=, wp=, random=)\n", argv[i]);
+			say("ckptfs-ws: unknown argument %s (ram=, counters=, wp=, random=, mem=)\n", argv[i]);
 			return -1;
 		}
 	}

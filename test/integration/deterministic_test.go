@@ -26,6 +26,14 @@ type intervalReport struct {
 	DifferingFrames uint64 `json:"differing_frames"`
 	Misses          uint64 `json:"misses"`
 	MissFrames      uint64 `json:"miss_frames"`
+	Touched         *struct {
+		Frames    uint64   `json:"frames"`
+		WSFrames  uint64   `json:"ws_frames"`
+		InWS      uint64   `json:"in_ws"`
+		OutsideWS *uint64  `json:"outside_ws"`
+		Precision float64  `json:"precision"`
+		First     []uint64 `json:"first_outside"`
+	} `json:"touched"`
 }
 
 // TestDeterministicRecordReplay records the QEMU test guest in record mode
@@ -35,7 +43,9 @@ type intervalReport struct {
 // it must arrive at the next checkpoint's instruction count with every frame
 // of W_i equal to it. From the sparse checkpoint the replay must give a
 // verdict within its deadline: verified (exit 0) exactly when it arrived
-// with no frame different and no read outside W_i, else one error line. A
+// with no frame different and no read outside W_i, else one error line.
+// Both replays run with --precision, and report the share of W_i they
+// touched and the frames they touched outside it. A
 // copy of <i>.ram with one frame of W_i taken out is caught, and a replay
 // log cut short is refused.
 func TestDeterministicRecordReplay(t *testing.T) {
@@ -124,7 +134,7 @@ func TestDeterministicRecordReplay(t *testing.T) {
 			deadline = "60s" // a replay that left W_i spins until then
 		}
 		args := []string{"replay", "interval", "--mount", mnt, "--run", "det", "--interval", fmt.Sprint(last),
-			"--deadline", deadline, "--json", filepath.Join(dir, "r.json")}
+			"--deadline", deadline, "--precision", "--json", filepath.Join(dir, "r.json")}
 		if full {
 			args = append(args, "--full")
 		}
@@ -132,7 +142,15 @@ func TestDeterministicRecordReplay(t *testing.T) {
 		var r intervalReport
 		readJSON(t, filepath.Join(dir, "r.json"), &r)
 		t.Logf("interval %d full=%v: exit %d, %+v\n%s", last, full, code, r, stdout)
-		verified := r.ReachedICount == r.TargetICount && r.DifferingFrames == 0 && r.FramesVerified > 0 && r.Misses == 0
+		// --precision: the frames the replay touched against W_i.
+		tr := r.Touched
+		if tr == nil || tr.OutsideWS == nil || (tr.WSFrames != r.FramesVerified && r.FramesVerified > 0) ||
+			tr.Precision <= 0 || tr.Precision > 1 || tr.InWS > tr.WSFrames || tr.Frames != tr.InWS+*tr.OutsideWS {
+			t.Fatalf("interval %d full=%v: touched report %+v (want precision in (0,1] and touched outside W_i reported)", last, full, tr)
+		}
+		t.Logf("interval %d full=%v: precision ≥ %.3f, %d frames touched outside W_i %v", last, full, tr.Precision, *tr.OutsideWS, tr.First)
+		verified := r.ReachedICount == r.TargetICount && r.DifferingFrames == 0 && r.FramesVerified > 0 && r.Misses == 0 &&
+			*tr.OutsideWS == 0
 		if (code == 0) != verified || (code == 0) != (r.Verdict == "verified") {
 			t.Errorf("interval %d full=%v: exit %d, verdict %s, reached %d of %d, %d of %d frames differ, %d misses",
 				last, full, code, r.Verdict, r.ReachedICount, r.TargetICount, r.DifferingFrames, r.FramesVerified, r.Misses)
