@@ -62,10 +62,12 @@ func TestTouchCountersFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fi, err := os.Stat(c.path); err != nil || fi.Size() != 256 {
-		t.Fatalf("counters file: %v, %v; want 256 bytes", fi, err)
+	if fi, err := os.Stat(c.path); err != nil || fi.Size() != (32+touchTrailerWords)*8 {
+		t.Fatalf("counters file: %v, %v; want %d bytes", fi, err, (32+touchTrailerWords)*8)
 	}
-	if err := os.WriteFile(c.path, counters(32, 1, 7), 0o600); err != nil {
+	// The trailer (the plugin's own words) is not frames.
+	data := append(counters(32, 1, 7), 9, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0)
+	if err := os.WriteFile(c.path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	r, err := c.report([]frameRun{{Start: 7, Count: 4}}, 4)
@@ -79,7 +81,7 @@ func TestTouchCountersFile(t *testing.T) {
 		t.Error("a counters file of the wrong size was read")
 	}
 	arg := c.pluginArg("/x/ckptfs-ws.so", "/m,nt/r/3.ram")
-	want := "/x/ckptfs-ws.so,ram=/m,,nt/r/3.ram,counters=" + filepath.Join(dir, "touched.counters") + ",mem=on,wp=off"
+	want := "/x/ckptfs-ws.so,ram=/m,,nt/r/3.ram,counters=" + filepath.Join(dir, "touched.counters") + ",mem=on,wp=off,random=on"
 	if arg != want {
 		t.Errorf("pluginArg: %q, want %q", arg, want)
 	}
