@@ -99,10 +99,10 @@ func TestDeterministicRecordReplay(t *testing.T) {
 		t.Errorf("verify det: %q", out)
 	}
 
-	// Every interval from <i>.ram, two at a time: each must reach the next
+	// Every interval from <i>.ram, one at a time: each must reach the next
 	// checkpoint with W_i equal to it and no working-set miss.
 	runJSON := filepath.Join(dir, "run.json")
-	code, stdout, stderr := ckptfs(t, store, "replay", "run", "--mount", mnt, "--run", "det", "--jobs", "2",
+	code, stdout, stderr := ckptfs(t, store, "replay", "run", "--mount", mnt, "--run", "det", "--jobs", "1",
 		"--deadline", "3m", "--json", runJSON)
 	var rr struct {
 		Sparse struct {
