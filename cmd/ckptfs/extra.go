@@ -87,9 +87,6 @@ func newRegistry() *prometheus.Registry {
 // forwarding. Creating an empty store lets a user mount first and record into
 // the running mount, as DESIGN.md describes.
 func ownStore(c *cli.Context) (*index.Store, error) {
-	if o := owned(c); o != nil {
-		return nil, fmt.Errorf("store %s is already served by %s", o.st.Dir(), o.what)
-	}
 	return index.Open(storeDir(c), index.Options{Create: true, Logger: slog.Default()})
 }
 
@@ -241,45 +238,20 @@ func recordCommand() *cli.Command {
 			if c.Duration("interval") <= 0 {
 				return usageErrorf("record: --interval must be positive")
 			}
-			cfg := kvmrec.Config{
-				Run: c.String("run"), QMPSocket: absPath(c, c.String("qmp")), MemPath: absPath(c, c.String("mem")),
-				Interval: c.Duration("interval"), Count: c.Int("count"), Duration: c.Duration("duration"),
-				Tracker: c.String("tracker"), DeviceState: c.Bool("device-state"), ExactWorkingSets: c.Bool("exact-ws"), NoPrecopy: c.Bool("no-precopy"),
-				PackLive: c.Bool("pack-live") && !c.Bool("no-pack"),
-				Logger:   commandLogger(c),
+			job := recordJob{
+				cfg: kvmrec.Config{
+					Run: c.String("run"), QMPSocket: absPath(c, c.String("qmp")), MemPath: absPath(c, c.String("mem")),
+					Interval: c.Duration("interval"), Count: c.Int("count"), Duration: c.Duration("duration"),
+					Tracker: c.String("tracker"), DeviceState: c.Bool("device-state"), ExactWorkingSets: c.Bool("exact-ws"), NoPrecopy: c.Bool("no-precopy"),
+					PackLive: c.Bool("pack-live") && !c.Bool("no-pack"),
+				},
+				noPack: c.Bool("no-pack"),
+			}
+			if c.Bool("deterministic") {
+				job.deterministic, job.qemu, job.machineArgs, job.plugin = true, c.String("qemu"), c.Args().Slice(), wsPlugin(c)
 			}
 			out := c.App.ErrWriter
-			cfg.OnCheckpoint = func(s kvmrec.CheckpointStats) { fmt.Fprintln(out, formatCheckpoint(s)) }
-			record := func(st *index.Store, reg prometheus.Registerer) error {
-				cfg.Registerer = reg
-				var sum kvmrec.Summary
-				var err error
-				if c.Bool("deterministic") {
-					sum, err = kvmrec.RecordDeterministic(c.Context, st, kvmrec.DeterministicConfig{
-						Config: cfg, QEMU: c.String("qemu"), MachineArgs: c.Args().Slice(), Plugin: wsPlugin(c)})
-				} else {
-					sum, err = kvmrec.Record(c.Context, st, cfg)
-				}
-				if sum.Checkpoints > 0 {
-					fmt.Fprintf(c.App.Writer, "recorded %s: %d checkpoints of %s in %s (%s); downtime median %s, p99 %s; %s stored\n",
-						sum.Run, sum.Checkpoints, humanBytes(sum.RAMSize), sum.Elapsed.Round(time.Millisecond), sum.Stopped,
-						sum.MedianDowntime.Round(10*time.Microsecond), sum.P99Downtime.Round(10*time.Microsecond), humanBytes(sum.BytesStored))
-				}
-				if sum.Checkpoints > 1 {
-					// Also after a failure: what was committed is served,
-					// and deserves its packs.
-					if perr := packRun(c, st, sum.Run); err == nil {
-						err = perr
-					}
-				}
-				return err
-			}
-			if o := owned(c); o != nil {
-				if c.String("mount") != "" {
-					return fmt.Errorf("store %s is already served by %s; record without --mount", o.st.Dir(), o.what)
-				}
-				return record(o.st, nil)
-			}
+			rep := cliReporter{stdout: c.App.Writer, stderr: out, log: slog.Default()}
 			if mnt := c.String("mount"); mnt != "" {
 				if err := checkMountpoint(c, absPath(c, mnt)); err != nil {
 					return err
@@ -290,7 +262,7 @@ func recordCommand() *cli.Command {
 				if c.String("mount") != "" {
 					return fmt.Errorf("%v; record without --mount to record through it", err)
 				}
-				return forward(c, storeDir(c), err)
+				return recordThroughOwner(c.Context, storeDir(c), err, job, c.String("log-level"), rep)
 			}
 			if err != nil {
 				return err
@@ -301,7 +273,7 @@ func recordCommand() *cli.Command {
 				return err
 			}
 			defer stopMetrics()
-			o := &ownedStore{st: st, what: "ckptfs record " + cfg.Run + " (pid " + strconv.Itoa(os.Getpid()) + ")"}
+			o := &ownedStore{st: st, what: "ckptfs record " + job.cfg.Run + " (pid " + strconv.Itoa(os.Getpid()) + ")"}
 			if mnt := c.String("mount"); mnt != "" {
 				srv, err := mountAt(c, st, absPath(c, mnt), c.String("prefetch"), reg)
 				if err != nil {
@@ -316,22 +288,9 @@ func recordCommand() *cli.Command {
 				return err
 			}
 			defer sock.Close()
-			return record(st, reg)
+			return runRecording(c.Context, st, job, reg, rep)
 		},
 	}
-}
-
-// commandLogger is the logger of a command: the process's, or, for a
-// command forwarded to the process that owns the store, one that writes to
-// the forwarded stderr, so that its warnings (a VM found paused) reach the
-// user who ran it, not the log of the mount.
-func commandLogger(c *cli.Context) *slog.Logger {
-	if owned(c) == nil {
-		return slog.Default()
-	}
-	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(c.String("log-level"))) // checked by the app's Before
-	return slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: lvl}))
 }
 
 func formatCheckpoint(s kvmrec.CheckpointStats) string {
@@ -471,9 +430,6 @@ func storeDropper(c *cli.Context, mnt string) func() error {
 	}
 	if json.Unmarshal(data, &st) != nil || st.Store == "" {
 		return nil
-	}
-	if o := owned(c); o != nil && o.st.Dir() == st.Store {
-		return func() error { o.st.DropCache(); return nil }
 	}
 	ctx := c.Context
 	if err := dropStoreCache(ctx, st.Store); err != nil {

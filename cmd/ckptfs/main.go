@@ -36,21 +36,19 @@ func main() {
 	}
 	reexecForMount()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr, nil)
+	code := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
 
-// run executes one command line and returns its exit code. The socket
-// server calls it too, with the owning process's store in owned.
-func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) int {
-	app := newApp(stdin, stdout, stderr, owned)
+// run executes one command line and returns its exit code.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	app := newApp(stdin, stdout, stderr)
 	notFound := false
 	app.CommandNotFound = func(c *cli.Context, name string) {
 		notFound = true
 		fmt.Fprintf(stderr, "ckptfs: no command %q (see ckptfs --help)\n", name)
 	}
-	app.Metadata[argsKey] = args
 	err := app.RunContext(ctx, permuteArgs(app, args))
 	if err == nil {
 		if notFound {
@@ -84,7 +82,7 @@ func oneLine(err error) string {
 	return msg
 }
 
-func newApp(stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) *cli.App {
+func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	app := &cli.App{
 		Name:      "ckptfs",
 		Usage:     "record a VM as incremental memory checkpoints and serve them as sparse files",
@@ -100,9 +98,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) *cli.A
 			if err := lvl.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 				return usageErrorf("--log-level: %v", err)
 			}
-			if owned == nil {
-				slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})))
-			}
+			slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})))
 			return nil
 		},
 		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
@@ -113,7 +109,6 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) *cli.A
 		Commands: []*cli.Command{
 			importCommand(), exportCommand(), lsCommand(), infoCommand(), verifyCommand(), rmCommand(), packCommand(),
 		},
-		Metadata: map[string]any{ownedKey: owned},
 	}
 	app.Commands = append(app.Commands, extraCommands()...)
 	for _, cmd := range app.Commands {

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/ckptfs/ckptfs/index"
 )
@@ -43,6 +44,8 @@ func NewUnix(path string) *Client {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		},
+		// An import waits for the server's go before it sends its dumps.
+		ExpectContinueTimeout: 10 * time.Second,
 	}})
 }
 
@@ -231,6 +234,11 @@ func (c *Client) call(ctx context.Context, method, path, ctype string, body io.R
 	}
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
+	}
+	if ctype == ContentImport {
+		// Refusals that need no dumps (bad name, run exists) come
+		// before any is sent.
+		req.Header.Set("Expect", "100-continue")
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
