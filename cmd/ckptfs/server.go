@@ -65,6 +65,12 @@ func serveStore(st *index.Store, o *ownedStore) (*storeServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store socket: %w", err)
 	}
+	// The umask made it owner-only from the start; connecting needs only
+	// write permission.
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("store socket: %w", err)
+	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	s := &storeServer{ln: ln, path: filepath.Join(st.Dir(), socketName)}
 	s.srv = &http.Server{Handler: peerCheck(apiHandler(st, o), os.Geteuid()), ConnContext: func(ctx context.Context, c net.Conn) context.Context {

@@ -75,7 +75,7 @@ func ownedForTest(t *testing.T) (*index.Store, []string, string) {
 func TestStoreAPI(t *testing.T) {
 	_, dumps, sock := ownedForTest(t)
 	fi, err := os.Stat(sock)
-	if err != nil || fi.Mode().Perm()&0o077 != 0 || fi.Mode()&os.ModeSocket == 0 {
+	if err != nil || fi.Mode().Perm() != 0o600 || fi.Mode()&os.ModeSocket == 0 {
 		t.Fatalf("socket %v, %v: want a socket only its owner may use", fi.Mode(), err)
 	}
 	cl := storeapi.NewUnix(sock)
