@@ -10,9 +10,9 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
+	"github.com/ckptfs/ckptfs/internal/storeapi"
 	"github.com/urfave/cli/v2"
 )
 
@@ -71,16 +71,7 @@ var errAlreadyReported = errors.New("already reported")
 
 // oneLine is the first line of err's message, without the "ckptfs: "
 // that run puts in front (errors of other packages may carry it already).
-func oneLine(err error) string {
-	msg := err.Error()
-	if i := strings.IndexByte(msg, '\n'); i >= 0 {
-		msg = msg[:i]
-	}
-	for strings.HasPrefix(msg, "ckptfs: ") {
-		msg = msg[len("ckptfs: "):]
-	}
-	return msg
-}
+func oneLine(err error) string { return storeapi.OneLine(err.Error()) }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	app := &cli.App{

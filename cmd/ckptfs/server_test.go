@@ -211,6 +211,7 @@ func TestStoreAPIBadRequests(t *testing.T) {
 	}{
 		{"POST", "/v1/exec", "application/json", `{"args":["ckptfs","ls"],"cwd":"/"}`, 404, storeapi.CodeNotFound, "no endpoint"},
 		{"GET", "/v2/runs", "", "", 404, storeapi.CodeNotFound, "no endpoint"},
+		{"GET", "/v1/verify", "", "", 404, storeapi.CodeNotFound, "no endpoint GET /v1/verify"},
 		{"GET", "/v1/runs/r1/intervals/x", "", "", 400, storeapi.CodeBadRequest, "non-negative"},
 		{"GET", "/v1/runs/r1/intervals/9", "", "", 404, storeapi.CodeCheckpointMissing, "not committed"},
 		{"GET", "/v1/runs/r1/checkpoints/0/image?sparse=maybe", "", "", 400, storeapi.CodeBadRequest, "sparse"},

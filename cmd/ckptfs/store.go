@@ -89,8 +89,13 @@ func withOwner(ctx context.Context, dir string, busy error, fn func(cl *storeapi
 		return fmt.Errorf("%v; reaching it through its socket failed: %v", busy, err)
 	}
 	err = fn(cl)
-	if errors.Is(err, storeapi.ErrConnectionLost) {
+	switch {
+	case errors.Is(err, storeapi.ErrConnectionLost):
 		return fmt.Errorf("store %s: %v (check with `ckptfs ls`, then retry)", dir, errOwnerGone)
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		// Ctrl-C here ends the request there too; what the owner
+		// committed before stays, as after a local Ctrl-C.
+		return fmt.Errorf("interrupted: %w (the store's owner keeps what it committed; see `ckptfs ls`)", err)
 	}
 	return err
 }
