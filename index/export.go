@@ -3,6 +3,7 @@ package index
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -23,19 +24,11 @@ type ExportSpec struct {
 // Export writes checkpoint i of a run to a file of the RAM size. Frames that
 // are not data are left as holes (they read as zeros).
 func (s *Store) Export(ctx context.Context, spec ExportSpec) error {
-	c, err := s.OpenCheckpoint(spec.Run, spec.Interval)
+	c, frames, err := s.exportFrames(spec)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	var frames *roaring.Bitmap
-	if spec.Sparse {
-		if frames, err = s.WorkingSet(spec.Run, spec.Interval); err != nil {
-			return err
-		}
-	} else if frames, err = c.DataFrames(); err != nil {
-		return err
-	}
 	f, err := os.OpenFile(spec.Out, os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadInput, err)
@@ -61,6 +54,39 @@ func (s *Store) Export(ctx context.Context, spec ExportSpec) error {
 	return nil
 }
 
+// ExportTo writes the data frames of checkpoint spec.Interval (W_i when
+// spec.Sparse) to w at their offsets, in no particular order and from
+// several goroutines, one WriteAt at a time each; spec.Out is not used. It
+// returns the RAM size. Offsets not written are holes.
+func (s *Store) ExportTo(ctx context.Context, spec ExportSpec, w io.WriterAt) (uint64, error) {
+	c, frames, err := s.exportFrames(spec)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return c.Size(), c.writeFrames(ctx, w, "the export stream", frames, spec.Progress)
+}
+
+// exportFrames opens the checkpoint of spec and finds the frames an export
+// writes.
+func (s *Store) exportFrames(spec ExportSpec) (*Checkpoint, *roaring.Bitmap, error) {
+	c, err := s.OpenCheckpoint(spec.Run, spec.Interval)
+	if err != nil {
+		return nil, nil, err
+	}
+	var frames *roaring.Bitmap
+	if spec.Sparse {
+		frames, err = s.WorkingSet(spec.Run, spec.Interval)
+	} else {
+		frames, err = c.DataFrames()
+	}
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, frames, nil
+}
+
 func (c *Checkpoint) export(ctx context.Context, f *os.File, frames *roaring.Bitmap, progress Progress) error {
 	// A regular file gets the RAM size with holes; a device (/dev/null, a
 	// block device) is written as it is.
@@ -69,6 +95,11 @@ func (c *Checkpoint) export(ctx context.Context, f *os.File, frames *roaring.Bit
 			return fmt.Errorf("writing %s: %w", f.Name(), err)
 		}
 	}
+	return c.writeFrames(ctx, f, f.Name(), frames, progress)
+}
+
+// writeFrames writes frames to f at their offsets.
+func (c *Checkpoint) writeFrames(ctx context.Context, f io.WriterAt, name string, frames *roaring.Bitmap, progress Progress) error {
 	// Each worker coalesces frames that are adjacent both in its read order
 	// and in the file into one write of up to 1 MiB.
 	const maxRun = 1 << 20
@@ -90,7 +121,7 @@ func (c *Checkpoint) export(ctx context.Context, f *os.File, frames *roaring.Bit
 			return nil
 		}
 		if _, err := f.WriteAt(r.data, int64(r.start*PageSize)); err != nil {
-			return fmt.Errorf("writing %s: %w", f.Name(), err)
+			return fmt.Errorf("writing %s: %w", name, err)
 		}
 		n := done.Add(uint64(len(r.data)))
 		if progress != nil {

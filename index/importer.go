@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ckptfs/ckptfs/index/rawfmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 
 	"github.com/RoaringBitmap/roaring/v2"
+	"github.com/ckptfs/ckptfs/index/rawfmt"
 )
 
 // Progress is called with bytes done and bytes in all; it may be nil.
@@ -24,73 +25,153 @@ type ImportSpec struct {
 	Progress Progress
 }
 
+// ImportStreamSpec describes an import from one stream: Count raw RAM
+// images of RAMSize bytes each, back to back (the store socket's import).
+type ImportStreamSpec struct {
+	Run     string
+	RAMSize uint64
+	Count   int
+	// WorkingSets, when set, holds W_i for i < Count-1.
+	WorkingSets []*roaring.Bitmap
+	Body        io.Reader
+	Progress    Progress
+}
+
 // Import reads raw RAM images into a new run. All input is checked before
 // anything is written. If ctx is cancelled, the checkpoints committed so far
 // stay (the run is visible once checkpoint 0 is) and the error says how far
 // it got.
 func (s *Store) Import(ctx context.Context, spec ImportSpec) (RunInfo, error) {
-	if err := ValidRunName(spec.Run); err != nil {
+	if err := s.checkNewRun(spec.Run, len(spec.Dumps)); err != nil {
 		return RunInfo{}, err
 	}
-	if len(spec.Dumps) == 0 {
-		return RunInfo{}, fmt.Errorf("%w: no dumps to import", ErrBadInput)
+	size, err := CheckDumps(spec.Dumps)
+	if err != nil {
+		return RunInfo{}, err
 	}
-	if _, err := s.Run(spec.Run); err == nil {
-		return RunInfo{}, fmt.Errorf("%w: %q", ErrRunExists, spec.Run)
+	var wss []*roaring.Bitmap
+	if spec.WSDir != "" {
+		if wss, err = ReadWorkingSets(spec.WSDir, len(spec.Dumps)-1, uint64(size)/PageSize); err != nil {
+			return RunInfo{}, err
+		}
+	}
+	buf := make([]byte, 4<<20)
+	return s.importDumps(ctx, spec.Run, uint64(size), wss, spec.Dumps, spec.Progress, func(i int, fn func(uint64, []byte) error, progress func(uint64)) error {
+		return readDumpFile(ctx, spec.Dumps[i], size, buf, fn, progress)
+	})
+}
+
+// ImportStream is Import from one stream. The sizes and working sets are
+// checked before anything is written; a stream that ends early keeps the
+// checkpoints committed before (as a cancelled Import does).
+func (s *Store) ImportStream(ctx context.Context, spec ImportStreamSpec) (RunInfo, error) {
+	if err := s.checkNewRun(spec.Run, spec.Count); err != nil {
+		return RunInfo{}, err
+	}
+	if spec.RAMSize == 0 || spec.RAMSize%PageSize != 0 {
+		return RunInfo{}, fmt.Errorf("%w: RAM size %d is not a positive multiple of %d", ErrBadInput, spec.RAMSize, PageSize)
+	}
+	if spec.WorkingSets != nil && len(spec.WorkingSets) != spec.Count-1 {
+		return RunInfo{}, fmt.Errorf("%w: %d working sets for %d dumps (want %d)", ErrBadInput, len(spec.WorkingSets), spec.Count, spec.Count-1)
+	}
+	frames := spec.RAMSize / PageSize
+	for i, ws := range spec.WorkingSets {
+		if !ws.IsEmpty() && uint64(ws.Maximum()) >= frames {
+			return RunInfo{}, fmt.Errorf("%w: working set %d names frames beyond the RAM's %d", ErrBadInput, i, frames)
+		}
+	}
+	names := make([]string, spec.Count)
+	for i := range names {
+		names[i] = "dump " + strconv.Itoa(i)
+	}
+	buf := make([]byte, 4<<20)
+	return s.importDumps(ctx, spec.Run, spec.RAMSize, spec.WorkingSets, names, spec.Progress, func(i int, fn func(uint64, []byte) error, progress func(uint64)) error {
+		n, err := rawfmt.ReadDump(ctx, io.LimitReader(spec.Body, int64(spec.RAMSize)), buf, fn, progress)
+		if err == nil && n != spec.RAMSize {
+			err = fmt.Errorf("%w: the stream ended after %d of its %d bytes", ErrBadInput, n, spec.RAMSize)
+		}
+		return err
+	})
+}
+
+// checkNewRun checks a new run's name and that it does not exist.
+func (s *Store) checkNewRun(name string, dumps int) error {
+	if err := ValidRunName(name); err != nil {
+		return err
+	}
+	if dumps <= 0 {
+		return fmt.Errorf("%w: no dumps to import", ErrBadInput)
+	}
+	if _, err := s.Run(name); err == nil {
+		return fmt.Errorf("%w: %q", ErrRunExists, name)
 	} else if !errors.Is(err, ErrRunNotFound) {
-		return RunInfo{}, err
+		return err
 	}
+	return nil
+}
+
+// CheckDumps checks that the files are regular, of one size and a positive
+// multiple of PageSize; it returns the size.
+func CheckDumps(dumps []string) (int64, error) {
 	var size int64 = -1
-	for _, d := range spec.Dumps {
+	for _, d := range dumps {
 		fi, err := os.Stat(d)
 		if err != nil {
-			return RunInfo{}, fmt.Errorf("%w: dump %v", ErrBadInput, err)
+			return 0, fmt.Errorf("%w: dump %v", ErrBadInput, err)
 		}
 		if !fi.Mode().IsRegular() {
-			return RunInfo{}, fmt.Errorf("%w: dump %s is not a regular file", ErrBadInput, d)
+			return 0, fmt.Errorf("%w: dump %s is not a regular file", ErrBadInput, d)
 		}
 		if fi.Size() == 0 || fi.Size()%PageSize != 0 {
-			return RunInfo{}, fmt.Errorf("%w: dump %s has %d bytes, not a positive multiple of %d", ErrBadInput, d, fi.Size(), PageSize)
+			return 0, fmt.Errorf("%w: dump %s has %d bytes, not a positive multiple of %d", ErrBadInput, d, fi.Size(), PageSize)
 		}
 		if size >= 0 && fi.Size() != size {
-			return RunInfo{}, fmt.Errorf("%w: dump %s has %d bytes, but %s has %d", ErrBadInput, d, fi.Size(), spec.Dumps[0], size)
+			return 0, fmt.Errorf("%w: dump %s has %d bytes, but %s has %d", ErrBadInput, d, fi.Size(), dumps[0], size)
 		}
 		size = fi.Size()
 	}
-	frames := uint64(size) / PageSize
+	return size, nil
+}
+
+// ReadWorkingSets reads DIR/<i>.ws (list format) for i < n.
+func ReadWorkingSets(dir string, n int, frames uint64) ([]*roaring.Bitmap, error) {
 	var wss []*roaring.Bitmap
-	if spec.WSDir != "" {
-		for i := 0; i < len(spec.Dumps)-1; i++ {
-			p := filepath.Join(spec.WSDir, strconv.Itoa(i)+".ws")
-			data, err := os.ReadFile(p)
-			if err != nil {
-				return RunInfo{}, fmt.Errorf("%w: working set: %v", ErrBadInput, err)
-			}
-			bm, err := ParseList(data, frames)
-			if err != nil {
-				return RunInfo{}, fmt.Errorf("%s: %w", p, err)
-			}
-			wss = append(wss, bm)
+	for i := 0; i < n; i++ {
+		p := filepath.Join(dir, strconv.Itoa(i)+".ws")
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("%w: working set: %v", ErrBadInput, err)
 		}
+		bm, err := ParseList(data, frames)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		wss = append(wss, bm)
 	}
+	return wss, nil
+}
+
+// importDumps writes the checked dumps as checkpoints 0..len(names)-1 of a
+// new run; read(i, ...) streams dump i.
+func (s *Store) importDumps(ctx context.Context, run string, size uint64, wss []*roaring.Bitmap, names []string, progress Progress,
+	read func(i int, fn func(uint64, []byte) error, progress func(uint64)) error) (RunInfo, error) {
 	tracker := "none"
 	if wss != nil {
 		tracker = "import"
 	}
-	w, err := s.CreateRun(RunSpec{Name: spec.Run, RAMSize: uint64(size), Recorder: "import", Tracker: tracker})
+	w, err := s.CreateRun(RunSpec{Name: run, RAMSize: size, Recorder: "import", Tracker: tracker})
 	if err != nil {
 		return RunInfo{}, err
 	}
 	defer w.Close()
-	total := uint64(size) * uint64(len(spec.Dumps))
-	buf := make([]byte, 4<<20)
-	for i, d := range spec.Dumps {
-		base := uint64(i) * uint64(size)
-		err := readDumpFile(ctx, d, size, buf, func(pfn uint64, frame []byte) error {
+	total := size * uint64(len(names))
+	for i, d := range names {
+		base := uint64(i) * size
+		err := read(i, func(pfn uint64, frame []byte) error {
 			return w.Put(pfn, frame)
 		}, func(done uint64) {
-			if spec.Progress != nil {
-				spec.Progress(base+done, total)
+			if progress != nil {
+				progress(base+done, total)
 			}
 		})
 		if err == nil {
@@ -104,10 +185,10 @@ func (s *Store) Import(ctx context.Context, spec ImportSpec) (RunInfo, error) {
 			if i == 0 {
 				return RunInfo{}, fmt.Errorf("importing %s: %w", d, err)
 			}
-			return RunInfo{}, fmt.Errorf("importing %s: %w (checkpoints 0..%d of %q are committed)", d, err, i-1, spec.Run)
+			return RunInfo{}, fmt.Errorf("importing %s: %w (checkpoints 0..%d of %q are committed)", d, err, i-1, run)
 		}
 	}
-	return s.Run(spec.Run)
+	return s.Run(run)
 }
 
 // readDumpFile streams a raw RAM image frame by frame. It fails if the file

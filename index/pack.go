@@ -45,10 +45,10 @@ const packSegment = 512 * packFrames
 
 // PackStats describes the packs PackRun built.
 type PackStats struct {
-	Empty     int    // intervals with an empty W_i: nothing to pack
-	Intervals int    // packs built now
-	Frames    uint64 // frames written into them
-	Present   int    // intervals that already had a pack
+	Empty     int    `json:"empty"`     // intervals with an empty W_i: nothing to pack
+	Intervals int    `json:"intervals"` // packs built now
+	Frames    uint64 `json:"frames"`    // frames written into them
+	Present   int    `json:"present"`   // intervals that already had a pack
 }
 
 // PackRun builds the missing working-set packs of run name, in interval

@@ -82,9 +82,6 @@ func (g *demoGuest) stop() {
 const demoRunPrefix = "demo-"
 
 func runDemo(c *cli.Context) error {
-	if owned(c) != nil {
-		return errors.New("demo owns its own store; run it directly, not through a mount")
-	}
 	// Checked before anything starts: a bad flag should not cost a recording.
 	if _, err := replay.ParseConcurrency(c.String("concurrency")); err != nil {
 		return usageErrorf("demo: --concurrency: %v", err)
@@ -141,7 +138,7 @@ func runDemo(c *cli.Context) error {
 		return err
 	}
 	defer srvNP.Unmount()
-	sock, err := serveStore(st, &ownedStore{st: st, what: "ckptfs demo (pid " + strconv.Itoa(os.Getpid()) + ")"})
+	sock, err := serveStore(st, &ownedStore{st: st, what: "ckptfs demo (pid " + strconv.Itoa(os.Getpid()) + ")", mountPoint: mnt})
 	if err != nil {
 		return err
 	}
@@ -168,7 +165,7 @@ func runDemo(c *cli.Context) error {
 	if g.kind == "synthetic" {
 		g.stop() // the bench wants the machine to itself; a QEMU guest stays up for comparison
 	}
-	if err := packRun(c, st, run); err != nil {
+	if err := packRun(c, localStore{st}, run); err != nil {
 		return err
 	}
 

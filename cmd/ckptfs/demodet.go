@@ -50,7 +50,7 @@ func demoDeterministic(c *cli.Context, st *index.Store, g *demoGuest, run, mnt, 
 	}
 	say("recorded %d checkpoints; downtime median %s, p99 %s; %s stored", sum.Checkpoints,
 		sum.MedianDowntime.Round(10*time.Microsecond), sum.P99Downtime.Round(10*time.Microsecond), humanBytes(sum.BytesStored))
-	if err := packRun(c, st, run); err != nil {
+	if err := packRun(c, localStore{st}, run); err != nil {
 		return nil, err
 	}
 

@@ -6,13 +6,13 @@
 // # Invariants
 //
 //   - A failed command prints one line on stderr, "ckptfs: ..." (run strips
-//     a repeated prefix), and exits non-zero: 2 for bad usage, else 1, or
-//     the code of the forwarded command. Bad input never panics.
-//   - One process owns a store (Pebble allows one). While mount or record
-//     owns it, every other command on that store is forwarded, whole, to
-//     that process over the store socket (server.go) and runs there with
-//     the client's working directory (ownedStore.cwd); its output and exit
-//     code come back over the socket.
+//     a repeated prefix), and exits non-zero: 2 for bad usage, else 1. Bad
+//     input never panics.
+//   - One process owns a store (Pebble allows one). While mount, record or
+//     demo owns it, the store commands reach it through the typed store API
+//     on its socket (server.go, internal/storeapi): the same code path as on
+//     a local store (backend.go), with the same output and exit code; no
+//     command line runs in the owner.
 //   - A process that serves a mount never maps a file of that mount: the
 //     bench's measurements and the synthetic guest run as re-executions of
 //     this binary (runIfHelperProcess, first thing in main).
@@ -23,10 +23,13 @@
 // # Files
 //
 // main.go builds the app and maps errors to exit codes; args.go reorders
-// arguments; store.go opens or forwards to the store, server.go is the
-// socket; storecmds.go holds import, export, ls, info, verify, rm and pack;
-// mountcmd.go, recordcmd.go, replaycmds.go, replaybench.go and demo.go the
-// commands they are named for; metrics.go the Prometheus endpoint;
+// arguments; store.go opens the store or reaches its owner, backend.go is
+// the store commands' interface over a local store or the API client,
+// server.go serves the API on the socket; storecmds.go holds import, export,
+// ls, info, verify, rm and pack; mountcmd.go, recordcmd.go (recording.go
+// runs a recording, locally or in the owner), replaycmds.go, replaybench.go,
+// demo.go and demodet.go (the deterministic part) the commands they are
+// named for; metrics.go the Prometheus endpoint;
 // helperprocs.go the processes the binary re-executes itself as;
 // godebug.go the runtime setting of a process that serves a mount;
 // progress.go progress bars; wsplugin.go finds the working-set plugin.

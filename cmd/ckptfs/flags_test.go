@@ -11,7 +11,7 @@ import (
 // TestEveryFlagHasUsage walks every command of the app and fails on a flag
 // whose help says nothing: --help must tell what each flag takes and does.
 func TestEveryFlagHasUsage(t *testing.T) {
-	app := newApp(nil, io.Discard, io.Discard, nil)
+	app := newApp(nil, io.Discard, io.Discard)
 	checked := 0
 	check := func(where string, flags []cli.Flag) {
 		for _, f := range flags {

@@ -23,7 +23,7 @@ func reexecForMount() {
 	if strings.Contains(os.Getenv("GODEBUG"), "madvdontneed=") {
 		return
 	}
-	if !servesMount(newApp(nil, io.Discard, io.Discard, nil), os.Args) {
+	if !servesMount(newApp(nil, io.Discard, io.Discard), os.Args) {
 		return
 	}
 	exe, err := os.Executable()

@@ -8,9 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
+	"github.com/ckptfs/ckptfs/internal/storeapi"
 	"github.com/urfave/cli/v2"
 )
 
@@ -32,21 +32,19 @@ func main() {
 	runIfHelperProcess()
 	reexecForMount()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr, nil)
+	code := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
 
-// run executes one command line and returns its exit code. The socket
-// server calls it too, with the owning process's store in owned.
-func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) int {
-	app := newApp(stdin, stdout, stderr, owned)
+// run executes one command line and returns its exit code.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	app := newApp(stdin, stdout, stderr)
 	notFound := false
 	app.CommandNotFound = func(c *cli.Context, name string) {
 		notFound = true
 		fmt.Fprintf(stderr, "ckptfs: no command %q (see ckptfs --help)\n", name)
 	}
-	app.Metadata[argsKey] = args
 	err := app.RunContext(ctx, permuteArgs(app, args))
 	if err == nil {
 		if notFound {
@@ -69,18 +67,9 @@ var errAlreadyReported = errors.New("already reported")
 
 // oneLine is the first line of err's message, without the "ckptfs: "
 // that run puts in front (errors of other packages may carry it already).
-func oneLine(err error) string {
-	msg := err.Error()
-	if i := strings.IndexByte(msg, '\n'); i >= 0 {
-		msg = msg[:i]
-	}
-	for strings.HasPrefix(msg, "ckptfs: ") {
-		msg = msg[len("ckptfs: "):]
-	}
-	return msg
-}
+func oneLine(err error) string { return storeapi.OneLine(err.Error()) }
 
-func newApp(stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) *cli.App {
+func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	app := &cli.App{
 		Name:      "ckptfs",
 		Usage:     "record a VM as incremental memory checkpoints and serve them as sparse files",
@@ -96,9 +85,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) *cli.A
 			if err := lvl.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 				return usageErrorf("--log-level: %v", err)
 			}
-			if owned == nil {
-				slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})))
-			}
+			slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})))
 			return nil
 		},
 		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
@@ -110,7 +97,6 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, owned *ownedStore) *cli.A
 			importCommand(), exportCommand(), lsCommand(), infoCommand(), verifyCommand(), rmCommand(), packCommand(),
 			mountCommand(), recordCommand(), replayCommand(), demoCommand(), synthGuestCommand(),
 		},
-		Metadata: map[string]any{ownedKey: owned},
 	}
 	for _, cmd := range app.Commands {
 		setUsageHandler(cmd)

@@ -20,7 +20,7 @@ import (
 func ckptfs(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := run(context.Background(), append([]string{"ckptfs"}, args...), strings.NewReader(""), &out, &errb, nil)
+	code := run(context.Background(), append([]string{"ckptfs"}, args...), strings.NewReader(""), &out, &errb)
 	return code, out.String(), errb.String()
 }
 
@@ -42,14 +42,22 @@ func writeDumps(t *testing.T, dir string, n int, frames int) []string {
 	return paths
 }
 
-func TestStoreCommands(t *testing.T) {
-	dir := t.TempDir()
-	store := filepath.Join(dir, "store")
-	dumps := writeDumps(t, dir, 3, 64)
-	wsDir := filepath.Join(dir, "ws")
+// writeImport writes 3 dumps of 64 frames and their working sets,
+// W_0 = 0-9,40 and W_1 = 1-5, into dir.
+func writeImport(t *testing.T, dir string) (dumps []string, wsDir string) {
+	t.Helper()
+	dumps = writeDumps(t, dir, 3, 64)
+	wsDir = filepath.Join(dir, "ws")
 	os.Mkdir(wsDir, 0o700)
 	os.WriteFile(filepath.Join(wsDir, "0.ws"), []byte("0-9,40\n"), 0o600)
 	os.WriteFile(filepath.Join(wsDir, "1.ws"), []byte("1-5\n"), 0o600)
+	return dumps, wsDir
+}
+
+func TestStoreCommands(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	dumps, wsDir := writeImport(t, dir)
 
 	if code, out, errs := ckptfs(t, "--store", store, "import", "--run", "r1", "--ws-dir", wsDir, dumps[0], dumps[1], dumps[2]); code != 0 || !strings.Contains(out, "packed 2 working sets") {
 		t.Fatalf("import: %d %q %s", code, out, errs)
@@ -208,7 +216,7 @@ func TestForwardToOwner(t *testing.T) {
 // the heap (godebug.go): the serving commands, wherever the global flags
 // put them, and no other command that merely names one.
 func TestServesMount(t *testing.T) {
-	app := newApp(nil, io.Discard, io.Discard, nil)
+	app := newApp(nil, io.Discard, io.Discard)
 	for _, tc := range []struct {
 		args string
 		want bool
@@ -234,10 +242,18 @@ func TestServesMount(t *testing.T) {
 
 // TestForwardOwnerDies: when the store's owner goes away in the middle of
 // a forwarded command, the client says so in one line, not "unexpected
-// EOF". A fake owner reads the request and hangs up, before the answer
-// or in the middle of it.
+// EOF". A fake owner answers the status request, then reads the command's
+// request and hangs up, before the answer or in the middle of it; for a
+// streamed answer (verify) also after a progress event.
 func TestForwardOwnerDies(t *testing.T) {
-	for _, partial := range []bool{false, true} {
+	for _, tc := range []struct {
+		cmd     string
+		partial string // what the owner sends before it hangs up
+	}{
+		{"ls", ""},
+		{"ls", "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nb\r\n[{\"name\":\"a\r\n"},
+		{"verify", "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n27\r\n{\"progress\":{\"done\":1,\"total\":100000}}\n\r\n"},
+	} {
 		store := filepath.Join(t.TempDir(), "store")
 		st, err := index.Open(store, index.Options{Create: true})
 		if err != nil {
@@ -248,25 +264,70 @@ func TestForwardOwnerDies(t *testing.T) {
 			t.Fatal(err)
 		}
 		go func() {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			req, err := http.ReadRequest(bufio.NewReader(c))
-			if err == nil {
-				io.Copy(io.Discard, req.Body)
-				if partial {
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"out\":\"part\\n\"}\r\n")
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
 				}
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err == nil && req.URL.Path == "/v1/status" {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{\"owner\":\"me\"}")
+				} else if err == nil {
+					io.Copy(io.Discard, req.Body)
+					io.WriteString(c, tc.partial)
+				}
+				c.Close()
 			}
-			c.Close()
 		}()
-		code, _, errs := ckptfs(t, "--store", store, "ls")
+		code, _, errs := ckptfs(t, "--store", store, tc.cmd)
 		ln.Close()
 		st.Close()
 		if code != 1 || !strings.Contains(errs, "owner process exited or closed the connection") ||
 			strings.Contains(errs, "EOF") || strings.Count(errs, "\n") != 1 {
-			t.Fatalf("partial=%v: exit %d, stderr %q", partial, code, errs)
+			t.Fatalf("%s, partial answer %q: exit %d, stderr %q", tc.cmd, tc.partial, code, errs)
+		}
+	}
+}
+
+// TestForwardedOutputSame: a command gives the same output and exit code
+// whether it opens the store or goes through the socket of its owner.
+func TestForwardedOutputSame(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	dumps, wsDir := writeImport(t, dir)
+	if code, _, errs := ckptfs(t, "--store", store, "import", "--run", "r1", "--ws-dir", wsDir, dumps[0], dumps[1], dumps[2]); code != 0 {
+		t.Fatalf("import: %s", errs)
+	}
+	commands := [][]string{
+		{"ls"}, {"ls", "r1"}, {"info", "r1"}, {"info", "r1", "1", "--json"}, {"info", "r1", "7"}, {"info", "nope"},
+		{"verify"}, {"verify", "r1"}, {"pack", "r1"}, {"rm", "nope"},
+		{"import", "--run", "r1", dumps[0]}, {"import", "--run", "x", dumps[0], filepath.Join(dir, "missing")},
+		{"import", "--run", "x", "--ws-dir", dir, dumps[0], dumps[1]},
+		{"export", "--run", "r1", "--interval", "3", filepath.Join(dir, "out")},
+	}
+	type result struct {
+		code        int
+		out, stderr string
+	}
+	var local []result
+	for _, args := range commands {
+		code, out, errs := ckptfs(t, append([]string{"--store", store}, args...)...)
+		local = append(local, result{code, out, errs})
+	}
+	st, err := index.Open(store, index.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	srv, err := serveStore(st, &ownedStore{st: st, what: "test owner"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	for i, args := range commands {
+		code, out, errs := ckptfs(t, append([]string{"--store", store}, args...)...)
+		if got := (result{code, out, errs}); got != local[i] {
+			t.Errorf("%v: forwarded %+v, local %+v", args, got, local[i])
 		}
 	}
 }

@@ -19,9 +19,6 @@ import (
 // forwarding. Creating an empty store lets a user mount first and record into
 // the running mount, as DESIGN.md describes.
 func ownStore(c *cli.Context) (*index.Store, error) {
-	if o := owned(c); o != nil {
-		return nil, fmt.Errorf("store %s is already served by %s", o.st.Dir(), o.what)
-	}
 	return index.Open(storeDir(c), index.Options{Create: true, Logger: slog.Default()})
 }
 
@@ -93,7 +90,7 @@ func mountCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			sock, err := serveStore(st, &ownedStore{st: st, what: "ckptfs mount " + mnt + " (pid " + strconv.Itoa(os.Getpid()) + ")"})
+			sock, err := serveStore(st, &ownedStore{st: st, what: "ckptfs mount " + mnt + " (pid " + strconv.Itoa(os.Getpid()) + ")", mountPoint: mnt})
 			if err != nil {
 				srv.Unmount()
 				return err

@@ -10,11 +10,11 @@ import (
 )
 
 // progressFor returns a progress callback that draws a bar on a terminal and
-// does nothing otherwise (pipes, logs, forwarded commands), plus a func that
+// does nothing otherwise (pipes, logs), plus a func that
 // finishes the bar.
 func progressFor(c *cli.Context, what string) (index.Progress, func()) {
 	f, ok := c.App.ErrWriter.(*os.File)
-	if !ok || owned(c) != nil || !term.IsTerminal(int(f.Fd())) {
+	if !ok || !term.IsTerminal(int(f.Fd())) {
 		return nil, func() {}
 	}
 	var bar *progressbar.ProgressBar

@@ -10,7 +10,6 @@ import (
 
 	"github.com/ckptfs/ckptfs/index"
 	"github.com/ckptfs/ckptfs/kvmrec"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
 )
 
@@ -21,20 +20,20 @@ func recordCommand() *cli.Command {
 		ArgsUsage: "[-- QEMU-ARGS...]",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "deterministic", Usage: "start QEMU in record mode with the machine arguments after --, so that every interval can be replayed exactly (replay interval, replay run)"},
-			&cli.StringFlag{Name: "ws-plugin", Usage: "with --deterministic: the working-set TCG plugin `SO` (default: ckptfs-ws.so beside this binary, or $CKPTFS_WS_PLUGIN)"},
-			&cli.StringFlag{Name: "qemu", Value: "qemu-system-x86_64", Usage: "with --deterministic: the QEMU `BINARY` to start"},
-			&cli.StringFlag{Name: "run", Usage: "name `R` of the new run"},
-			&cli.StringFlag{Name: "qmp", Usage: "QEMU's QMP unix `SOCKET`"},
-			&cli.StringFlag{Name: "mem", Usage: "QEMU's memory-backend-file mem-path `PATH` (share=on)"},
-			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "`DURATION` the VM runs between checkpoints"},
-			&cli.IntFlag{Name: "count", Usage: "stop after `N` checkpoints (0: no limit)"},
-			&cli.DurationFlag{Name: "duration", Usage: "stop after this `DURATION` (0: no limit)"},
-			&cli.StringFlag{Name: "tracker", Value: kvmrec.TrackerPagemap, Usage: "`TRACKER`: pagemap (working sets) or hash (dirty frames only)"},
+			&cli.StringFlag{Name: "ws-plugin", Usage: "with --deterministic: the working-set TCG plugin (default: ckptfs-ws.so beside this binary, or $CKPTFS_WS_PLUGIN)"},
+			&cli.StringFlag{Name: "qemu", Value: "qemu-system-x86_64", Usage: "with --deterministic: the QEMU binary to start"},
+			&cli.StringFlag{Name: "run", Usage: "name of the new run"},
+			&cli.StringFlag{Name: "qmp", Usage: "QEMU's QMP unix socket"},
+			&cli.StringFlag{Name: "mem", Usage: "QEMU's memory-backend-file mem-path (share=on)"},
+			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "time between checkpoints"},
+			&cli.IntFlag{Name: "count", Usage: "stop after N checkpoints"},
+			&cli.DurationFlag{Name: "duration", Usage: "stop after this long"},
+			&cli.StringFlag{Name: "tracker", Value: kvmrec.TrackerPagemap, Usage: "pagemap (working sets) or hash (dirty frames only)"},
 			&cli.BoolFlag{Name: "device-state", Usage: "save QEMU's device state with every checkpoint"},
 			&cli.BoolFlag{Name: "exact-ws", Usage: "unmap every touched frame during the pause, none after it: exact working sets (with pre-copy about as short a pause)"},
 			&cli.BoolFlag{Name: "no-precopy", Usage: "take the whole checkpoint during the pause instead of pre-copying it with the VM running: longer pauses, less work while the VM runs"},
-			&cli.StringFlag{Name: "mount", Usage: "also serve the store at mount point `MNT` while recording"},
-			&cli.StringFlag{Name: "prefetch", Value: "ws", Usage: "with --mount: what opening <i>.ram prefetches, `WHAT`: ws or none"},
+			&cli.StringFlag{Name: "mount", Usage: "also serve the store at this mount point while recording"},
+			&cli.StringFlag{Name: "prefetch", Value: "ws", Usage: "with --mount: ws or none"},
 			&cli.BoolFlag{Name: "allow-other", Usage: "with --mount: let other users read it"},
 			&cli.BoolFlag{Name: "cleanup-stale", Usage: "with --mount: unmount a stale mount first"},
 			noPackFlag,
@@ -65,45 +64,20 @@ func recordCommand() *cli.Command {
 			if c.Duration("interval") <= 0 {
 				return usageErrorf("record: --interval must be positive")
 			}
-			cfg := kvmrec.Config{
-				Run: c.String("run"), QMPSocket: absPath(c, c.String("qmp")), MemPath: absPath(c, c.String("mem")),
-				Interval: c.Duration("interval"), Count: c.Int("count"), Duration: c.Duration("duration"),
-				Tracker: c.String("tracker"), DeviceState: c.Bool("device-state"), ExactWorkingSets: c.Bool("exact-ws"), NoPrecopy: c.Bool("no-precopy"),
-				PackLive: c.Bool("pack-live") && !c.Bool("no-pack"),
-				Logger:   commandLogger(c),
+			job := recordJob{
+				cfg: kvmrec.Config{
+					Run: c.String("run"), QMPSocket: absPath(c, c.String("qmp")), MemPath: absPath(c, c.String("mem")),
+					Interval: c.Duration("interval"), Count: c.Int("count"), Duration: c.Duration("duration"),
+					Tracker: c.String("tracker"), DeviceState: c.Bool("device-state"), ExactWorkingSets: c.Bool("exact-ws"), NoPrecopy: c.Bool("no-precopy"),
+					PackLive: c.Bool("pack-live") && !c.Bool("no-pack"),
+				},
+				noPack: c.Bool("no-pack"),
+			}
+			if c.Bool("deterministic") {
+				job.deterministic, job.qemu, job.machineArgs, job.plugin = true, c.String("qemu"), c.Args().Slice(), wsPlugin(c)
 			}
 			out := c.App.ErrWriter
-			cfg.OnCheckpoint = func(s kvmrec.CheckpointStats) { fmt.Fprintln(out, formatCheckpoint(s)) }
-			record := func(st *index.Store, reg prometheus.Registerer) error {
-				cfg.Registerer = reg
-				var sum kvmrec.Summary
-				var err error
-				if c.Bool("deterministic") {
-					sum, err = kvmrec.RecordDeterministic(c.Context, st, kvmrec.DeterministicConfig{
-						Config: cfg, QEMU: c.String("qemu"), MachineArgs: c.Args().Slice(), Plugin: wsPlugin(c)})
-				} else {
-					sum, err = kvmrec.Record(c.Context, st, cfg)
-				}
-				if sum.Checkpoints > 0 {
-					fmt.Fprintf(c.App.Writer, "recorded %s: %d checkpoints of %s in %s (%s); downtime median %s, p99 %s; %s stored\n",
-						sum.Run, sum.Checkpoints, humanBytes(sum.RAMSize), sum.Elapsed.Round(time.Millisecond), sum.Stopped,
-						sum.MedianDowntime.Round(10*time.Microsecond), sum.P99Downtime.Round(10*time.Microsecond), humanBytes(sum.BytesStored))
-				}
-				if sum.Checkpoints > 1 {
-					// Also after a failure: what was committed is served,
-					// and deserves its packs.
-					if perr := packRun(c, st, sum.Run); err == nil {
-						err = perr
-					}
-				}
-				return err
-			}
-			if o := owned(c); o != nil {
-				if c.String("mount") != "" {
-					return fmt.Errorf("store %s is already served by %s; record without --mount", o.st.Dir(), o.what)
-				}
-				return record(o.st, nil)
-			}
+			rep := cliReporter{stdout: c.App.Writer, stderr: out, log: slog.Default()}
 			if mnt := c.String("mount"); mnt != "" {
 				if err := checkMountpoint(c, absPath(c, mnt)); err != nil {
 					return err
@@ -114,7 +88,7 @@ func recordCommand() *cli.Command {
 				if c.String("mount") != "" {
 					return fmt.Errorf("%v; record without --mount to record through it", err)
 				}
-				return forward(c, storeDir(c), err)
+				return recordThroughOwner(c.Context, storeDir(c), err, job, c.String("log-level"), rep)
 			}
 			if err != nil {
 				return err
@@ -125,13 +99,14 @@ func recordCommand() *cli.Command {
 				return err
 			}
 			defer stopMetrics()
-			o := &ownedStore{st: st, what: "ckptfs record " + cfg.Run + " (pid " + strconv.Itoa(os.Getpid()) + ")"}
+			o := &ownedStore{st: st, what: "ckptfs record " + job.cfg.Run + " (pid " + strconv.Itoa(os.Getpid()) + ")"}
 			if mnt := c.String("mount"); mnt != "" {
 				srv, err := mountAt(c, st, absPath(c, mnt), c.String("prefetch"), reg)
 				if err != nil {
 					return err
 				}
 				defer srv.Unmount()
+				o.mountPoint = srv.Dir()
 				fmt.Fprintf(out, "ckptfs: serving %s at %s while recording\n", st.Dir(), srv.Dir())
 			}
 			sock, err := serveStore(st, o)
@@ -139,22 +114,9 @@ func recordCommand() *cli.Command {
 				return err
 			}
 			defer sock.Close()
-			return record(st, reg)
+			return runRecording(c.Context, st, job, reg, rep)
 		},
 	}
-}
-
-// commandLogger is the logger of a command: the process's, or, for a
-// command forwarded to the process that owns the store, one that writes to
-// the forwarded stderr, so that its warnings (a VM found paused) reach the
-// user who ran it, not the log of the mount.
-func commandLogger(c *cli.Context) *slog.Logger {
-	if owned(c) == nil {
-		return slog.Default()
-	}
-	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(c.String("log-level"))) // checked by the app's Before
-	return slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: lvl}))
 }
 
 func formatCheckpoint(s kvmrec.CheckpointStats) string {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,25 +10,16 @@ import (
 	"syscall"
 
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/storeapi"
 	"github.com/urfave/cli/v2"
 )
 
-const (
-	ownedKey = "ckptfs.owned"
-	argsKey  = "ckptfs.args"
-)
-
-// ownedStore is the store of a process that serves it (mount, record); a
-// command forwarded over the socket runs against it, with the client's cwd.
+// ownedStore is the store of a process that serves it (mount, record,
+// demo) over its socket, and what the process is, for GET /v1/status.
 type ownedStore struct {
-	st   *index.Store
-	what string // what the owner is doing, for messages
-	cwd  string // the forwarding client's working directory
-}
-
-func owned(c *cli.Context) *ownedStore {
-	o, _ := c.App.Metadata[ownedKey].(*ownedStore)
-	return o
+	st         *index.Store
+	what       string // what the owner is doing, for messages
+	mountPoint string // where it mounts the store, if it does
 }
 
 // storeDir resolves --store, $CKPTFS_STORE, ./ckpt-store.
@@ -42,14 +34,11 @@ func storeDir(c *cli.Context) string {
 	return absPath(c, dir)
 }
 
-// absPath resolves p against the caller's working directory, which for a
-// forwarded command is the client's.
+// absPath resolves p against the working directory: a path sent to the
+// store's owner is absolute.
 func absPath(c *cli.Context, p string) string {
 	if p == "" || filepath.IsAbs(p) {
 		return p
-	}
-	if o := owned(c); o != nil && o.cwd != "" {
-		return filepath.Join(o.cwd, p)
 	}
 	abs, err := filepath.Abs(p)
 	if err != nil {
@@ -58,42 +47,55 @@ func absPath(c *cli.Context, p string) string {
 	return abs
 }
 
-// withStore runs fn on the store: the owned one when forwarded, else the
-// store opened here; if another process owns it, the whole command line is
-// forwarded to that process over its socket.
-func withStore(c *cli.Context, create bool, fn func(st *index.Store) error) error {
-	if o := owned(c); o != nil {
-		return fn(o.st)
-	}
+// withBackend runs fn on the store: opened here, or, if another process
+// owns it, through that process's socket.
+func withBackend(c *cli.Context, create bool, fn func(b storeBackend) error) error {
 	dir := storeDir(c)
 	st, err := index.Open(dir, index.Options{Create: create, Logger: slog.Default()})
 	if errors.Is(err, index.ErrStoreBusy) {
-		return forward(c, dir, err)
+		return withOwner(c.Context, dir, err, func(cl *storeapi.Client) error { return fn(remoteStore{cl}) })
 	}
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	return fn(st)
+	return fn(localStore{st})
 }
 
-// forward sends this process's command line to the owner of dir.
-func forward(c *cli.Context, dir string, busy error) error {
-	args, _ := c.App.Metadata[argsKey].([]string)
-	code, err := forwardCommand(c.Context, dir, args, c.App.Writer, c.App.ErrWriter)
-	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-		// The owner serves no socket (an import, a verify): nothing to
-		// forward to until it finishes.
-		return fmt.Errorf("%v; it takes no other commands, try again when it is done", busy)
-	}
-	if errors.Is(err, errOwnerGone) {
-		return fmt.Errorf("store %s: %v (check with `ckptfs ls`, then retry)", dir, err)
-	}
+// withOwner runs fn with a client of the socket of the process that owns
+// the store in dir (busy is why this process could not open it), and turns
+// the ways that fails into one line each.
+func withOwner(ctx context.Context, dir string, busy error, fn func(cl *storeapi.Client) error) error {
+	path, release, err := socketPath(dir)
 	if err != nil {
-		return fmt.Errorf("%v; forwarding through its socket failed: %v", busy, err)
+		return err
 	}
-	if code != 0 {
-		return &exitError{code: code, err: errAlreadyReported}
+	defer release()
+	cl := storeapi.NewUnix(path)
+	// Asking first tells a missing owner apart from the command's own
+	// errors (a missing dump is ENOENT too).
+	if _, err := cl.Status(ctx); err != nil {
+		var apiErr *storeapi.Error
+		switch {
+		case errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED):
+			// The owner serves no socket (an import, a verify): nothing
+			// to forward to until it finishes.
+			return fmt.Errorf("%v; it takes no other commands, try again when it is done", busy)
+		case errors.Is(err, storeapi.ErrConnectionLost):
+			return fmt.Errorf("store %s: %v (check with `ckptfs ls`, then retry)", dir, errOwnerGone)
+		case errors.As(err, &apiErr):
+			return fmt.Errorf("%v; its socket refused: %v", busy, err)
+		}
+		return fmt.Errorf("%v; reaching it through its socket failed: %v", busy, err)
 	}
-	return nil
+	err = fn(cl)
+	switch {
+	case errors.Is(err, storeapi.ErrConnectionLost):
+		return fmt.Errorf("store %s: %v (check with `ckptfs ls`, then retry)", dir, errOwnerGone)
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		// Ctrl-C here ends the request there too; what the owner
+		// committed before stays, as after a local Ctrl-C.
+		return fmt.Errorf("interrupted: %w (the store's owner keeps what it committed; see `ckptfs ls`)", err)
+	}
+	return err
 }

@@ -3,11 +3,13 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"strconv"
 	"text/tabwriter"
 	"time"
 
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/storeapi"
 	"github.com/urfave/cli/v2"
 )
 
@@ -35,10 +37,10 @@ func importCommand() *cli.Command {
 			for i, d := range c.Args().Slice() {
 				dumps[i] = absPath(c, d)
 			}
-			return withStore(c, true, func(st *index.Store) error {
+			return withBackend(c, true, func(b storeBackend) error {
 				progress, done := progressFor(c, "import")
 				start := time.Now()
-				ri, err := st.Import(c.Context, index.ImportSpec{Run: c.String("run"), Dumps: dumps,
+				ri, err := b.Import(c.Context, index.ImportSpec{Run: c.String("run"), Dumps: dumps,
 					WSDir: absPath(c, c.String("ws-dir")), Progress: progress})
 				done()
 				if err != nil {
@@ -47,7 +49,7 @@ func importCommand() *cli.Command {
 				secs := time.Since(start).Seconds()
 				fmt.Fprintf(c.App.Writer, "imported %s: %d checkpoints of %s in %.1fs (%.0f MiB/s)\n", ri.Name, ri.Checkpoints,
 					humanBytes(ri.RAMSize), secs, float64(ri.RAMSize)*float64(ri.Checkpoints)/secs/(1<<20))
-				return packRun(c, st, ri.Name)
+				return packRun(c, b, ri.Name)
 			})
 		},
 	}
@@ -71,10 +73,10 @@ func exportCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			return withStore(c, false, func(st *index.Store) error {
+			return withBackend(c, false, func(b storeBackend) error {
 				progress, done := progressFor(c, "export")
 				defer done()
-				return st.Export(c.Context, index.ExportSpec{Run: c.String("run"), Interval: i, Sparse: c.Bool("sparse"),
+				return b.Export(c.Context, index.ExportSpec{Run: c.String("run"), Interval: i, Sparse: c.Bool("sparse"),
 					Out: absPath(c, c.Args().First()), Progress: progress})
 			})
 		},
@@ -101,11 +103,11 @@ func lsCommand() *cli.Command {
 			if c.NArg() > 1 {
 				return usageErrorf("ls: at most one run")
 			}
-			return withStore(c, false, func(st *index.Store) error {
+			return withBackend(c, false, func(b storeBackend) error {
 				tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 				defer tw.Flush()
 				if c.NArg() == 0 {
-					runs, err := st.Runs()
+					runs, err := b.Runs(c.Context)
 					if err != nil {
 						return err
 					}
@@ -115,21 +117,21 @@ func lsCommand() *cli.Command {
 					}
 					return nil
 				}
-				ri, err := st.Run(c.Args().First())
+				ri, err := b.Run(c.Context, c.Args().First())
+				if err != nil {
+					return err
+				}
+				stats, err := b.Intervals(c.Context, ri.Name)
 				if err != nil {
 					return err
 				}
 				fmt.Fprintln(tw, "CHECKPOINT\tCHANGED\tNEW\tSTORED\tWS(i)\tDIRTY(i)\tDOWNTIME")
-				for i := 0; i < ri.Checkpoints; i++ {
-					is, err := st.IntervalStats(ri.Name, i)
-					if err != nil {
-						return err
-					}
+				for i, is := range stats {
 					ws, dirty := "-", "-"
 					if i < ri.Intervals {
 						ws = strconv.FormatUint(is.WorkingSetFrames, 10)
 					}
-					if i+1 < ri.Checkpoints {
+					if i+1 < len(stats) {
 						dirty = strconv.FormatUint(is.DirtyFrames, 10)
 					}
 					fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%s\t%s\n", i, is.Checkpoint.ChangedFrames, is.Checkpoint.NewFrames,
@@ -151,7 +153,7 @@ func infoCommand() *cli.Command {
 			if c.NArg() < 1 || c.NArg() > 2 {
 				return usageErrorf("info: want R [I]")
 			}
-			return withStore(c, false, func(st *index.Store) error {
+			return withBackend(c, false, func(b storeBackend) error {
 				var v any
 				var err error
 				if c.NArg() == 2 {
@@ -159,9 +161,9 @@ func infoCommand() *cli.Command {
 					if perr != nil {
 						return perr
 					}
-					v, err = st.IntervalStats(c.Args().First(), i)
+					v, err = b.Interval(c.Context, c.Args().First(), i)
 				} else {
-					v, err = st.Run(c.Args().First())
+					v, err = b.Run(c.Context, c.Args().First())
 				}
 				if err != nil {
 					return err
@@ -194,9 +196,9 @@ func verifyCommand() *cli.Command {
 			if c.NArg() > 1 {
 				return usageErrorf("verify: at most one run")
 			}
-			return withStore(c, false, func(st *index.Store) error {
+			return withBackend(c, false, func(b storeBackend) error {
 				progress, done := progressFor(c, "verify")
-				rep, err := st.Verify(c.Context, c.Args().First(), progress)
+				rep, err := b.Verify(c.Context, c.Args().First(), progress)
 				done()
 				if err != nil {
 					return fmt.Errorf("verify failed: %w", err)
@@ -222,8 +224,8 @@ func rmCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return usageErrorf("rm: want one run")
 			}
-			return withStore(c, false, func(st *index.Store) error {
-				return st.DeleteRun(c.Args().First())
+			return withBackend(c, false, func(b storeBackend) error {
+				return b.DeleteRun(c.Context, c.Args().First())
 			})
 		},
 	}
@@ -248,33 +250,40 @@ var noPackFlag = &cli.BoolFlag{Name: "no-pack", Usage: "do not build working-set
 // written, unless --no-pack. Packs are derived data: a failure leaves
 // every checkpoint intact and is reported, and the run is served without
 // the missing packs.
-func packRun(c *cli.Context, st *index.Store, run string) error {
+func packRun(c *cli.Context, b storeBackend, run string) error {
 	if c.Bool("no-pack") {
 		return nil
 	}
 	if c.Context.Err() != nil {
 		// Stopped by Ctrl-C: the checkpoints are what the user waited for.
-		fmt.Fprintf(c.App.ErrWriter, "working sets of %s not packed; `ckptfs pack %s` builds the packs\n", run, run)
+		printNotPacked(c.App.ErrWriter, run)
 		return nil
 	}
-	if err := buildPacks(c, st, run); err != nil {
+	if err := buildPacks(c, b, run); err != nil {
 		return fmt.Errorf("%w (every checkpoint of %s is committed; `ckptfs pack %s` finishes the packs)", err, run, run)
 	}
 	return nil
 }
 
 // buildPacks packs run and says what it built.
-func buildPacks(c *cli.Context, st *index.Store, run string) error {
-	start := time.Now()
-	ps, err := st.PackRun(c.Context, run)
+func buildPacks(c *cli.Context, b storeBackend, run string) error {
+	ps, err := b.Pack(c.Context, run)
 	if err != nil {
 		return err
 	}
-	if ps.Intervals > 0 {
-		fmt.Fprintf(c.App.Writer, "packed %d working sets of %s (%s) in %.1fs\n", ps.Intervals, run,
-			humanBytes(ps.Frames*index.PageSize), time.Since(start).Seconds())
-	}
+	printPacked(c.App.Writer, run, ps)
 	return nil
+}
+
+func printNotPacked(w io.Writer, run string) {
+	fmt.Fprintf(w, "working sets of %s not packed; `ckptfs pack %s` builds the packs\n", run, run)
+}
+
+func printPacked(w io.Writer, run string, ps storeapi.PackResult) {
+	if ps.Intervals > 0 {
+		fmt.Fprintf(w, "packed %d working sets of %s (%s) in %.1fs\n", ps.Intervals, run,
+			humanBytes(ps.Frames*index.PageSize), ps.Seconds)
+	}
 }
 
 func packCommand() *cli.Command {
@@ -289,8 +298,8 @@ func packCommand() *cli.Command {
 			if err := index.ValidRunName(c.Args().First()); err != nil {
 				return usageErrorf("pack: %v", err)
 			}
-			return withStore(c, false, func(st *index.Store) error {
-				return buildPacks(c, st, c.Args().First())
+			return withBackend(c, false, func(b storeBackend) error {
+				return buildPacks(c, b, c.Args().First())
 			})
 		},
 	}
