@@ -7,7 +7,8 @@ import (
 
 // All key encoding of the store lives in this file. Integers are big-endian so
 // that byte order is numeric order. The one-byte kind prefixes and the value
-// layouts below are part of the on-disk format: never renumber them.
+// layouts below are part of the on-disk format: never renumber them. The
+// frame values ('a', 'b') are encoded and checked in values.go.
 //
 //	'a' pack      a | run u32 | interval u32 | chunk u32 → n × xxh3-64(frame) u64 | n frames
 //	'b' blob      b | run u32 | interval u32 | pfn u64  → xxh3-64(frame) u64 | frame
@@ -66,7 +67,6 @@ const (
 	blobKeyLen    = 1 + 4 + 4 + 8
 	versionKeyLen = 1 + 4 + 8 + 4
 	versionValLen = 1 + 4 + 8
-	blobHeaderLen = 8
 	wsHeaderLen   = 8
 	packKeyLen    = 1 + 4 + 4 + 4
 	logKeyLen     = 1 + 4 + 8

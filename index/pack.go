@@ -3,14 +3,12 @@ package index
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/zeebo/xxh3"
 
 	"github.com/ckptfs/ckptfs/index/rawfmt"
 )
@@ -182,11 +180,7 @@ func (s *Store) buildPack(ctx context.Context, ps *packState, ri RunInfo, i int)
 			for k := uint64(0); k < n; k += packFrames {
 				m := min(n-k, packFrames)
 				frames := seg[k*PageSize : (k+m)*PageSize]
-				val := make([]byte, 0, m*(blobHeaderLen+PageSize))
-				for j := uint64(0); j < m; j++ {
-					val = binary.LittleEndian.AppendUint64(val, xxh3.Hash(frames[j*PageSize:(j+1)*PageSize]))
-				}
-				val = append(val, frames...)
+				val := appendPackValue(make([]byte, 0, m*frameValueLen), frames)
 				if err := t.Set(appendPackKey(nil, ri.ID, uint32(i), uint32((base+k)/packFrames)), val); err != nil {
 					return fmt.Errorf("writing pack table: %w", err)
 				}
@@ -302,14 +296,17 @@ func (c *Checkpoint) readPacked(first uint64, dst []byte) (ok bool, err error) {
 			return false, err
 		}
 		want := min(uint64(packFrames), total-uint64(chunkNo)*packFrames)
-		if uint64(len(v)) != want*(blobHeaderLen+PageSize) {
-			return false, corruptf("%s has %d bytes, want %d frames", keyString(key), len(v), want)
+		pv, err := decodePackValue(v)
+		if err == nil && uint64(pv.frames()) != want {
+			err = fmt.Errorf("has %d frames, want %d", pv.frames(), want)
 		}
-		frames := v[want*blobHeaderLen:]
+		if err != nil {
+			return false, corruptf("%s %v", keyString(key), err)
+		}
 		for ; slot < want && k < n; slot, k = slot+1, k+1 {
-			f := frames[slot*PageSize : (slot+1)*PageSize]
-			if binary.LittleEndian.Uint64(v[slot*blobHeaderLen:]) != xxh3.Hash(f) {
-				return false, corruptf("%s: checksum mismatch in slot %d", keyString(key), slot)
+			f, err := pv.frame(int(slot))
+			if err != nil {
+				return false, corruptf("%s: %v", keyString(key), err)
 			}
 			copy(dst[k*PageSize:], f)
 		}
@@ -331,10 +328,10 @@ func (s *Store) verifyPacks(ctx context.Context, ri RunInfo, rep *VerifyReport) 
 			bad = append(bad, fmt.Sprintf("malformed key %s", keyString(k)))
 			return
 		}
-		n := len(v) / (blobHeaderLen + PageSize)
-		if len(v)%(blobHeaderLen+PageSize) != 0 || n == 0 || n > packFrames {
-			bad = append(bad, fmt.Sprintf("%s has %d bytes", recordWords(k, func(RunID) string { return ri.Name }), len(v)))
-			n = 0
+		pv, err := decodePackValue(v)
+		n := pv.frames()
+		if err != nil {
+			bad = append(bad, fmt.Sprintf("%s %v", recordWords(k, func(RunID) string { return ri.Name }), err))
 		}
 		if int(c) != len(packs[i]) {
 			bad = append(bad, fmt.Sprintf("%s: chunks of the pack are not contiguous", recordWords(k, func(RunID) string { return ri.Name })))

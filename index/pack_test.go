@@ -92,7 +92,7 @@ func TestPack(t *testing.T) {
 	}
 	bad := bytes.Clone(v)
 	closer.Close()
-	bad[packFrames*blobHeaderLen+5] ^= 0xff
+	bad[packFrames*checksumLen+5] ^= 0xff
 	if err := st.db.Set(key, bad, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -121,10 +121,10 @@ func TestPack(t *testing.T) {
 	}
 	// A pack whose frames are checksummed right but differ from the
 	// versions (a wrong build) is found too.
-	binary.LittleEndian.PutUint64(bad[2*blobHeaderLen:], 0)
-	f := bad[packFrames*blobHeaderLen:]
+	binary.LittleEndian.PutUint64(bad[2*checksumLen:], 0)
+	f := bad[packFrames*checksumLen:]
 	f[2*PageSize] ^= 1
-	binary.LittleEndian.PutUint64(bad[2*blobHeaderLen:], xxh3.Hash(f[2*PageSize:3*PageSize]))
+	binary.LittleEndian.PutUint64(bad[2*checksumLen:], xxh3.Hash(f[2*PageSize:3*PageSize]))
 	f[5] ^= 0xff // undo the first damage
 	if err := st.db.Set(key, bad, nil); err != nil {
 		t.Fatal(err)

@@ -218,13 +218,11 @@ func (c *Checkpoint) blobValue(it *pebble.Iterator, ref blobRef) ([]byte, error)
 	if err != nil {
 		return nil, err
 	}
-	if len(v) != blobHeaderLen+PageSize {
-		return nil, corruptf("%s has %d bytes", keyString(key), len(v))
+	frame, err := decodeFrameValue(v)
+	if err != nil {
+		return nil, corruptf("%s %v", keyString(key), err)
 	}
-	if binary.LittleEndian.Uint64(v) != xxh3.Hash(v[blobHeaderLen:]) {
-		return nil, corruptf("%s: checksum mismatch", keyString(key))
-	}
-	return v[blobHeaderLen:], nil
+	return frame, nil
 }
 
 func equalKey(a, b []byte) bool { return string(a) == string(b) }

@@ -245,9 +245,8 @@ func (w *RunWriter) Put(pfn uint64, frame []byte) error {
 }
 
 func (w *RunWriter) addBlob(pfn uint64, frame []byte) error {
-	if w.table == nil && len(w.small)+blobHeaderLen+PageSize <= smallCheckpoint {
-		w.small = binary.LittleEndian.AppendUint64(w.small, xxh3.Hash(frame))
-		w.small = append(w.small, frame...)
+	if w.table == nil && len(w.small)+frameValueLen <= smallCheckpoint {
+		w.small = appendFrameValue(w.small, frame)
 		w.smallKeys = append(w.smallKeys, pfn)
 		return nil
 	}
@@ -256,10 +255,8 @@ func (w *RunWriter) addBlob(pfn uint64, frame []byte) error {
 			return w.fail(err)
 		}
 	}
-	var val [blobHeaderLen + PageSize]byte
-	binary.LittleEndian.PutUint64(val[:], xxh3.Hash(frame))
-	copy(val[blobHeaderLen:], frame)
-	if err := w.table.Set(appendBlobKey(nil, w.id, w.next, pfn), val[:]); err != nil {
+	var buf [frameValueLen]byte
+	if err := w.table.Set(appendBlobKey(nil, w.id, w.next, pfn), appendFrameValue(buf[:0], frame)); err != nil {
 		return w.fail(fmt.Errorf("writing frame table: %w", err))
 	}
 	return nil
@@ -306,7 +303,7 @@ func (w *RunWriter) openTable() error {
 	}
 	w.table, w.tablePath = t, path
 	for i, pfn := range w.smallKeys {
-		val := w.small[i*(blobHeaderLen+PageSize) : (i+1)*(blobHeaderLen+PageSize)]
+		val := w.small[i*frameValueLen : (i+1)*frameValueLen]
 		if err := t.Set(appendBlobKey(nil, w.id, w.next, pfn), val); err != nil {
 			return fmt.Errorf("writing frame table: %w", err)
 		}
@@ -401,7 +398,7 @@ func (w *RunWriter) commitBatch(meta []kv) error {
 	b := w.s.db.NewBatch()
 	defer b.Close()
 	for i, pfn := range w.smallKeys {
-		val := w.small[i*(blobHeaderLen+PageSize) : (i+1)*(blobHeaderLen+PageSize)]
+		val := w.small[i*frameValueLen : (i+1)*frameValueLen]
 		_ = b.Set(appendBlobKey(nil, w.id, w.next, pfn), val, nil)
 	}
 	for _, e := range meta {
