@@ -98,6 +98,16 @@
 // (Linux 6.18 retries page by page, and sometimes repeats a whole refused
 // window, which is refused again).
 //
+// # Counters
+//
+// The mount keeps one set of counters per interval (metrics.go): READs and
+// bytes of <i>.ram and of full/<i>.ram, working-set misses, pushed bytes,
+// refused readahead windows and errors. <i>.json shows an interval's
+// ("mount"); .status and the Prometheus metrics (a collector without run or
+// interval labels) show their sums, computed when they are read, so the
+// three views never disagree. Mounts of one process that share a registry
+// add up; a mount that ends leaves its sums in the metrics.
+//
 // # Memory
 //
 // Every block the store reads lands in memory the Go runtime allocates. On

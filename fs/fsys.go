@@ -8,10 +8,12 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/ckptfs/ckptfs/index"
@@ -32,8 +34,10 @@ const maxPrefetches = 8
 type fsys struct {
 	src      Source
 	log      *slog.Logger
-	m        *metrics
-	st       status
+	latency  *prometheus.HistogramVec // READ latency by file kind
+	coll     *collector               // nil without a registry
+	other    counters                 // failures outside any checkpoint
+	lastErr  lastError
 	prefetch bool
 	uid, gid uint32
 	mode     modes
@@ -48,6 +52,7 @@ type fsys struct {
 	windowSem    chan struct{} // bounds concurrent pushes of readahead windows
 	loaders      int           // store readers per prefetch
 	storeDir     string        // MountOptions.Store, for .status
+	prefetching  atomic.Int64  // pushes running
 	pushBufs     chan []byte   // idle push batch buffers (see getPushBuf)
 	splitReaders int           // store readers per large READ
 
@@ -58,7 +63,7 @@ type fsys struct {
 	mu struct {
 		sync.Mutex
 		ckpts    map[ckptKey]*ckpt
-		counters map[ckptKey]*intervalCounters
+		counters map[ckptKey]*counters
 	}
 }
 
@@ -75,16 +80,11 @@ func newFsys(src Source, opts MountOptions) (*fsys, error) {
 	default:
 		return nil, fmt.Errorf("ckptfs: unknown prefetch policy %q (ws, none)", opts.Prefetch)
 	}
-	m, err := newMetrics(opts.Registry)
-	if err != nil {
-		return nil, fmt.Errorf("ckptfs: registering metrics: %w", err)
-	}
 	f := &fsys{
 		src:          src,
 		log:          opts.Logger,
 		storeDir:     opts.Store,
 		pushBufs:     make(chan []byte, 16),
-		m:            m,
 		prefetch:     opts.Prefetch != "none",
 		mode:         modesFor(opts.AllowOther),
 		started:      time.Now(),
@@ -98,7 +98,10 @@ func newFsys(src Source, opts MountOptions) (*fsys, error) {
 	}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	f.mu.ckpts = map[ckptKey]*ckpt{}
-	f.mu.counters = map[ckptKey]*intervalCounters{}
+	f.mu.counters = map[ckptKey]*counters{}
+	if err := f.registerMetrics(opts.Registry); err != nil {
+		return nil, fmt.Errorf("ckptfs: registering metrics: %w", err)
+	}
 	return f, nil
 }
 
@@ -113,6 +116,9 @@ func (f *fsys) stopPushes() {
 // close stops pushing and closes every checkpoint handle.
 func (f *fsys) close() {
 	f.stopPushes()
+	if f.coll != nil {
+		f.coll.retire(f)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for k, c := range f.mu.ckpts {
@@ -121,12 +127,17 @@ func (f *fsys) close() {
 	}
 }
 
-func (f *fsys) counters(k ckptKey) *intervalCounters {
+// counters returns the counters of checkpoint k.
+func (f *fsys) counters(k ckptKey) *counters {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return f.countersLocked(k)
+}
+
+func (f *fsys) countersLocked(k ckptKey) *counters {
 	c := f.mu.counters[k]
 	if c == nil {
-		c = &intervalCounters{}
+		c = &counters{}
 		f.mu.counters[k] = c
 	}
 	return c
@@ -138,7 +149,7 @@ func (f *fsys) counters(k ckptKey) *intervalCounters {
 type ckpt struct {
 	key  ckptKey
 	run  string
-	ctrs *intervalCounters
+	ctrs *counters
 
 	refs    int       // guarded by fsys.mu
 	lastUse time.Time // guarded by fsys.mu
@@ -166,11 +177,7 @@ func (f *fsys) acquire(run index.RunInfo, i int) *ckpt {
 	if c == nil {
 		c = &ckpt{key: k, run: run.Name}
 		f.mu.ckpts[k] = c
-		c.ctrs = f.mu.counters[k]
-		if c.ctrs == nil {
-			c.ctrs = &intervalCounters{}
-			f.mu.counters[k] = c.ctrs
-		}
+		c.ctrs = f.countersLocked(k)
 	}
 	c.refs++
 	return c
@@ -327,12 +334,12 @@ func (f *fsys) fail(c *ckpt, op, file string, off int64, size int, err error) sy
 	if e != syscall.EIO {
 		return e
 	}
-	f.m.errors.Inc()
 	if c != nil {
 		c.ctrs.errors.Add(1)
+	} else {
+		f.other.errors.Add(1)
 	}
-	msg := fmt.Sprintf("%s %s at %d+%d: %v", op, file, off, size, err)
-	f.st.setError(msg)
+	f.lastErr.set(fmt.Sprintf("%s %s at %d+%d: %v", op, file, off, size, err))
 	f.log.Error("ckptfs: "+op+" failed", "file", file, "offset", off, "size", size,
 		"corrupt", index.IsCorruption(err), "err", err)
 	return e

@@ -337,6 +337,10 @@ func TestMountedRun(t *testing.T) {
 		if status.Reads == 0 || status.Errors != 0 || status.Store != st.Dir() {
 			t.Errorf(".status: %+v", status)
 		}
+		// One set of counters behind both views.
+		if float64(status.Reads) != got["ckptfs_fs_reads_total"] || float64(status.Misses) != got["ckptfs_fs_ws_misses_total"] {
+			t.Errorf(".status %+v disagrees with the metrics %v", status, got)
+		}
 	})
 }
 

@@ -459,7 +459,7 @@ func TestNodeCorruptFrame(t *testing.T) {
 	if len(got) != 1 || !strings.Contains(got[0], "vm1/full/1.ram") || !strings.Contains(got[0], "corrupt=true") {
 		t.Errorf("log lines: %q", got)
 	}
-	st := root.f.st.snapshot()
+	st := root.f.status()
 	if st.Errors != 1 || !strings.Contains(st.LastError, "checksum") {
 		t.Errorf("status %+v", st)
 	}

@@ -144,9 +144,7 @@ func (n *rootNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 }
 
 func (f *fsys) statusJSON() ([]byte, error) {
-	st := f.st.snapshot()
-	st.Store = f.storeDir
-	return json.MarshalIndent(st, "", "  ")
+	return json.MarshalIndent(f.status(), "", "  ")
 }
 
 // runDir is MNT/<run>.

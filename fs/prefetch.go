@@ -121,10 +121,10 @@ func (f *fsys) goPush(ck *ckpt, fn func()) bool {
 	f.wg.Add(1)
 	ck.refs++
 	f.mu.Unlock()
-	f.st.prefetching.Add(1)
+	f.prefetching.Add(1)
 	go func() {
 		defer f.wg.Done()
-		defer f.st.prefetching.Add(-1)
+		defer f.prefetching.Add(-1)
 		defer f.release(ck)
 		fn()
 	}()
@@ -290,8 +290,6 @@ func (f *fsys) store(inode *gofs.Inode, n *ramFile, ck *ckpt, b batch, stopped *
 			cancel()
 			return
 		}
-		f.m.prefetch.Add(float64(len(data)))
-		f.st.prefetchBytes.Add(uint64(len(data)))
 		ck.ctrs.prefetchBytes.Add(uint64(len(data)))
 	}
 }

@@ -192,7 +192,7 @@ func (n *ramFile) Write(ctx context.Context, fh gofs.FileHandle, data []byte, of
 func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	start := time.Now()
 	kind := n.kind()
-	defer func() { n.f.m.latency.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
+	defer func() { n.f.latency.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
 
 	size := n.run.RAMSize
 	if off < 0 {
@@ -240,20 +240,12 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		return nil, n.f.fail(ck, "read", n.path(), off, len(dest), err)
 	}
 	served := end - uint64(off)
-	n.f.m.reads.WithLabelValues(kind).Inc()
-	n.f.m.bytes.WithLabelValues(kind).Add(float64(served))
-	n.f.st.reads.Add(1)
-	n.f.st.bytes.Add(served)
 	if n.sparse {
 		n.answered(ck, first, last)
 		ck.ctrs.reads.Add(1)
 		ck.ctrs.bytes.Add(served)
 		if holes > 0 {
 			n.f.log.Debug("working-set miss", "file", n.path(), "pfn", first, "frames", last-first, "holes", holes)
-			n.f.m.misses.Inc()
-			n.f.m.missFrames.Add(float64(holes))
-			n.f.st.misses.Add(1)
-			n.f.st.missFrames.Add(holes)
 			ck.ctrs.misses.Add(1)
 			ck.ctrs.missFrames.Add(holes)
 		}
@@ -413,7 +405,7 @@ func (n *ramFile) refuseReadahead(ck *ckpt, first, last uint64) syscall.Errno {
 	n.mu.nrefused++
 	prefetching := n.mu.pusher != nil
 	n.mu.Unlock()
-	n.f.m.refused.Inc()
+	ck.ctrs.refused.Add(1)
 	if data > 0 && !prefetching {
 		n.deferWindowPush(ck, first, last)
 	}
