@@ -18,8 +18,8 @@
 // A .ram file has the guest RAM size. Its data frames are W_i (<i>.ram) or
 // the frames that are not all zeros (full/<i>.ram); st_blocks counts only
 // them, SEEK_DATA and SEEK_HOLE walk them exactly, and holes read as zeros.
-// A read of <i>.ram that returns a hole frame is a working-set miss, counted
-// per interval (<i>.json) and in the metrics.
+// A one-frame read of <i>.ram that returns a hole is a working-set miss,
+// counted per interval (<i>.json) and in the metrics (see Counters).
 //
 // The mount is read-only, but it is not mounted "ro": QEMU before 8.2 opens
 // mem-path O_RDWR even for a private mapping, so open(O_RDWR) succeeds (the
@@ -107,6 +107,17 @@
 // interval labels) show their sums, computed when they are read, so the
 // three views never disagree. Mounts of one process that share a registry
 // add up; a mount that ends leaves its sums in the metrics.
+//
+// A working-set miss ("misses", "miss_frames"; ckptfs_fs_ws_misses_total)
+// is a hole of <i>.ram returned by a one-frame READ: a page fault, or a
+// read of exactly that frame, by a process that wanted it. That is what a
+// replay's verification asks: did the guest leave W_i? Holes inside a
+// served READ of several frames are counted apart, as
+// "folio_hole_frames" (ckptfs_fs_folio_hole_frames_total): such a READ is a
+// kernel folio read retrying refused readahead (see Readahead), which drags
+// in holes around the page a process needed, or an O_DIRECT read. Under
+// host load the kernel retries far more of them, and counted as misses they
+// made a replay that needed no hole look like hundreds of misses.
 //
 // # Memory
 //

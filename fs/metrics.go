@@ -15,34 +15,39 @@ import (
 // every interval, read when they are asked for. Failures outside any
 // checkpoint (a lookup, a listing) count in fsys.other.
 type counters struct {
-	reads         atomic.Uint64 // READs of <i>.ram served
-	bytes         atomic.Uint64
-	misses        atomic.Uint64 // READs of <i>.ram that returned a hole
-	missFrames    atomic.Uint64 // hole frames those READs returned
-	prefetchBytes atomic.Uint64 // W_i bytes pushed into the page cache
-	fullReads     atomic.Uint64 // READs of full/<i>.ram served
-	fullBytes     atomic.Uint64
-	errors        atomic.Uint64 // operations that failed with EIO
-	refused       atomic.Uint64 // readahead windows of <i>.ram refused
+	reads      atomic.Uint64 // READs of <i>.ram served
+	bytes      atomic.Uint64
+	misses     atomic.Uint64 // one-frame READs of <i>.ram that returned a hole
+	missFrames atomic.Uint64 // hole frames those READs returned (= misses)
+	// folioHoleFrames are the hole frames returned inside READs of
+	// several frames of <i>.ram: not misses (doc.go, Counters).
+	folioHoleFrames atomic.Uint64
+	prefetchBytes   atomic.Uint64 // W_i bytes pushed into the page cache
+	fullReads       atomic.Uint64 // READs of full/<i>.ram served
+	fullBytes       atomic.Uint64
+	errors          atomic.Uint64 // operations that failed with EIO
+	refused         atomic.Uint64 // readahead windows of <i>.ram refused
 }
 
 // MountCounters is a snapshot of counters: the "mount" object of <i>.json.
 type MountCounters struct {
-	Reads         uint64 `json:"reads"`
-	Bytes         uint64 `json:"bytes"`
-	Misses        uint64 `json:"misses"`
-	MissFrames    uint64 `json:"miss_frames"`
-	PrefetchBytes uint64 `json:"prefetch_bytes"`
-	FullReads     uint64 `json:"full_reads"`
-	FullBytes     uint64 `json:"full_bytes"`
-	Errors        uint64 `json:"errors"`
-	Refused       uint64 `json:"readahead_refused"`
+	Reads      uint64 `json:"reads"`
+	Bytes      uint64 `json:"bytes"`
+	Misses     uint64 `json:"misses"`
+	MissFrames uint64 `json:"miss_frames"`
+	// FolioHoleFrames are hole frames served inside multi-frame READs.
+	FolioHoleFrames uint64 `json:"folio_hole_frames"`
+	PrefetchBytes   uint64 `json:"prefetch_bytes"`
+	FullReads       uint64 `json:"full_reads"`
+	FullBytes       uint64 `json:"full_bytes"`
+	Errors          uint64 `json:"errors"`
+	Refused         uint64 `json:"readahead_refused"`
 }
 
 func (c *counters) snapshot() MountCounters {
 	return MountCounters{
 		Reads: c.reads.Load(), Bytes: c.bytes.Load(), Misses: c.misses.Load(), MissFrames: c.missFrames.Load(),
-		PrefetchBytes: c.prefetchBytes.Load(), FullReads: c.fullReads.Load(), FullBytes: c.fullBytes.Load(),
+		FolioHoleFrames: c.folioHoleFrames.Load(), PrefetchBytes: c.prefetchBytes.Load(), FullReads: c.fullReads.Load(), FullBytes: c.fullBytes.Load(),
 		Errors: c.errors.Load(), Refused: c.refused.Load(),
 	}
 }
@@ -52,6 +57,7 @@ func (m *MountCounters) add(o MountCounters) {
 	m.Bytes += o.Bytes
 	m.Misses += o.Misses
 	m.MissFrames += o.MissFrames
+	m.FolioHoleFrames += o.FolioHoleFrames
 	m.PrefetchBytes += o.PrefetchBytes
 	m.FullReads += o.FullReads
 	m.FullBytes += o.FullBytes
@@ -78,8 +84,11 @@ type Status struct {
 	PrefetchBytes uint64 `json:"prefetch_bytes"`
 	Misses        uint64 `json:"misses"`
 	MissFrames    uint64 `json:"miss_frames"`
-	Errors        uint64 `json:"errors"`
-	Prefetching   int64  `json:"prefetching"`
+	// FolioHoleFrames are hole frames served inside multi-frame READs of
+	// <i>.ram, which are not misses.
+	FolioHoleFrames uint64 `json:"folio_hole_frames"`
+	Errors          uint64 `json:"errors"`
+	Prefetching     int64  `json:"prefetching"`
 	// Store is MountOptions.Store: where tools find the store's socket.
 	Store       string    `json:"store,omitempty"`
 	LastError   string    `json:"last_error,omitempty"`
@@ -89,7 +98,7 @@ type Status struct {
 func (f *fsys) status() Status {
 	t := f.totals()
 	st := Status{Reads: t.Reads + t.FullReads, Bytes: t.Bytes + t.FullBytes, PrefetchBytes: t.PrefetchBytes,
-		Misses: t.Misses, MissFrames: t.MissFrames, Errors: t.Errors, Prefetching: f.prefetching.Load(),
+		Misses: t.Misses, MissFrames: t.MissFrames, FolioHoleFrames: t.FolioHoleFrames, Errors: t.Errors, Prefetching: f.prefetching.Load(),
 		Store: f.storeDir}
 	f.lastErr.Lock()
 	st.LastError, st.LastErrorAt = f.lastErr.msg, f.lastErr.at
@@ -129,9 +138,11 @@ var (
 	descPrefetch = prometheus.NewDesc("ckptfs_fs_prefetch_bytes_total",
 		"Working-set bytes pushed into the page cache with notify-store.", nil, nil)
 	descMisses = prometheus.NewDesc("ckptfs_fs_ws_misses_total",
-		"READ requests of <i>.ram that touched a frame outside the working set.", nil, nil)
+		"One-frame READ requests of <i>.ram that read a frame outside the working set (a working-set miss).", nil, nil)
 	descMissFrames = prometheus.NewDesc("ckptfs_fs_ws_miss_frames_total",
-		"Frames outside the working set read from <i>.ram files (served as zeros).", nil, nil)
+		"Frames outside the working set read from <i>.ram files by one-frame READs (served as zeros).", nil, nil)
+	descFolioHoles = prometheus.NewDesc("ckptfs_fs_folio_hole_frames_total",
+		"Frames outside the working set served inside multi-frame READs of <i>.ram (kernel folio reads, O_DIRECT); not misses.", nil, nil)
 	descErrors = prometheus.NewDesc("ckptfs_fs_errors_total",
 		"Operations that failed with EIO (corrupt or unreadable frames).", nil, nil)
 	descRefused = prometheus.NewDesc("ckptfs_fs_readahead_refused_total",
@@ -139,7 +150,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descReads, descBytes, descPrefetch, descMisses, descMissFrames, descErrors, descRefused} {
+	for _, d := range []*prometheus.Desc{descReads, descBytes, descPrefetch, descMisses, descMissFrames, descFolioHoles, descErrors, descRefused} {
 		ch <- d
 	}
 }
@@ -161,6 +172,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descPrefetch, t.PrefetchBytes)
 	counter(descMisses, t.Misses)
 	counter(descMissFrames, t.MissFrames)
+	counter(descFolioHoles, t.FolioHoleFrames)
 	counter(descErrors, t.Errors)
 	counter(descRefused, t.Refused)
 }

@@ -329,6 +329,17 @@ func TestNodeRead(t *testing.T) {
 	if b, _ := res.Bytes(nil); !bytes.Equal(b, sparse[:64*pageSize]) {
 		t.Error("O_DIRECT read: wrong bytes")
 	}
+	// The holes of those two multi-frame READs are not misses.
+	holesIn := func(first, last uint64) uint64 {
+		return last - first - fx.ws[0].CardinalityInRange(first, last)
+	}
+	after := root.f.counters(ckptKey{1, 0}).snapshot()
+	if want := holesIn(start, start+4) + holesIn(0, 64); after.FolioHoleFrames != want || want == 0 {
+		t.Errorf("folio hole frames %d, want %d", after.FolioHoleFrames, want)
+	}
+	if after.Misses != ctrs.Misses || after.MissFrames != ctrs.MissFrames {
+		t.Errorf("multi-frame READs counted as misses: %+v, before %+v", after, ctrs)
+	}
 	// Beyond the end: nothing.
 	if got, e := read(sn, int64(fx.frames*pageSize), pageSize); e != 0 || len(got) != 0 {
 		t.Errorf("read at EOF: %d bytes, %v", len(got), e)

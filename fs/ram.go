@@ -188,7 +188,9 @@ func (n *ramFile) Write(ctx context.Context, fh gofs.FileHandle, data []byte, of
 }
 
 // Read serves [off, off+len(dest)). The store is read in whole frames; holes
-// of <i>.ram are zeros and count as working-set misses.
+// of <i>.ram are zeros. A hole read by a one-frame READ is a working-set
+// miss; holes inside a served multi-frame READ are counted apart (doc.go,
+// Counters).
 func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	start := time.Now()
 	kind := n.kind()
@@ -244,10 +246,18 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		n.answered(ck, first, last)
 		ck.ctrs.reads.Add(1)
 		ck.ctrs.bytes.Add(served)
-		if holes > 0 {
-			n.f.log.Debug("working-set miss", "file", n.path(), "pfn", first, "frames", last-first, "holes", holes)
+		switch {
+		case holes > 0 && last-first == 1:
+			// A fault or read of exactly this hole: the process
+			// wanted a frame outside W_i.
+			n.f.log.Debug("working-set miss", "file", n.path(), "pfn", first)
 			ck.ctrs.misses.Add(1)
 			ck.ctrs.missFrames.Add(holes)
+		case holes > 0:
+			// A multi-frame READ that was served (a folio-sized
+			// retry of refused readahead, or O_DIRECT) carries holes
+			// nobody asked for one by one; they are not misses.
+			ck.ctrs.folioHoleFrames.Add(holes)
 		}
 	} else {
 		ck.ctrs.fullReads.Add(1)
