@@ -56,16 +56,18 @@
 //
 // Checkpoint handles (with their frame maps) are shared by the files of one
 // checkpoint and reference-counted by the kernel's inodes; a few idle ones
-// stay open for the next `ls -l` or open.
+// stay open for the next `ls -l` or open. A handle loads W_i once; the
+// sparse reads of <i>.ram (Frames.ReadWorkingSet) and the prefetch's pieces
+// come from the store through it, which alone knows how W_i is stored.
 //
 // # Prefetch
 //
 // The first open of <i>.ram (MountOptions.Prefetch "ws", the default)
 // starts pushing W_i into the page cache with notify-store, in contiguous
 // runs of up to 1 MiB, so that the VMM's faults on its working set are
-// page-cache hits. The work is cut into pieces of 256 frames of W_i
-// counted from its first frame, whole chunks of the store's pack, so that
-// two loaders never decode one chunk. Loader goroutines (twice as many as
+// page-cache hits. The work is cut into pieces of about 256 frames of W_i,
+// as the store cuts them (Frames.WorkingSetPieces: where its own blocks of
+// W_i end), so that two loaders never read one block. Loader goroutines (twice as many as
 // cores: cold reads wait for the disk) read batches from the store while as
 // many others push the batches already read (notify-store is mostly the
 // kernel allocating and filling pages, which runs in parallel). At most

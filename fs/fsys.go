@@ -244,7 +244,12 @@ func (f *fsys) dataExtents(c *ckpt) (extents, error) {
 // wsExtents returns W_i.
 func (f *fsys) wsExtents(c *ckpt) (extents, *roaring.Bitmap, error) {
 	c.wsOnce.Do(func() {
-		bm, err := f.src.WorkingSet(c.run, c.key.i)
+		fr, err := f.openFrames(c)
+		if err != nil {
+			c.wsErr = err
+			return
+		}
+		bm, err := fr.WorkingSet()
 		if err != nil {
 			c.wsErr = err
 			return
@@ -268,7 +273,7 @@ func (f *fsys) readFrames(c *ckpt, first uint64, dst []byte) error {
 		// Large loads come from readahead of distinct ranges; sharing
 		// them would only add a copy. Splitting them keeps several
 		// store reads in flight, which is what a cold store needs.
-		return readSplit(fr, first, dst, f.splitReaders)
+		return readSplit(first, dst, f.splitReaders, fr.ReadFrames)
 	}
 	key := fmt.Sprintf("%d/%d/%d+%d", c.key.run, c.key.i, first, len(dst))
 	v, err, shared := f.sf.Do(key, func() (any, error) {
@@ -286,21 +291,59 @@ func (f *fsys) readFrames(c *ckpt, first uint64, dst []byte) error {
 	return nil
 }
 
+// readSparse loads frames [first, first+len(dst)/pageSize) of the sparse
+// checkpoint (<i>.ram: zeros outside W_i) and returns how many were holes.
+// Identical concurrent small loads are collapsed like readFrames's.
+func (f *fsys) readSparse(c *ckpt, first uint64, dst []byte) (uint64, error) {
+	fr, err := f.openFrames(c)
+	if err != nil {
+		return 0, err
+	}
+	if len(dst) > 64<<10 {
+		var holes atomic.Uint64
+		err := readSplit(first, dst, f.splitReaders, func(pfn uint64, part []byte) error {
+			h, err := fr.ReadWorkingSet(pfn, part)
+			holes.Add(h)
+			return err
+		})
+		return holes.Load(), err
+	}
+	type loaded struct {
+		buf   []byte
+		holes uint64
+	}
+	key := fmt.Sprintf("ws/%d/%d/%d+%d", c.key.run, c.key.i, first, len(dst))
+	v, err, _ := f.sf.Do(key, func() (any, error) {
+		buf := make([]byte, len(dst))
+		holes, err := fr.ReadWorkingSet(first, buf)
+		if err != nil {
+			return nil, err
+		}
+		return loaded{buf, holes}, nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	l := v.(loaded)
+	copy(dst, l.buf)
+	return l.holes, nil
+}
+
 // splitChunk is the smallest part of a large read that gets its own
 // goroutine.
 const splitChunk = 256 << 10
 
-// readSplit reads dst in up to k parts at once.
-func readSplit(fr Frames, first uint64, dst []byte, k int) error {
+// readSplit reads dst, the frames from first on, in up to k parts at once.
+func readSplit(first uint64, dst []byte, k int, read func(first uint64, dst []byte) error) error {
 	parts := min(k, len(dst)/splitChunk)
 	if parts <= 1 {
-		return fr.ReadFrames(first, dst)
+		return read(first, dst)
 	}
 	per := (len(dst)/pageSize + parts - 1) / parts * pageSize
 	errs := make(chan error, parts)
 	for off := 0; off < len(dst); off += per {
 		part := dst[off:min(len(dst), off+per)]
-		go func(pfn uint64) { errs <- fr.ReadFrames(pfn, part) }(first + uint64(off/pageSize))
+		go func(pfn uint64) { errs <- read(pfn, part) }(first + uint64(off/pageSize))
 	}
 	var err error
 	for off := 0; off < len(dst); off += per {

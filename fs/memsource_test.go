@@ -203,6 +203,76 @@ func (f *memFrames) ReadFrames(first uint64, dst []byte) error {
 	return nil
 }
 
+func (f *memFrames) WorkingSet() (*roaring.Bitmap, error) {
+	if f.i >= len(f.r.ws) {
+		return nil, fmt.Errorf("%w: %d", index.ErrNoWorkingSet, f.i)
+	}
+	return f.r.ws[f.i], nil
+}
+
+func (f *memFrames) ReadWorkingSet(first uint64, dst []byte) (uint64, error) {
+	ws, err := f.WorkingSet()
+	if err != nil {
+		return 0, err
+	}
+	n := uint64(len(dst) / pageSize)
+	holes := n
+	for p := first; p < first+n; p++ {
+		out := dst[(p-first)*pageSize : (p-first+1)*pageSize]
+		if !ws.Contains(uint32(p)) {
+			clear(out)
+			continue
+		}
+		if err := f.ReadFrames(p, out); err != nil {
+			return 0, err
+		}
+		holes--
+	}
+	return holes, nil
+}
+
+// WorkingSetPieces cuts at every frames frames of W_i, like the store
+// without its block size.
+func (f *memFrames) WorkingSetPieces(first, last uint64, frames int) ([]index.Piece, error) {
+	ws, err := f.WorkingSet()
+	if err != nil {
+		return nil, err
+	}
+	var out []index.Piece
+	var cur index.Piece
+	it := ws.Iterator()
+	for rank := uint64(0); it.HasNext(); rank++ {
+		p := uint64(it.Next())
+		if p < first || p >= last {
+			continue
+		}
+		if rank%uint64(frames) == 0 && len(cur.Extents) > 0 {
+			out, cur = append(out, cur), index.Piece{}
+		}
+		if k := len(cur.Extents); k > 0 && cur.Extents[k-1].End == p {
+			cur.Extents[k-1].End++
+		} else {
+			cur.Extents = append(cur.Extents, index.Extent{Start: p, End: p + 1})
+		}
+	}
+	if len(cur.Extents) > 0 {
+		out = append(out, cur)
+	}
+	return out, nil
+}
+
+func (f *memFrames) ReadPiece(p index.Piece, dst []byte) error {
+	off := uint64(0)
+	for _, e := range p.Extents {
+		n := (e.End - e.Start) * pageSize
+		if err := f.ReadFrames(e.Start, dst[off:off+n]); err != nil {
+			return err
+		}
+		off += n
+	}
+	return nil
+}
+
 func (f *memFrames) Close() error { return nil }
 
 // setReplay makes run name deterministic, with the recording's QEMU

@@ -3,7 +3,6 @@ package fs
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -356,15 +355,20 @@ func (n *runDir) runJSON() ([]byte, error) {
 // intervalJSON is the content of <i>.json: the store's interval statistics
 // and this mount's counters for the interval.
 func (n *runDir) intervalJSON(id index.RunID, i int) ([]byte, error) {
+	ri, err := n.f.src.Run(n.name)
+	if err != nil {
+		return nil, err
+	}
+	if ri.ID != id {
+		return nil, index.ErrRunNotFound
+	}
 	st, err := n.f.src.IntervalStats(n.name, i)
 	if err != nil {
 		return nil, err
 	}
-	_, err = n.f.src.WorkingSet(n.name, i)
-	wsKnown := err == nil
-	if err != nil && !errors.Is(err, index.ErrNoWorkingSet) {
-		return nil, err
-	}
+	// Working sets are committed in interval order: W_i is known once
+	// the run has more than i of them.
+	wsKnown := i < ri.Intervals
 	return json.MarshalIndent(struct {
 		index.IntervalStats
 		WorkingSetKnown bool          `json:"ws_known"`

@@ -228,7 +228,7 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 				return nil, e
 			}
 		}
-		holes, err = n.readSparse(ck, first, last, buf)
+		holes, err = n.f.readSparse(ck, first, buf)
 	} else {
 		err = n.f.readFrames(ck, first, buf)
 	}
@@ -265,28 +265,6 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 	}
 	lo := uint64(off) - first*pageSize
 	return fuse.ReadResultData(buf[lo : lo+served]), 0
-}
-
-// readSparse fills buf with frames [first, last) of <i>.ram: W_i frames from
-// the store, zeros elsewhere. It returns the number of hole frames.
-func (n *ramFile) readSparse(ck *ckpt, first, last uint64, buf []byte) (uint64, error) {
-	ws, _, err := n.f.wsExtents(ck)
-	if err != nil {
-		return 0, err
-	}
-	cur := first
-	var data uint64
-	err = ws.overlap(first, last, func(a, b uint64) error {
-		clear(buf[(cur-first)*pageSize : (a-first)*pageSize])
-		cur = b
-		data += b - a
-		return n.f.readFrames(ck, a, buf[(a-first)*pageSize:(b-first)*pageSize])
-	})
-	if err != nil {
-		return 0, err
-	}
-	clear(buf[(cur-first)*pageSize:])
-	return (last - first) - data, nil
 }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE from the data map; the kernel

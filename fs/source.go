@@ -43,6 +43,20 @@ type Frames interface {
 	// ReadFrames fills dst (a multiple of index.PageSize bytes) with the
 	// frames first, first+1, ...; all-zero frames read as zeros.
 	ReadFrames(first uint64, dst []byte) error
+
+	// WorkingSet is W_i of the checkpoint's interval (index.ErrNoWorkingSet
+	// while unknown), loaded once per handle. The caller does not modify it.
+	WorkingSet() (*roaring.Bitmap, error)
+	// ReadWorkingSet fills dst like ReadFrames, but with the sparse
+	// checkpoint: frames outside W_i read as zeros. It returns how many of
+	// the frames were such holes.
+	ReadWorkingSet(first uint64, dst []byte) (holes uint64, err error)
+	// WorkingSetPieces cuts W_i inside [first, last) into pieces of about
+	// frames frames, cut where the store's reads are cheapest to split.
+	WorkingSetPieces(first, last uint64, frames int) ([]index.Piece, error)
+	// ReadPiece reads the frames of a piece, one run after the other.
+	ReadPiece(p index.Piece, dst []byte) error
+
 	Close() error
 }
 

@@ -38,6 +38,7 @@ type Checkpoint struct {
 
 	packMu sync.Mutex
 	pack   *packView
+	wsc    wsCache // W_i (wsread.go)
 
 	resolveOnce sync.Once
 	refs        []uint64 // per pfn: 0 = zero frame, else (ref interval+1)<<40 | ref pfn
