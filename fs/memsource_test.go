@@ -46,8 +46,9 @@ func (s *memSource) add(name string, images [][]byte, ws []*roaring.Bitmap, dev 
 	s.ids++
 	size := uint64(len(images[0]))
 	s.runs[name] = &memRun{
-		info: index.RunInfo{Name: name, ID: s.ids, RAMSize: size, PageSize: pageSize, Frames: size / pageSize,
-			Recorder: "test", Tracker: "test", Created: time.Unix(1700000000, 0), Checkpoints: len(images), Intervals: len(ws)},
+		info: index.RunInfo{RunRecord: index.RunRecord{Name: name, RAMSize: size, PageSize: pageSize,
+			Recorder: "test", Tracker: "test", Created: time.Unix(1700000000, 0)},
+			ID: s.ids, Frames: size / pageSize, Checkpoints: len(images), Intervals: len(ws)},
 		images: images, ws: ws, dev: dev, corrupt: map[[2]uint64]bool{},
 	}
 	s.gen.Add(1)

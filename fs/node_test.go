@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -500,4 +501,26 @@ func TestNodeWindowPushRace(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestNodeRunJSONFields: run.json has the field names users read, and not
+// the store's internal run ID.
+func TestNodeRunJSONFields(t *testing.T) {
+	src, _ := memFixture("vm1", 64, 2, 4)
+	root := nodeFS(t, src, MountOptions{})
+	run, _ := lookup(t, root, "vm1")
+	rj, _ := lookup(t, run, "run.json")
+	var fields map[string]any
+	if err := json.Unmarshal([]byte(readAll(t, rj)), &fields); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for k := range fields {
+		got = append(got, k)
+	}
+	slices.Sort(got)
+	want := []string{"checkpoints", "created", "frames", "intervals", "name", "page_size", "ram_size", "recorder", "tracker"}
+	if !slices.Equal(got, want) {
+		t.Errorf("run.json fields %q, want %q", got, want)
+	}
 }

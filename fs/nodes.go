@@ -333,23 +333,12 @@ func (n *runDir) runJSON() ([]byte, error) {
 	if ri.ID != n.id {
 		return nil, index.ErrRunNotFound
 	}
+	ri.PageSize = max(ri.PageSize, pageSize)
+	// run.json is the run's RunInfo without the store's internal ID.
 	return json.MarshalIndent(struct {
-		Name        string            `json:"name"`
-		RAMSize     uint64            `json:"ram_size"`
-		PageSize    uint32            `json:"page_size"`
-		Frames      uint64            `json:"frames"`
-		Checkpoints int               `json:"checkpoints"`
-		Intervals   int               `json:"intervals"`
-		Recorder    string            `json:"recorder"`
-		Tracker     string            `json:"tracker"`
-		Created     time.Time         `json:"created"`
-		Meta        map[string]string `json:"meta,omitempty"`
-		// A deterministic run can be replayed: qemu_args is the QEMU
-		// command line it was recorded with.
-		Deterministic bool     `json:"deterministic,omitempty"`
-		QEMUArgs      []string `json:"qemu_args,omitempty"`
-	}{ri.Name, ri.RAMSize, max(ri.PageSize, pageSize), ri.Frames, ri.Checkpoints, ri.Intervals,
-		ri.Recorder, ri.Tracker, ri.Created, ri.Meta, ri.Deterministic, ri.QEMUArgs}, "", "  ")
+		index.RunInfo
+		ID *index.RunID `json:"id,omitempty"` // hides RunInfo's
+	}{RunInfo: ri}, "", "  ")
 }
 
 // intervalJSON is the content of <i>.json: the store's interval statistics

@@ -16,7 +16,7 @@ import (
 //	'd' devstate  d | run u32 | interval u32            → QEMU migration stream
 //	'l' replaylog l | run u32                           → JSON replayLogRecord {size, complete, updated}
 //	'l' log chunk l | run u32 | offset u64              → xxh3-64(chunk) u64 | chunk (1..1 MiB bytes)
-//	'm' run       m | run u32                           → JSON runRecord
+//	'm' run       m | run u32                           → JSON RunRecord (runfmt)
 //	'n' name      n | name                              → run u32
 //	's' sequence  s | "run"                             → next run id u32
 //	'v' version   v | run u32 | pfn u64 | ^interval u32 → kind u8 | ref interval u32 | ref pfn u64
@@ -51,9 +51,6 @@ const (
 	kindVersion  keyKind = 'v'
 	kindWS       keyKind = 'w'
 )
-
-// RunID is the store-internal number of a run. IDs are never reused.
-type RunID uint32
 
 // versionKind is the first byte of a version value.
 type versionKind byte

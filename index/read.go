@@ -517,25 +517,6 @@ func (s *Store) checkpointStats(id RunID, name string, i int) (CheckpointStats, 
 	return st, nil
 }
 
-// IntervalStats describes interval i: what it touched and changed.
-type IntervalStats struct {
-	Interval         int    `json:"interval"`
-	WorkingSetFrames uint64 `json:"ws_frames"`
-	DirtyFrames      uint64 `json:"dirty_frames"` // |D_i| = versions of checkpoint i+1
-	NewFrames        uint64 `json:"new_frames"`   // content first stored at checkpoint i+1
-	BytesStored      uint64 `json:"bytes_stored"` // what checkpoint i+1 added
-	DowntimeNS       int64  `json:"downtime_ns"`  // pause that ended interval i
-	DeviceStateBytes uint64 `json:"device_state_bytes"`
-	// Packed tells whether W_i has a working-set pack (pack.go).
-	Packed bool `json:"ws_packed"`
-	// ICount is the guest instruction count at checkpoint i (the start of
-	// the interval), in a deterministic run; the interval ends at
-	// checkpoint i+1's.
-	ICount *uint64 `json:"icount,omitempty"`
-	// Checkpoint i itself (the start of the interval).
-	Checkpoint CheckpointStats `json:"checkpoint"`
-}
-
 // IntervalStats returns the stats of interval i; it needs checkpoint i+1.
 func (s *Store) IntervalStats(name string, i int) (IntervalStats, error) {
 	id, err := s.runID(name)

@@ -77,7 +77,7 @@ func openRun(mount, run string) (*runDir, error) {
 		if ferr != nil {
 			return nil, fmt.Errorf("%w: %s has neither run.json nor full/0.ram", ErrRunNotFound, r.dir)
 		}
-		r.info = index.RunInfo{Name: run, RAMSize: uint64(fi.Size()), PageSize: 4096}
+		r.info = index.RunInfo{RunRecord: index.RunRecord{Name: run, RAMSize: uint64(fi.Size()), PageSize: 4096}}
 	default:
 		return nil, fmt.Errorf("replay: %v", err)
 	}

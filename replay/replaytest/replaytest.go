@@ -72,9 +72,9 @@ func WriteRun(mount, run string, cfg Config) (*Run, error) {
 		return nil, err
 	}
 	info := index.RunInfo{
-		Name: run, RAMSize: cfg.RAMSize, PageSize: cfg.PageSize, Frames: frames,
-		Recorder: "replaytest", Tracker: "synthetic", Meta: cfg.Meta,
-		Checkpoints: cfg.Intervals + 1, Intervals: cfg.Intervals,
+		RunRecord: index.RunRecord{Name: run, RAMSize: cfg.RAMSize, PageSize: cfg.PageSize,
+			Recorder: "replaytest", Tracker: "synthetic", Meta: cfg.Meta},
+		Frames: frames, Checkpoints: cfg.Intervals + 1, Intervals: cfg.Intervals,
 	}
 	if err := writeJSON(filepath.Join(dir, "run.json"), info); err != nil {
 		return nil, err
