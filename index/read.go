@@ -66,12 +66,6 @@ func (s *Store) OpenCheckpoint(name string, i int) (*Checkpoint, error) {
 	return c, nil
 }
 
-// Run describes the checkpoint's run as of opening.
-func (c *Checkpoint) Run() RunInfo { return c.run }
-
-// Index is the checkpoint's number.
-func (c *Checkpoint) Index() int { return int(c.index) }
-
 // Size is the guest RAM size in bytes.
 func (c *Checkpoint) Size() uint64 { return c.run.RAMSize }
 
@@ -228,17 +222,17 @@ func (c *Checkpoint) blobValue(it *pebble.Iterator, ref blobRef) ([]byte, error)
 
 func equalKey(a, b []byte) bool { return string(a) == string(b) }
 
-// ReadFrame reads pfn into dst (PageSize bytes). It resolves the newest
+// readFrame reads pfn into dst (PageSize bytes). It resolves the newest
 // version at or before the checkpoint with one seek, without building the
 // whole frame map.
-func (c *Checkpoint) ReadFrame(pfn uint64, dst []byte) error {
+func (c *Checkpoint) readFrame(pfn uint64, dst []byte) error {
 	if err := c.removed(); err != nil {
 		return err
 	}
-	return c.readErr(c.readFrame(pfn, dst))
+	return c.readErr(c.seekFrame(pfn, dst))
 }
 
-func (c *Checkpoint) readFrame(pfn uint64, dst []byte) error {
+func (c *Checkpoint) seekFrame(pfn uint64, dst []byte) error {
 	if pfn >= c.run.Frames || len(dst) < PageSize {
 		return fmt.Errorf("%w: read of pfn %d into %d bytes (%d frames of %d bytes)", ErrBadInput, pfn, len(dst), c.run.Frames, PageSize)
 	}

@@ -222,8 +222,8 @@ func (s *Store) cleanTmp() {
 	}
 }
 
-// LockPath is the file whose flock marks the owner of a store directory.
-func LockPath(dir string) string { return filepath.Join(dir, "ckptfs.lock") }
+// lockPath is the file whose flock marks the owner of a store directory.
+func lockPath(dir string) string { return filepath.Join(dir, "ckptfs.lock") }
 
 // lockDir takes an exclusive flock on the store directory so that a second
 // process gets a clear ErrStoreBusy instead of Pebble's lock error.
@@ -243,7 +243,7 @@ func (s *Store) lockDir(create bool) error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("creating store %s: %w", s.dir, err)
 	}
-	fd, err := unix.Open(LockPath(s.dir), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	fd, err := unix.Open(lockPath(s.dir), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("store %s: %w", s.dir, err)
 	}
