@@ -6,7 +6,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// gather sums every sample of reg by metric name and "file" label.
+// gather sums every sample of reg by metric name, and by name and "file"
+// label as "name/label".
 func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -16,13 +17,12 @@ func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 	got := map[string]float64{}
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
-			name := mf.GetName()
+			got[mf.GetName()] += metricValue(m)
 			for _, l := range m.GetLabel() {
 				if l.GetName() == "file" {
-					name += "/" + l.GetValue()
+					got[mf.GetName()+"/"+l.GetValue()] += metricValue(m)
 				}
 			}
-			got[name] += metricValue(m)
 		}
 	}
 	return got

@@ -317,16 +317,7 @@ func TestMountedRun(t *testing.T) {
 	})
 
 	t.Run("metrics", func(t *testing.T) {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := map[string]float64{}
-		for _, mf := range mfs {
-			for _, m := range mf.GetMetric() {
-				got[mf.GetName()] += metricValue(m)
-			}
-		}
+		got := gather(t, reg)
 		for _, name := range []string{"ckptfs_fs_reads_total", "ckptfs_fs_read_bytes_total", "ckptfs_fs_prefetch_bytes_total",
 			"ckptfs_fs_ws_misses_total", "ckptfs_fs_read_seconds"} {
 			if got[name] <= 0 {

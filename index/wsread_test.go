@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"math/rand/v2"
 	"testing"
 
 	"github.com/RoaringBitmap/roaring/v2"
@@ -16,19 +15,7 @@ import (
 // damaged pack; pieces cover W_i exactly once and end where pack chunks
 // end.
 func TestWorkingSetReads(t *testing.T) {
-	rng := rand.New(rand.NewPCG(9, 9))
-	h := randomHistory(rng, 3000, 3)
-	h.ws[1].Clear()
-	h.ws[1].AddRange(100, 700)
-	h.ws[1].AddRange(1000, 1001)
-	h.ws[1].AddRange(1200, 1300)
-	h.ws[1].AddRange(2990, 3000)
-	st, err := Open(t.TempDir(), Options{Create: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	writeHistory(t, st, "r", h)
+	st, h := storeWithRun(t, 9, 3, nil)
 	ws := h.ws[1]
 	sparse := make([]byte, len(h.images[1]))
 	it := ws.Iterator()
