@@ -162,10 +162,8 @@ type ckpt struct {
 	data     extents // non-zero frames
 	dataErr  error
 
-	wsOnce sync.Once
-	ws     extents // W_i
-	wsBM   *roaring.Bitmap
-	wsErr  error
+	wsMu sync.Mutex            // serialises loads of ws
+	ws   atomic.Pointer[wsMap] // W_i, once known
 }
 
 // acquire returns the shared handle of checkpoint i of run; release it.
@@ -241,23 +239,34 @@ func (f *fsys) dataExtents(c *ckpt) (extents, error) {
 	return c.data, c.dataErr
 }
 
-// wsExtents returns W_i.
+// wsMap is W_i as a set and as runs.
+type wsMap struct {
+	ext extents
+	bm  *roaring.Bitmap
+}
+
+// wsExtents returns W_i. Only a W_i that was found is kept: a handle can
+// be older than its W_i (full/<i>.ram is there first).
 func (f *fsys) wsExtents(c *ckpt) (extents, *roaring.Bitmap, error) {
-	c.wsOnce.Do(func() {
-		fr, err := f.openFrames(c)
-		if err != nil {
-			c.wsErr = err
-			return
-		}
-		bm, err := fr.WorkingSet()
-		if err != nil {
-			c.wsErr = err
-			return
-		}
-		c.wsBM = bm
-		c.ws = extentsOf(bm)
-	})
-	return c.ws, c.wsBM, c.wsErr
+	if m := c.ws.Load(); m != nil {
+		return m.ext, m.bm, nil
+	}
+	c.wsMu.Lock()
+	defer c.wsMu.Unlock()
+	if m := c.ws.Load(); m != nil {
+		return m.ext, m.bm, nil
+	}
+	fr, err := f.openFrames(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	bm, err := fr.WorkingSet()
+	if err != nil {
+		return nil, nil, err
+	}
+	m := &wsMap{extentsOf(bm), bm}
+	c.ws.Store(m)
+	return m.ext, m.bm, nil
 }
 
 // readFrames loads frames [first, first+len(dst)/pageSize) of the

@@ -113,17 +113,6 @@ func (s *memSource) OpenCheckpoint(name string, i int) (Frames, error) {
 	return &memFrames{r: r, i: i, s: s}, nil
 }
 
-func (s *memSource) WorkingSet(name string, i int) (*roaring.Bitmap, error) {
-	r, err := s.run(name)
-	if err != nil {
-		return nil, err
-	}
-	if i < 0 || i >= len(r.ws) {
-		return nil, fmt.Errorf("%w: %d", index.ErrNoWorkingSet, i)
-	}
-	return r.ws[i].Clone(), nil
-}
-
 func (s *memSource) IntervalStats(name string, i int) (index.IntervalStats, error) {
 	r, err := s.run(name)
 	if err != nil {

@@ -524,3 +524,43 @@ func TestNodeRunJSONFields(t *testing.T) {
 		t.Errorf("run.json fields %q, want %q", got, want)
 	}
 }
+
+// TestNodeWorkingSetLater: a checkpoint handle taken before W_i was known
+// (full/<i>.ram's attributes) serves <i>.ram and <i>.ws once it is.
+func TestNodeWorkingSetLater(t *testing.T) {
+	fx := newFixture("vm1", 64, 3, 4)
+	src := newMemSource()
+	src.add("vm1", fx.images, fx.ws[:1], fx.dev)
+	root := nodeFS(t, src, MountOptions{})
+	run, _ := lookup(t, root, "vm1")
+	full, _ := lookup(t, run, "full")
+	f1, _ := lookup(t, full, "1.ram")
+	buf := make([]byte, 256)
+	if _, e := f1.(gofs.NodeGetxattrer).Getxattr(context.Background(), "user.ckptfs.ws_frames", buf); e != syscall.ENODATA {
+		t.Fatalf("ws_frames of full/1.ram before W_1: %v, want ENODATA", e)
+	}
+	if e := lookupErr(run, "1.ram"); e != syscall.ENOENT {
+		t.Fatalf("1.ram before W_1: %v", e)
+	}
+	src.mu.Lock()
+	r := src.runs["vm1"]
+	r.ws, r.info.Intervals = fx.ws, len(fx.ws)
+	src.mu.Unlock()
+	sn, _ := lookup(t, run, "1.ram")
+	ctx := context.Background()
+	fh, _, e := sn.(gofs.NodeOpener).Open(ctx, syscall.O_RDONLY|syscall.O_DIRECT)
+	if e != 0 {
+		t.Fatalf("open 1.ram: %v", e)
+	}
+	res, e := sn.(gofs.NodeReader).Read(ctx, fh, make([]byte, 64*pageSize), 0)
+	if e != 0 {
+		t.Fatalf("read 1.ram: %v", e)
+	}
+	if got, _ := res.Bytes(nil); !bytes.Equal(got, fx.sparseImage(1)) {
+		t.Error("1.ram after W_1 became known: wrong bytes")
+	}
+	ws, _ := lookup(t, run, "1.ws")
+	if got := readAll(t, ws); got != index.FormatList(fx.ws[1]) {
+		t.Errorf("1.ws = %q, want %q", got, index.FormatList(fx.ws[1]))
+	}
+}

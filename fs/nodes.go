@@ -259,7 +259,10 @@ func (n *runDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 			return nil, syscall.ENOENT
 		}
 		node, kind = &contentFile{f: n.f, name: n.name + "/" + name, mtime: cs.CommittedAt, load: func() ([]byte, error) {
-			bm, err := n.f.src.WorkingSet(n.name, i)
+			// From the checkpoint's handle, which <i>.ram shares.
+			ck := n.f.acquire(ri, i)
+			defer n.f.release(ck)
+			_, bm, err := n.f.wsExtents(ck)
 			if err != nil {
 				return nil, err
 			}
