@@ -50,8 +50,8 @@ type Frames interface {
 	// checkpoint: frames outside W_i read as zeros. It returns how many of
 	// the frames were such holes.
 	ReadWorkingSet(first uint64, dst []byte) (holes uint64, err error)
-	// WorkingSetPieces cuts W_i inside [first, last) into pieces of about
-	// frames frames, cut where the store's reads are cheapest to split.
+	// WorkingSetPieces cuts W_i inside [first, last) into pieces of at
+	// most frames frames, cut where the store's reads are cheapest to split.
 	WorkingSetPieces(first, last uint64, frames int) ([]index.Piece, error)
 	// ReadPiece reads the frames of a piece, one run after the other.
 	ReadPiece(p index.Piece, dst []byte) error

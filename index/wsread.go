@@ -68,15 +68,21 @@ func (p Piece) Frames() uint64 {
 }
 
 // WorkingSetPieces cuts the frames of W_i inside [first, last) into pieces
-// of at most about frames frames each, in pfn order. The cuts fall where
-// the store's own blocks of W_i end, so that loaders given different
-// pieces never read the same block.
+// of at most frames frames each, in pfn order. When frames allows, the
+// cuts fall where the store's own blocks of W_i end, so that loaders given
+// different pieces never read the same block.
 func (c *Checkpoint) WorkingSetPieces(first, last uint64, frames int) ([]Piece, error) {
 	ws, err := c.WorkingSet()
 	if err != nil {
 		return nil, err
 	}
-	unit := max(packFrames, (uint64(frames)+packFrames-1)/packFrames*packFrames)
+	if frames < 1 {
+		return nil, fmt.Errorf("%w: pieces of %d frames", ErrBadInput, frames)
+	}
+	unit := uint64(frames)
+	if unit >= packFrames {
+		unit -= unit % packFrames
+	}
 	last = min(last, c.run.Frames)
 	if first >= last {
 		return nil, nil

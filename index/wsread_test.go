@@ -40,7 +40,7 @@ func TestWorkingSetReads(t *testing.T) {
 			}
 		}
 		for _, r := range [][2]uint64{{0, 3000}, {650, 2000}, {2995, 3000}} {
-			pieces, err := c.WorkingSetPieces(r[0], r[1], 200)
+			pieces, err := c.WorkingSetPieces(r[0], r[1], 300)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -76,6 +76,17 @@ func TestWorkingSetReads(t *testing.T) {
 			if !seen.Equals(want) {
 				t.Fatalf("%s: pieces of [%d, %d) cover %d frames, want %d", what, r[0], r[1], seen.GetCardinality(), want.GetCardinality())
 			}
+		}
+		small, err := c.WorkingSetPieces(0, 3000, 100)
+		var n uint64
+		for _, p := range small {
+			if p.Frames() > 100 {
+				t.Fatalf("%s: a piece of %d frames, asked for at most 100", what, p.Frames())
+			}
+			n += p.Frames()
+		}
+		if err != nil || n != ws.GetCardinality() {
+			t.Fatalf("%s: pieces of 100 frames hold %d frames, %v", what, n, err)
 		}
 		if _, err := c.ReadWorkingSet(2999, make([]byte, 2*PageSize)); !errors.Is(err, ErrBadInput) {
 			t.Errorf("%s: read beyond the end: %v", what, err)
