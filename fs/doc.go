@@ -18,8 +18,8 @@
 // A .ram file has the guest RAM size. Its data frames are W_i (<i>.ram) or
 // the frames that are not all zeros (full/<i>.ram); st_blocks counts only
 // them, SEEK_DATA and SEEK_HOLE walk them exactly, and holes read as zeros.
-// A read of <i>.ram that returns a hole frame is a working-set miss, counted
-// per interval (<i>.json) and in the metrics.
+// A one-frame read of <i>.ram that returns a hole is a working-set miss,
+// counted per interval (<i>.json) and in the metrics (see Counters).
 //
 // The mount is read-only, but it is not mounted "ro": QEMU before 8.2 opens
 // mem-path O_RDWR even for a private mapping, so open(O_RDWR) succeeds (the
@@ -72,16 +72,18 @@
 //
 // Checkpoint handles (with their frame maps) are shared by the files of one
 // checkpoint and reference-counted by the kernel's inodes; a few idle ones
-// stay open for the next `ls -l` or open.
+// stay open for the next `ls -l` or open. A handle loads W_i once; the
+// sparse reads of <i>.ram (Frames.ReadWorkingSet) and the prefetch's pieces
+// come from the store through it, which alone knows how W_i is stored.
 //
 // # Prefetch
 //
 // The first open of <i>.ram (MountOptions.Prefetch "ws", the default)
 // starts pushing W_i into the page cache with notify-store, in contiguous
 // runs of up to 1 MiB, so that the VMM's faults on its working set are
-// page-cache hits. The work is cut into pieces of 256 frames of W_i
-// counted from its first frame, whole chunks of the store's pack, so that
-// two loaders never decode one chunk. Loader goroutines (twice as many as
+// page-cache hits. The work is cut into pieces of about 256 frames of W_i,
+// as the store cuts them (Frames.WorkingSetPieces: where its own blocks of
+// W_i end), so that two loaders never read one block. Loader goroutines (twice as many as
 // cores: cold reads wait for the disk) read batches from the store while as
 // many others push the batches already read (notify-store is mostly the
 // kernel allocating and filling pages, which runs in parallel). At most
@@ -125,6 +127,27 @@
 // FUSE files in large folios retries a failed readahead with a whole folio
 // (Linux 6.18 retries page by page, and sometimes repeats a whole refused
 // window, which is refused again).
+//
+// # Counters
+//
+// The mount keeps one set of counters per interval (metrics.go): READs and
+// bytes of <i>.ram and of full/<i>.ram, working-set misses, pushed bytes,
+// refused readahead windows and errors. <i>.json shows an interval's
+// ("mount"); .status and the Prometheus metrics (a collector without run or
+// interval labels) show their sums, computed when they are read, so the
+// three views never disagree. Mounts of one process that share a registry
+// add up; a mount that ends leaves its sums in the metrics.
+//
+// A working-set miss ("misses", "miss_frames"; ckptfs_fs_ws_misses_total)
+// is a hole of <i>.ram returned by a one-frame READ: a page fault, or a
+// read of exactly that frame, by a process that wanted it. That is what a
+// replay's verification asks: did the guest leave W_i? Holes inside a
+// served READ of several frames are counted apart, as
+// "folio_hole_frames" (ckptfs_fs_folio_hole_frames_total): such a READ is a
+// kernel folio read retrying refused readahead (see Readahead), which drags
+// in holes around the page a process needed, or an O_DIRECT read. Under
+// host load the kernel retries far more of them, and counted as misses they
+// made a replay that needed no hole look like hundreds of misses.
 //
 // # Memory
 //

@@ -8,10 +8,12 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/ckptfs/ckptfs/index"
@@ -32,8 +34,10 @@ const maxPrefetches = 8
 type fsys struct {
 	src      Source
 	log      *slog.Logger
-	m        *metrics
-	st       status
+	latency  *prometheus.HistogramVec // READ latency by file kind
+	coll     *collector               // nil without a registry
+	other    counters                 // failures outside any checkpoint
+	lastErr  lastError
 	prefetch bool
 	uid, gid uint32
 	mode     modes
@@ -48,6 +52,7 @@ type fsys struct {
 	windowSem    chan struct{} // bounds concurrent pushes of readahead windows
 	loaders      int           // store readers per prefetch
 	storeDir     string        // MountOptions.Store, for .status
+	prefetching  atomic.Int64  // pushes running
 	pushBufs     chan []byte   // idle push batch buffers (see getPushBuf)
 	splitReaders int           // store readers per large READ
 
@@ -60,7 +65,7 @@ type fsys struct {
 	mu struct {
 		sync.Mutex
 		ckpts    map[ckptKey]*ckpt
-		counters map[ckptKey]*intervalCounters
+		counters map[ckptKey]*counters
 	}
 }
 
@@ -77,16 +82,11 @@ func newFsys(src Source, opts MountOptions) (*fsys, error) {
 	default:
 		return nil, fmt.Errorf("ckptfs: unknown prefetch policy %q (ws, none)", opts.Prefetch)
 	}
-	m, err := newMetrics(opts.Registry)
-	if err != nil {
-		return nil, fmt.Errorf("ckptfs: registering metrics: %w", err)
-	}
 	f := &fsys{
 		src:          src,
 		log:          opts.Logger,
 		storeDir:     opts.Store,
 		pushBufs:     make(chan []byte, 16),
-		m:            m,
 		prefetch:     opts.Prefetch != "none",
 		mode:         modesFor(opts.AllowOther),
 		started:      time.Now(),
@@ -100,7 +100,10 @@ func newFsys(src Source, opts MountOptions) (*fsys, error) {
 	}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	f.mu.ckpts = map[ckptKey]*ckpt{}
-	f.mu.counters = map[ckptKey]*intervalCounters{}
+	f.mu.counters = map[ckptKey]*counters{}
+	if err := f.registerMetrics(opts.Registry); err != nil {
+		return nil, fmt.Errorf("ckptfs: registering metrics: %w", err)
+	}
 	return f, nil
 }
 
@@ -115,6 +118,9 @@ func (f *fsys) stopPushes() {
 // close stops pushing and closes every checkpoint handle.
 func (f *fsys) close() {
 	f.stopPushes()
+	if f.coll != nil {
+		f.coll.retire(f)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for k, c := range f.mu.ckpts {
@@ -123,12 +129,17 @@ func (f *fsys) close() {
 	}
 }
 
-func (f *fsys) counters(k ckptKey) *intervalCounters {
+// counters returns the counters of checkpoint k.
+func (f *fsys) counters(k ckptKey) *counters {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return f.countersLocked(k)
+}
+
+func (f *fsys) countersLocked(k ckptKey) *counters {
 	c := f.mu.counters[k]
 	if c == nil {
-		c = &intervalCounters{}
+		c = &counters{}
 		f.mu.counters[k] = c
 	}
 	return c
@@ -140,7 +151,7 @@ func (f *fsys) counters(k ckptKey) *intervalCounters {
 type ckpt struct {
 	key  ckptKey
 	run  string
-	ctrs *intervalCounters
+	ctrs *counters
 
 	refs    int       // guarded by fsys.mu
 	lastUse time.Time // guarded by fsys.mu
@@ -153,10 +164,8 @@ type ckpt struct {
 	data     extents // non-zero frames
 	dataErr  error
 
-	wsOnce sync.Once
-	ws     extents // W_i
-	wsBM   *roaring.Bitmap
-	wsErr  error
+	wsMu sync.Mutex            // serialises loads of ws
+	ws   atomic.Pointer[wsMap] // W_i, once known
 }
 
 // acquire returns the shared handle of checkpoint i of run; release it.
@@ -168,11 +177,7 @@ func (f *fsys) acquire(run index.RunInfo, i int) *ckpt {
 	if c == nil {
 		c = &ckpt{key: k, run: run.Name}
 		f.mu.ckpts[k] = c
-		c.ctrs = f.mu.counters[k]
-		if c.ctrs == nil {
-			c.ctrs = &intervalCounters{}
-			f.mu.counters[k] = c.ctrs
-		}
+		c.ctrs = f.countersLocked(k)
 	}
 	c.refs++
 	return c
@@ -236,18 +241,34 @@ func (f *fsys) dataExtents(c *ckpt) (extents, error) {
 	return c.data, c.dataErr
 }
 
-// wsExtents returns W_i.
+// wsMap is W_i as a set and as runs.
+type wsMap struct {
+	ext extents
+	bm  *roaring.Bitmap
+}
+
+// wsExtents returns W_i. Only a W_i that was found is kept: a handle can
+// be older than its W_i (full/<i>.ram is there first).
 func (f *fsys) wsExtents(c *ckpt) (extents, *roaring.Bitmap, error) {
-	c.wsOnce.Do(func() {
-		bm, err := f.src.WorkingSet(c.run, c.key.i)
-		if err != nil {
-			c.wsErr = err
-			return
-		}
-		c.wsBM = bm
-		c.ws = extentsOf(bm)
-	})
-	return c.ws, c.wsBM, c.wsErr
+	if m := c.ws.Load(); m != nil {
+		return m.ext, m.bm, nil
+	}
+	c.wsMu.Lock()
+	defer c.wsMu.Unlock()
+	if m := c.ws.Load(); m != nil {
+		return m.ext, m.bm, nil
+	}
+	fr, err := f.openFrames(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	bm, err := fr.WorkingSet()
+	if err != nil {
+		return nil, nil, err
+	}
+	m := &wsMap{extentsOf(bm), bm}
+	c.ws.Store(m)
+	return m.ext, m.bm, nil
 }
 
 // readFrames loads frames [first, first+len(dst)/pageSize) of the
@@ -263,7 +284,7 @@ func (f *fsys) readFrames(c *ckpt, first uint64, dst []byte) error {
 		// Large loads come from readahead of distinct ranges; sharing
 		// them would only add a copy. Splitting them keeps several
 		// store reads in flight, which is what a cold store needs.
-		return readSplit(fr, first, dst, f.splitReaders)
+		return readSplit(first, dst, f.splitReaders, fr.ReadFrames)
 	}
 	key := fmt.Sprintf("%d/%d/%d+%d", c.key.run, c.key.i, first, len(dst))
 	v, err, _ := f.sf.Do(key, func() (any, error) {
@@ -280,21 +301,59 @@ func (f *fsys) readFrames(c *ckpt, first uint64, dst []byte) error {
 	return nil
 }
 
+// readSparse loads frames [first, first+len(dst)/pageSize) of the sparse
+// checkpoint (<i>.ram: zeros outside W_i) and returns how many were holes.
+// Identical concurrent small loads are collapsed like readFrames's.
+func (f *fsys) readSparse(c *ckpt, first uint64, dst []byte) (uint64, error) {
+	fr, err := f.openFrames(c)
+	if err != nil {
+		return 0, err
+	}
+	if len(dst) > 64<<10 {
+		var holes atomic.Uint64
+		err := readSplit(first, dst, f.splitReaders, func(pfn uint64, part []byte) error {
+			h, err := fr.ReadWorkingSet(pfn, part)
+			holes.Add(h)
+			return err
+		})
+		return holes.Load(), err
+	}
+	type loaded struct {
+		buf   []byte
+		holes uint64
+	}
+	key := fmt.Sprintf("ws/%d/%d/%d+%d", c.key.run, c.key.i, first, len(dst))
+	v, err, _ := f.sf.Do(key, func() (any, error) {
+		buf := make([]byte, len(dst))
+		holes, err := fr.ReadWorkingSet(first, buf)
+		if err != nil {
+			return nil, err
+		}
+		return loaded{buf, holes}, nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	l := v.(loaded)
+	copy(dst, l.buf)
+	return l.holes, nil
+}
+
 // splitChunk is the smallest part of a large read that gets its own
 // goroutine.
 const splitChunk = 256 << 10
 
-// readSplit reads dst in up to k parts at once.
-func readSplit(fr Frames, first uint64, dst []byte, k int) error {
+// readSplit reads dst, the frames from first on, in up to k parts at once.
+func readSplit(first uint64, dst []byte, k int, read func(first uint64, dst []byte) error) error {
 	parts := min(k, len(dst)/splitChunk)
 	if parts <= 1 {
-		return fr.ReadFrames(first, dst)
+		return read(first, dst)
 	}
 	per := (len(dst)/pageSize + parts - 1) / parts * pageSize
 	errs := make(chan error, parts)
 	for off := 0; off < len(dst); off += per {
 		part := dst[off:min(len(dst), off+per)]
-		go func(pfn uint64) { errs <- fr.ReadFrames(pfn, part) }(first + uint64(off/pageSize))
+		go func(pfn uint64) { errs <- read(pfn, part) }(first + uint64(off/pageSize))
 	}
 	var err error
 	for off := 0; off < len(dst); off += per {
@@ -328,12 +387,12 @@ func (f *fsys) fail(c *ckpt, op, file string, off int64, size int, err error) sy
 	if e != syscall.EIO {
 		return e
 	}
-	f.m.errors.Inc()
 	if c != nil {
 		c.ctrs.errors.Add(1)
+	} else {
+		f.other.errors.Add(1)
 	}
-	msg := fmt.Sprintf("%s %s at %d+%d: %v", op, file, off, size, err)
-	f.st.setError(msg)
+	f.lastErr.set(fmt.Sprintf("%s %s at %d+%d: %v", op, file, off, size, err))
 	f.log.Error("ckptfs: "+op+" failed", "file", file, "offset", off, "size", size,
 		"corrupt", index.IsCorruption(err), "err", err)
 	return e

@@ -46,8 +46,9 @@ func (s *memSource) add(name string, images [][]byte, ws []*roaring.Bitmap, dev 
 	s.ids++
 	size := uint64(len(images[0]))
 	s.runs[name] = &memRun{
-		info: index.RunInfo{Name: name, ID: s.ids, RAMSize: size, PageSize: pageSize, Frames: size / pageSize,
-			Recorder: "test", Tracker: "test", Created: time.Unix(1700000000, 0), Checkpoints: len(images), Intervals: len(ws)},
+		info: index.RunInfo{RunRecord: index.RunRecord{Name: name, RAMSize: size, PageSize: pageSize,
+			Recorder: "test", Tracker: "test", Created: time.Unix(1700000000, 0)},
+			ID: s.ids, Frames: size / pageSize, Checkpoints: len(images), Intervals: len(ws)},
 		images: images, ws: ws, dev: dev, corrupt: map[[2]uint64]bool{},
 	}
 	s.gen.Add(1)
@@ -110,17 +111,6 @@ func (s *memSource) OpenCheckpoint(name string, i int) (Frames, error) {
 		return nil, fmt.Errorf("%w: %d", index.ErrCheckpointMissing, i)
 	}
 	return &memFrames{r: r, i: i, s: s}, nil
-}
-
-func (s *memSource) WorkingSet(name string, i int) (*roaring.Bitmap, error) {
-	r, err := s.run(name)
-	if err != nil {
-		return nil, err
-	}
-	if i < 0 || i >= len(r.ws) {
-		return nil, fmt.Errorf("%w: %d", index.ErrNoWorkingSet, i)
-	}
-	return r.ws[i].Clone(), nil
 }
 
 func (s *memSource) IntervalStats(name string, i int) (index.IntervalStats, error) {
@@ -200,6 +190,76 @@ func (f *memFrames) ReadFrames(first uint64, dst []byte) error {
 		return fmt.Errorf("%w: beyond the end", index.ErrBadInput)
 	}
 	copy(dst, img[first*pageSize:])
+	return nil
+}
+
+func (f *memFrames) WorkingSet() (*roaring.Bitmap, error) {
+	if f.i >= len(f.r.ws) {
+		return nil, fmt.Errorf("%w: %d", index.ErrNoWorkingSet, f.i)
+	}
+	return f.r.ws[f.i], nil
+}
+
+func (f *memFrames) ReadWorkingSet(first uint64, dst []byte) (uint64, error) {
+	ws, err := f.WorkingSet()
+	if err != nil {
+		return 0, err
+	}
+	n := uint64(len(dst) / pageSize)
+	holes := n
+	for p := first; p < first+n; p++ {
+		out := dst[(p-first)*pageSize : (p-first+1)*pageSize]
+		if !ws.Contains(uint32(p)) {
+			clear(out)
+			continue
+		}
+		if err := f.ReadFrames(p, out); err != nil {
+			return 0, err
+		}
+		holes--
+	}
+	return holes, nil
+}
+
+// WorkingSetPieces cuts at every frames frames of W_i, like the store
+// without its block size.
+func (f *memFrames) WorkingSetPieces(first, last uint64, frames int) ([]index.Piece, error) {
+	ws, err := f.WorkingSet()
+	if err != nil {
+		return nil, err
+	}
+	var out []index.Piece
+	var cur index.Piece
+	it := ws.Iterator()
+	for rank := uint64(0); it.HasNext(); rank++ {
+		p := uint64(it.Next())
+		if p < first || p >= last {
+			continue
+		}
+		if rank%uint64(frames) == 0 && len(cur.Extents) > 0 {
+			out, cur = append(out, cur), index.Piece{}
+		}
+		if k := len(cur.Extents); k > 0 && cur.Extents[k-1].End == p {
+			cur.Extents[k-1].End++
+		} else {
+			cur.Extents = append(cur.Extents, index.Extent{Start: p, End: p + 1})
+		}
+	}
+	if len(cur.Extents) > 0 {
+		out = append(out, cur)
+	}
+	return out, nil
+}
+
+func (f *memFrames) ReadPiece(p index.Piece, dst []byte) error {
+	off := uint64(0)
+	for _, e := range p.Extents {
+		n := (e.End - e.Start) * pageSize
+		if err := f.ReadFrames(e.Start, dst[off:off+n]); err != nil {
+			return err
+		}
+		off += n
+	}
 	return nil
 }
 

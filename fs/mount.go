@@ -214,7 +214,7 @@ func (discard) Write(p []byte) (int, error) { return len(p), nil }
 func (m *Server) Dir() string { return m.dir }
 
 // Status returns the mount's counters and last error.
-func (m *Server) Status() Status { return m.f.st.snapshot() }
+func (m *Server) Status() Status { return m.f.status() }
 
 // Unmount unmounts and stops serving. If processes still use the mount, the
 // kernel refuses; Unmount then detaches it lazily (it disappears from the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -329,6 +330,17 @@ func TestNodeRead(t *testing.T) {
 	if b, _ := res.Bytes(nil); !bytes.Equal(b, sparse[:64*pageSize]) {
 		t.Error("O_DIRECT read: wrong bytes")
 	}
+	// The holes of those two multi-frame READs are not misses.
+	holesIn := func(first, last uint64) uint64 {
+		return last - first - fx.ws[0].CardinalityInRange(first, last)
+	}
+	after := root.f.counters(ckptKey{1, 0}).snapshot()
+	if want := holesIn(start, start+4) + holesIn(0, 64); after.FolioHoleFrames != want || want == 0 {
+		t.Errorf("folio hole frames %d, want %d", after.FolioHoleFrames, want)
+	}
+	if after.Misses != ctrs.Misses || after.MissFrames != ctrs.MissFrames {
+		t.Errorf("multi-frame READs counted as misses: %+v, before %+v", after, ctrs)
+	}
 	// Beyond the end: nothing.
 	if got, e := read(sn, int64(fx.frames*pageSize), pageSize); e != 0 || len(got) != 0 {
 		t.Errorf("read at EOF: %d bytes, %v", len(got), e)
@@ -459,7 +471,7 @@ func TestNodeCorruptFrame(t *testing.T) {
 	if len(got) != 1 || !strings.Contains(got[0], "vm1/full/1.ram") || !strings.Contains(got[0], "corrupt=true") {
 		t.Errorf("log lines: %q", got)
 	}
-	st := root.f.st.snapshot()
+	st := root.f.status()
 	if st.Errors != 1 || !strings.Contains(st.LastError, "checksum") {
 		t.Errorf("status %+v", st)
 	}
@@ -489,4 +501,66 @@ func TestNodeWindowPushRace(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestNodeRunJSONFields: run.json has the field names users read, and not
+// the store's internal run ID.
+func TestNodeRunJSONFields(t *testing.T) {
+	src, _ := memFixture("vm1", 64, 2, 4)
+	root := nodeFS(t, src, MountOptions{})
+	run, _ := lookup(t, root, "vm1")
+	rj, _ := lookup(t, run, "run.json")
+	var fields map[string]any
+	if err := json.Unmarshal([]byte(readAll(t, rj)), &fields); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for k := range fields {
+		got = append(got, k)
+	}
+	slices.Sort(got)
+	want := []string{"checkpoints", "created", "frames", "intervals", "name", "page_size", "ram_size", "recorder", "tracker"}
+	if !slices.Equal(got, want) {
+		t.Errorf("run.json fields %q, want %q", got, want)
+	}
+}
+
+// TestNodeWorkingSetLater: a checkpoint handle taken before W_i was known
+// (full/<i>.ram's attributes) serves <i>.ram and <i>.ws once it is.
+func TestNodeWorkingSetLater(t *testing.T) {
+	fx := newFixture("vm1", 64, 3, 4)
+	src := newMemSource()
+	src.add("vm1", fx.images, fx.ws[:1], fx.dev)
+	root := nodeFS(t, src, MountOptions{})
+	run, _ := lookup(t, root, "vm1")
+	full, _ := lookup(t, run, "full")
+	f1, _ := lookup(t, full, "1.ram")
+	buf := make([]byte, 256)
+	if _, e := f1.(gofs.NodeGetxattrer).Getxattr(context.Background(), "user.ckptfs.ws_frames", buf); e != syscall.ENODATA {
+		t.Fatalf("ws_frames of full/1.ram before W_1: %v, want ENODATA", e)
+	}
+	if e := lookupErr(run, "1.ram"); e != syscall.ENOENT {
+		t.Fatalf("1.ram before W_1: %v", e)
+	}
+	src.mu.Lock()
+	r := src.runs["vm1"]
+	r.ws, r.info.Intervals = fx.ws, len(fx.ws)
+	src.mu.Unlock()
+	sn, _ := lookup(t, run, "1.ram")
+	ctx := context.Background()
+	fh, _, e := sn.(gofs.NodeOpener).Open(ctx, syscall.O_RDONLY|syscall.O_DIRECT)
+	if e != 0 {
+		t.Fatalf("open 1.ram: %v", e)
+	}
+	res, e := sn.(gofs.NodeReader).Read(ctx, fh, make([]byte, 64*pageSize), 0)
+	if e != 0 {
+		t.Fatalf("read 1.ram: %v", e)
+	}
+	if got, _ := res.Bytes(nil); !bytes.Equal(got, fx.sparseImage(1)) {
+		t.Error("1.ram after W_1 became known: wrong bytes")
+	}
+	ws, _ := lookup(t, run, "1.ws")
+	if got := readAll(t, ws); got != index.FormatList(fx.ws[1]) {
+		t.Errorf("1.ws = %q, want %q", got, index.FormatList(fx.ws[1]))
+	}
 }

@@ -3,7 +3,6 @@ package fs
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -144,9 +143,7 @@ func (n *rootNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 }
 
 func (f *fsys) statusJSON() ([]byte, error) {
-	st := f.st.snapshot()
-	st.Store = f.storeDir
-	return json.MarshalIndent(st, "", "  ")
+	return json.MarshalIndent(f.status(), "", "  ")
 }
 
 // runDir is MNT/<run>.
@@ -262,7 +259,10 @@ func (n *runDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 			return nil, syscall.ENOENT
 		}
 		node, kind = &contentFile{f: n.f, name: n.name + "/" + name, mtime: cs.CommittedAt, load: func() ([]byte, error) {
-			bm, err := n.f.src.WorkingSet(n.name, i)
+			// From the checkpoint's handle, which <i>.ram shares.
+			ck := n.f.acquire(ri, i)
+			defer n.f.release(ck)
+			_, bm, err := n.f.wsExtents(ck)
 			if err != nil {
 				return nil, err
 			}
@@ -336,37 +336,31 @@ func (n *runDir) runJSON() ([]byte, error) {
 	if ri.ID != n.id {
 		return nil, index.ErrRunNotFound
 	}
+	ri.PageSize = max(ri.PageSize, pageSize)
+	// run.json is the run's RunInfo without the store's internal ID.
 	return json.MarshalIndent(struct {
-		Name        string            `json:"name"`
-		RAMSize     uint64            `json:"ram_size"`
-		PageSize    uint32            `json:"page_size"`
-		Frames      uint64            `json:"frames"`
-		Checkpoints int               `json:"checkpoints"`
-		Intervals   int               `json:"intervals"`
-		Recorder    string            `json:"recorder"`
-		Tracker     string            `json:"tracker"`
-		Created     time.Time         `json:"created"`
-		Meta        map[string]string `json:"meta,omitempty"`
-		// A deterministic run can be replayed: qemu_args is the QEMU
-		// command line it was recorded with.
-		Deterministic bool     `json:"deterministic,omitempty"`
-		QEMUArgs      []string `json:"qemu_args,omitempty"`
-	}{ri.Name, ri.RAMSize, max(ri.PageSize, pageSize), ri.Frames, ri.Checkpoints, ri.Intervals,
-		ri.Recorder, ri.Tracker, ri.Created, ri.Meta, ri.Deterministic, ri.QEMUArgs}, "", "  ")
+		index.RunInfo
+		ID *index.RunID `json:"id,omitempty"` // hides RunInfo's
+	}{RunInfo: ri}, "", "  ")
 }
 
 // intervalJSON is the content of <i>.json: the store's interval statistics
 // and this mount's counters for the interval.
 func (n *runDir) intervalJSON(id index.RunID, i int) ([]byte, error) {
+	ri, err := n.f.src.Run(n.name)
+	if err != nil {
+		return nil, err
+	}
+	if ri.ID != id {
+		return nil, index.ErrRunNotFound
+	}
 	st, err := n.f.src.IntervalStats(n.name, i)
 	if err != nil {
 		return nil, err
 	}
-	_, err = n.f.src.WorkingSet(n.name, i)
-	wsKnown := err == nil
-	if err != nil && !errors.Is(err, index.ErrNoWorkingSet) {
-		return nil, err
-	}
+	// Working sets are committed in interval order: W_i is known once
+	// the run has more than i of them.
+	wsKnown := i < ri.Intervals
 	return json.MarshalIndent(struct {
 		index.IntervalStats
 		WorkingSetKnown bool          `json:"ws_known"`

@@ -18,18 +18,13 @@ import (
 // that a jump to a faulting address takes effect within a few batches.
 const pushBatch = 1 << 20
 
-// pieceFrames is the unit of work of a push: pieceFrames consecutive
-// frames of the pushed set, counted from its first frame, whatever runs they
-// fall in. For a push of W_i these are whole chunks of the store's
-// working-set pack (index.PackChunkFrames frames of W_i in pfn order each),
-// so two loaders never decode the same chunk: with pieces cut by runs of
-// frames instead, neighbouring pieces shared a chunk and the second loader
-// waited for the first (a cold read of a 51 MiB pack with two loaders took
-// 37-50 ms that way, 26-34 ms in whole chunks).
+// pieceFrames is the unit of work of a push: about pieceFrames frames of
+// W_i, as the store cuts them (Frames.WorkingSetPieces), so that two
+// loaders never read the same block of the store: with pieces cut by runs
+// of frames instead, neighbouring pieces shared a block and the second
+// loader waited for the first (a cold read of a 51 MiB working set with
+// two loaders took 37-50 ms that way, 26-34 ms in the store's blocks).
 const pieceFrames = pushBatch / pageSize
-
-// A piece is whole pack chunks (compile-time check).
-var _ = [1]struct{}{}[pieceFrames%index.PackChunkFrames]
 
 // segment is a run of frames inside a batch.
 type segment struct{ pfn, n uint64 }
@@ -58,7 +53,7 @@ func (p *pusher) hintAt(pfn uint64) {
 
 // startPrefetch pushes W_i of n into the page cache from a goroutine.
 func (f *fsys) startPrefetch(n *ramFile, ck *ckpt) {
-	ws, _, err := f.wsExtents(ck)
+	work, err := f.wsPieces(ck, 0, n.run.Frames)
 	if err == nil && f.goPush(ck, func() {
 		defer n.prefetchDone()
 		select {
@@ -72,12 +67,12 @@ func (f *fsys) startPrefetch(n *ramFile, ck *ckpt) {
 		n.mu.pusher = p
 		n.mu.Unlock()
 		start := time.Now()
-		f.push(n, ck, ws, p)
+		f.push(n, ck, work, p)
 		took := time.Since(start)
 		if f.onPrefetched != nil {
 			f.onPrefetched(took)
 		}
-		f.log.Debug("ckptfs: prefetch done", "file", n.path(), "took", took, "frames", ws.frames())
+		f.log.Debug("ckptfs: prefetch done", "file", n.path(), "took", took, "frames", framesOf(work))
 	}) {
 		return
 	}
@@ -99,12 +94,10 @@ func (f *fsys) pushWindow(n *ramFile, ck *ckpt, first, last uint64) {
 	default:
 		return
 	}
-	ws, _, _ := f.wsExtents(ck)
-	var part extents
-	_ = ws.overlap(first, last, func(a, b uint64) error { part = append(part, extent{a, b}); return nil })
-	if !f.goPush(ck, func() {
+	work, err := f.wsPieces(ck, first, last)
+	if err != nil || !f.goPush(ck, func() {
 		defer func() { <-f.windowSem }()
-		f.push(n, ck, part, nil)
+		f.push(n, ck, work, nil)
 	}) {
 		<-f.windowSem
 	}
@@ -121,45 +114,39 @@ func (f *fsys) goPush(ck *ckpt, fn func()) bool {
 	f.wg.Add(1)
 	ck.refs++
 	f.mu.Unlock()
-	f.st.prefetching.Add(1)
+	f.prefetching.Add(1)
 	go func() {
 		defer f.wg.Done()
-		defer f.st.prefetching.Add(-1)
+		defer f.prefetching.Add(-1)
 		defer f.release(ck)
 		fn()
 	}()
 	return true
 }
 
-// pieces splits ext into pieces of pieceFrames frames (the last one
-// shorter), each a list of runs.
-func pieces(ext extents) []extents {
-	var out []extents
-	var cur extents
+// wsPieces returns the pieces of W_i inside [first, last) to push.
+func (f *fsys) wsPieces(ck *ckpt, first, last uint64) ([]index.Piece, error) {
+	fr, err := f.openFrames(ck)
+	if err != nil {
+		return nil, err
+	}
+	return fr.WorkingSetPieces(first, last, pieceFrames)
+}
+
+// framesOf counts the frames of pieces.
+func framesOf(work []index.Piece) uint64 {
 	var n uint64
-	for _, e := range ext {
-		for p := e.start; p < e.end; {
-			q := min(e.end, p+pieceFrames-n)
-			cur = append(cur, extent{p, q})
-			n += q - p
-			p = q
-			if n == pieceFrames {
-				out = append(out, cur)
-				cur, n = nil, 0
-			}
-		}
+	for _, w := range work {
+		n += w.Frames()
 	}
-	if n > 0 {
-		out = append(out, cur)
-	}
-	return out
+	return n
 }
 
 // workList hands out the pieces of a push: in ascending order from a
 // cursor that a hint moves, wrapping around to what was skipped.
 type workList struct {
 	mu   sync.Mutex
-	work []extents
+	work []index.Piece
 	done []bool
 	left int
 	cur  int
@@ -167,18 +154,18 @@ type workList struct {
 }
 
 // next returns the next piece to push, or false when all are taken.
-func (l *workList) next() (extents, bool) {
+func (l *workList) next() (index.Piece, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.left == 0 {
-		return nil, false
+		return index.Piece{}, false
 	}
 	select {
 	case pfn := <-l.hint:
 		// Continue where the process faults.
 		l.cur = sort.Search(len(l.work), func(i int) bool {
-			w := l.work[i]
-			return w[len(w)-1].end > pfn
+			e := l.work[i].Extents
+			return e[len(e)-1].End > pfn
 		}) % len(l.work)
 	default:
 	}
@@ -192,7 +179,7 @@ func (l *workList) next() (extents, bool) {
 	return w, true
 }
 
-// push reads the frames of ext from the store and stores them in the
+// push reads the frames of work from the store and stores them in the
 // kernel's page cache of n with notify-store, in ascending order, jumping
 // ahead when p (if not nil) gets a hint. Loader goroutines read batches
 // from the store while this one pushes, so that the store reads overlap the
@@ -200,8 +187,7 @@ func (l *workList) next() (extents, bool) {
 //
 // Never call it from a READ handler: notify-store locks the pages it fills,
 // and the kernel holds a page locked while it waits for a READ's answer.
-func (f *fsys) push(n *ramFile, ck *ckpt, ext extents, p *pusher) {
-	work := pieces(ext)
+func (f *fsys) push(n *ramFile, ck *ckpt, work []index.Piece, p *pusher) {
 	if len(work) == 0 {
 		return
 	}
@@ -221,7 +207,7 @@ func (f *fsys) push(n *ramFile, ck *ckpt, ext extents, p *pusher) {
 		loaders = f.loaders
 	}
 	loaders = min(loaders, len(work))
-	size := min(ext.frames()*pageSize, pushBatch)
+	size := min(framesOf(work)*pageSize, pushBatch)
 	nbuf := min(loaders+2, len(work))
 	free := make(chan []byte, nbuf)
 	for range nbuf {
@@ -290,8 +276,6 @@ func (f *fsys) store(inode *gofs.Inode, n *ramFile, ck *ckpt, b batch, stopped *
 			cancel()
 			return
 		}
-		f.m.prefetch.Add(float64(len(data)))
-		f.st.prefetchBytes.Add(uint64(len(data)))
 		ck.ctrs.prefetchBytes.Add(uint64(len(data)))
 	}
 }
@@ -321,7 +305,7 @@ func (f *fsys) loadBatches(ctx context.Context, n *ramFile, fr Frames, list *wor
 			send()
 			return
 		}
-		need := int(w.frames() * pageSize)
+		need := int(w.Frames() * pageSize)
 		if b.buf != nil && cap(b.buf)-len(b.buf) < need && !send() {
 			return
 		}
@@ -338,22 +322,43 @@ func (f *fsys) loadBatches(ctx context.Context, n *ramFile, fr Frames, list *wor
 }
 
 // loadPiece appends the frames of piece w to b.
-func (f *fsys) loadPiece(n *ramFile, fr Frames, w extents, b *batch) {
-	for _, e := range w {
-		at := len(b.buf)
-		b.buf = b.buf[:at+int((e.end-e.start)*pageSize)]
-		if err := fr.ReadFrames(e.start, b.buf[at:]); err != nil {
-			// Leave these frames to the READ path, which reports
-			// the error for the frames a process actually touches.
-			b.buf = b.buf[:at]
-			f.log.Debug("ckptfs: push skipped frames", "file", n.path(), "pfn", e.start, "frames", e.end-e.start, "err", err)
-			continue
+func (f *fsys) loadPiece(n *ramFile, fr Frames, w index.Piece, b *batch) {
+	at := len(b.buf)
+	b.buf = b.buf[:at+int(w.Frames()*pageSize)]
+	if err := fr.ReadPiece(w, b.buf[at:]); err != nil {
+		// Read the piece run by run, so that one bad frame costs only
+		// its run.
+		b.buf = b.buf[:at]
+		for _, e := range w.Extents {
+			f.loadRun(n, fr, e, b)
 		}
-		if k := len(b.segs); k > 0 && b.segs[k-1].pfn+b.segs[k-1].n == e.start {
-			b.segs[k-1].n += e.end - e.start
-		} else {
-			b.segs = append(b.segs, segment{e.start, e.end - e.start})
-		}
+		return
+	}
+	for _, e := range w.Extents {
+		b.addSegment(e)
+	}
+}
+
+// loadRun appends the frames of e to b.
+func (f *fsys) loadRun(n *ramFile, fr Frames, e index.Extent, b *batch) {
+	at := len(b.buf)
+	b.buf = b.buf[:at+int((e.End-e.Start)*pageSize)]
+	if err := fr.ReadFrames(e.Start, b.buf[at:]); err != nil {
+		// Leave these frames to the READ path, which reports the
+		// error for the frames a process actually touches.
+		b.buf = b.buf[:at]
+		f.log.Debug("ckptfs: push skipped frames", "file", n.path(), "pfn", e.Start, "frames", e.End-e.Start, "err", err)
+		return
+	}
+	b.addSegment(e)
+}
+
+// addSegment records that the frames of e were appended to b.buf.
+func (b *batch) addSegment(e index.Extent) {
+	if k := len(b.segs); k > 0 && b.segs[k-1].pfn+b.segs[k-1].n == e.Start {
+		b.segs[k-1].n += e.End - e.Start
+	} else {
+		b.segs = append(b.segs, segment{e.Start, e.End - e.Start})
 	}
 }
 

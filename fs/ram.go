@@ -197,11 +197,13 @@ func (n *ramFile) Write(ctx context.Context, fh gofs.FileHandle, data []byte, of
 }
 
 // Read serves [off, off+len(dest)). The store is read in whole frames; holes
-// of <i>.ram are zeros and count as working-set misses.
+// of <i>.ram are zeros. A hole read by a one-frame READ is a working-set
+// miss; holes inside a served multi-frame READ are counted apart (doc.go,
+// Counters).
 func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	start := time.Now()
 	kind := n.kind()
-	defer func() { n.f.m.latency.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
+	defer func() { n.f.latency.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
 
 	size := n.run.RAMSize
 	if off < 0 {
@@ -236,7 +238,7 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 				return nil, e
 			}
 		}
-		holes, err = n.readSparse(ck, first, last, buf)
+		holes, err = n.f.readSparse(ck, first, buf)
 	} else {
 		err = n.f.readFrames(ck, first, buf)
 	}
@@ -250,22 +252,22 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		return nil, n.f.fail(ck, "read", n.path(), off, len(dest), err)
 	}
 	served := end - uint64(off)
-	n.f.m.reads.WithLabelValues(kind).Inc()
-	n.f.m.bytes.WithLabelValues(kind).Add(float64(served))
-	n.f.st.reads.Add(1)
-	n.f.st.bytes.Add(served)
 	if n.sparse {
 		n.answered(ck, first, last)
 		ck.ctrs.reads.Add(1)
 		ck.ctrs.bytes.Add(served)
-		if holes > 0 {
-			n.f.log.Debug("working-set miss", "file", n.path(), "pfn", first, "frames", last-first, "holes", holes)
-			n.f.m.misses.Inc()
-			n.f.m.missFrames.Add(float64(holes))
-			n.f.st.misses.Add(1)
-			n.f.st.missFrames.Add(holes)
+		switch {
+		case holes > 0 && last-first == 1:
+			// A fault or read of exactly this hole: the process
+			// wanted a frame outside W_i.
+			n.f.log.Debug("working-set miss", "file", n.path(), "pfn", first)
 			ck.ctrs.misses.Add(1)
 			ck.ctrs.missFrames.Add(holes)
+		case holes > 0:
+			// A multi-frame READ that was served (a folio-sized
+			// retry of refused readahead, or O_DIRECT) carries holes
+			// nobody asked for one by one; they are not misses.
+			ck.ctrs.folioHoleFrames.Add(holes)
 		}
 	} else {
 		ck.ctrs.fullReads.Add(1)
@@ -273,28 +275,6 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 	}
 	lo := uint64(off) - first*pageSize
 	return fuse.ReadResultData(buf[lo : lo+served]), 0
-}
-
-// readSparse fills buf with frames [first, last) of <i>.ram: W_i frames from
-// the store, zeros elsewhere. It returns the number of hole frames.
-func (n *ramFile) readSparse(ck *ckpt, first, last uint64, buf []byte) (uint64, error) {
-	ws, _, err := n.f.wsExtents(ck)
-	if err != nil {
-		return 0, err
-	}
-	cur := first
-	var data uint64
-	err = ws.overlap(first, last, func(a, b uint64) error {
-		clear(buf[(cur-first)*pageSize : (a-first)*pageSize])
-		cur = b
-		data += b - a
-		return n.f.readFrames(ck, a, buf[(a-first)*pageSize:(b-first)*pageSize])
-	})
-	if err != nil {
-		return 0, err
-	}
-	clear(buf[(cur-first)*pageSize:])
-	return (last - first) - data, nil
 }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE from the data map; the kernel
@@ -435,7 +415,7 @@ func (n *ramFile) refuseReadahead(ck *ckpt, first, last uint64) syscall.Errno {
 	n.mu.nrefused++
 	prefetching := n.mu.pusher != nil
 	n.mu.Unlock()
-	n.f.m.refused.Inc()
+	ck.ctrs.refused.Add(1)
 	if data > 0 && !prefetching {
 		n.deferWindowPush(ck, first, last)
 	}

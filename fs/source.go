@@ -6,8 +6,9 @@ import (
 	"github.com/ckptfs/ckptfs/index"
 )
 
-// Source is what the mount needs from a store: run metadata, the frames of a
-// committed checkpoint, working sets, interval statistics and device state.
+// Source is what the mount needs from a store: run metadata, committed
+// checkpoints (with their working sets), interval statistics and device
+// state.
 // The index package's Store is the real one (FromIndex); tests use small
 // in-memory sources to inject errors.
 //
@@ -23,8 +24,6 @@ type Source interface {
 	Run(name string) (index.RunInfo, error)
 	// OpenCheckpoint returns the content of committed checkpoint i.
 	OpenCheckpoint(run string, i int) (Frames, error)
-	// WorkingSet returns W_i; index.ErrNoWorkingSet while it is unknown.
-	WorkingSet(run string, i int) (*roaring.Bitmap, error)
 	IntervalStats(run string, i int) (index.IntervalStats, error)
 	DeviceState(run string, i int) ([]byte, error)
 	// ReplayLog returns the replay log of a deterministic run as committed
@@ -43,6 +42,20 @@ type Frames interface {
 	// ReadFrames fills dst (a multiple of index.PageSize bytes) with the
 	// frames first, first+1, ...; all-zero frames read as zeros.
 	ReadFrames(first uint64, dst []byte) error
+
+	// WorkingSet is W_i of the checkpoint's interval (index.ErrNoWorkingSet
+	// while unknown), loaded once per handle. The caller does not modify it.
+	WorkingSet() (*roaring.Bitmap, error)
+	// ReadWorkingSet fills dst like ReadFrames, but with the sparse
+	// checkpoint: frames outside W_i read as zeros. It returns how many of
+	// the frames were such holes.
+	ReadWorkingSet(first uint64, dst []byte) (holes uint64, err error)
+	// WorkingSetPieces cuts W_i inside [first, last) into pieces of at
+	// most frames frames, cut where the store's reads are cheapest to split.
+	WorkingSetPieces(first, last uint64, frames int) ([]index.Piece, error)
+	// ReadPiece reads the frames of a piece, one run after the other.
+	ReadPiece(p index.Piece, dst []byte) error
+
 	Close() error
 }
 
@@ -54,9 +67,6 @@ type indexSource struct{ s *index.Store }
 func (x indexSource) Generation() uint64                     { return x.s.Generation() }
 func (x indexSource) Runs() ([]index.RunInfo, error)         { return x.s.Runs() }
 func (x indexSource) Run(name string) (index.RunInfo, error) { return x.s.Run(name) }
-func (x indexSource) WorkingSet(run string, i int) (*roaring.Bitmap, error) {
-	return x.s.WorkingSet(run, i)
-}
 func (x indexSource) IntervalStats(run string, i int) (index.IntervalStats, error) {
 	return x.s.IntervalStats(run, i)
 }

@@ -23,12 +23,15 @@ func BenchmarkSourceRead(b *testing.B) {
 	buf := make([]byte, 1<<20)
 	for _, k := range []int{1, 4} {
 		b.Run("ws-warm/readers="+itoa(k), func(b *testing.B) {
-			ext := extentsOf(d.ws)
-			b.SetBytes(int64(ext.frames() * pageSize))
+			work, err := fr.WorkingSetPieces(0, d.frames, pieceFrames)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(framesOf(work) * pageSize))
 			for range b.N {
-				for _, pc := range pieces(ext) {
-					for _, e := range pc {
-						if err := readSplit(fr, e.start, buf[:(e.end-e.start)*pageSize], k); err != nil {
+				for _, pc := range work {
+					for _, e := range pc.Extents {
+						if err := readSplit(e.Start, buf[:(e.End-e.Start)*pageSize], k, fr.ReadFrames); err != nil {
 							b.Fatal(err)
 						}
 					}
@@ -42,7 +45,7 @@ func BenchmarkSourceRead(b *testing.B) {
 				dropCaches(b)
 				b.StartTimer()
 				for p := uint64(0); p < d.frames; p += uint64(len(buf) / pageSize) {
-					if err := readSplit(fr, p, buf, k); err != nil {
+					if err := readSplit(p, buf, k, fr.ReadFrames); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -266,7 +266,7 @@ func BenchmarkScale(b *testing.B) {
 			p := uint64(rng.IntN(live))
 			var err error
 			if point {
-				err = c.ReadFrame(p, buf)
+				err = c.readFrame(p, buf)
 			} else {
 				err = c.ReadFrames(p, buf)
 			}

@@ -42,7 +42,10 @@
 //     lie inside W_i, and checked by Verify against the frame versions. A
 //     damaged pack costs one log line per checkpoint handle, which then
 //     reads from the versions (slower, never wrong bytes); a missing pack
-//     only costs speed.
+//     only costs speed. Readers outside index never see a pack: a
+//     Checkpoint loads W_i once and serves the sparse view
+//     (ReadWorkingSet) and W_i in pieces (WorkingSetPieces, ReadPiece)
+//     from the pack or the versions itself (wsread.go).
 //   - The replay log of a deterministic run (replaylog.go) is append-only:
 //     the bytes QEMU appended during interval i-1 are committed with
 //     checkpoint i, in the same batch or ingest, and the tail after the
@@ -61,6 +64,6 @@
 //     cache gains nothing from holding what was just written, and filling
 //     it was most of the store's write time on virtual machines.
 //
-// Key layout and value formats are documented in keys.go, the only file
-// that encodes keys.
+// Key layout is documented in keys.go, the only file that encodes keys;
+// frame values are encoded and checked in values.go.
 package index

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/ckptfs/ckptfs/index/rawfmt"
+	"github.com/ckptfs/ckptfs/index/runfmt"
 	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -15,7 +16,7 @@ var (
 	ErrStoreBusy         = errors.New("index: store is in use by another process")
 	ErrRunNotFound       = errors.New("index: run not found")
 	ErrRunExists         = errors.New("index: run exists")
-	ErrBadRunName        = errors.New("index: bad run name")
+	ErrBadRunName        = runfmt.ErrBadRunName
 	ErrCheckpointMissing = errors.New("index: checkpoint not committed")
 	ErrNoWorkingSet      = errors.New("index: working set not recorded")
 	ErrNoDeviceState     = errors.New("index: device state not recorded")

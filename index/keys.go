@@ -7,7 +7,8 @@ import (
 
 // All key encoding of the store lives in this file. Integers are big-endian so
 // that byte order is numeric order. The one-byte kind prefixes and the value
-// layouts below are part of the on-disk format: never renumber them.
+// layouts below are part of the on-disk format: never renumber them. The
+// frame values ('a', 'b') are encoded and checked in values.go.
 //
 //	'a' pack      a | run u32 | interval u32 | chunk u32 → n × xxh3-64(frame) u64 | n frames
 //	'b' blob      b | run u32 | interval u32 | pfn u64  → xxh3-64(frame) u64 | frame
@@ -15,7 +16,7 @@ import (
 //	'd' devstate  d | run u32 | interval u32            → QEMU migration stream
 //	'l' replaylog l | run u32                           → JSON replayLogRecord {size, complete, updated}
 //	'l' log chunk l | run u32 | offset u64              → xxh3-64(chunk) u64 | chunk (1..1 MiB bytes)
-//	'm' run       m | run u32                           → JSON runRecord
+//	'm' run       m | run u32                           → JSON RunRecord (runfmt)
 //	'n' name      n | name                              → run u32
 //	's' sequence  s | "run"                             → next run id u32
 //	'v' version   v | run u32 | pfn u64 | ^interval u32 → kind u8 | ref interval u32 | ref pfn u64
@@ -51,9 +52,6 @@ const (
 	kindWS       keyKind = 'w'
 )
 
-// RunID is the store-internal number of a run. IDs are never reused.
-type RunID uint32
-
 // versionKind is the first byte of a version value.
 type versionKind byte
 
@@ -66,7 +64,6 @@ const (
 	blobKeyLen    = 1 + 4 + 4 + 8
 	versionKeyLen = 1 + 4 + 8 + 4
 	versionValLen = 1 + 4 + 8
-	blobHeaderLen = 8
 	wsHeaderLen   = 8
 	packKeyLen    = 1 + 4 + 4 + 4
 	logKeyLen     = 1 + 4 + 8

@@ -105,7 +105,7 @@ func checkHistory(t *testing.T, st *Store, name string, h history, rng *rand.Ran
 		}
 		// Point reads, before the map is built.
 		for p := 0; p < frames; p++ {
-			if err := c.ReadFrame(uint64(p), buf); err != nil {
+			if err := c.readFrame(uint64(p), buf); err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(buf, img[p*PageSize:(p+1)*PageSize]) {
@@ -300,7 +300,7 @@ func TestReadAfterClose(t *testing.T) {
 	if !bytes.Equal(buf, h.images[1][8*PageSize:12*PageSize]) {
 		t.Fatal("read after Close gave wrong bytes")
 	}
-	if err := c.ReadFrame(3, buf); err != nil {
+	if err := c.readFrame(3, buf); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.Close(); err != nil {

@@ -1,16 +1,16 @@
 package index
 
-import (
-	"fmt"
-	"regexp"
+import "github.com/ckptfs/ckptfs/index/runfmt"
+
+// The records of runs are defined in runfmt, which readers of a mount's
+// files use without linking the store; index knows them by these names.
+type (
+	RunID           = runfmt.RunID
+	RunRecord       = runfmt.RunRecord
+	RunInfo         = runfmt.RunInfo
+	CheckpointStats = runfmt.CheckpointStats
+	IntervalStats   = runfmt.IntervalStats
 )
 
-var runNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-
 // ValidRunName reports whether name is a valid run name (DESIGN.md: Words).
-func ValidRunName(name string) error {
-	if !runNameRE.MatchString(name) {
-		return fmt.Errorf("%w %q: want 1-64 characters of [A-Za-z0-9._-], starting with a letter or digit", ErrBadRunName, name)
-	}
-	return nil
-}
+func ValidRunName(name string) error { return runfmt.ValidRunName(name) }

@@ -3,14 +3,12 @@ package index
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/zeebo/xxh3"
 
 	"github.com/ckptfs/ckptfs/index/rawfmt"
 )
@@ -33,11 +31,6 @@ import (
 // packFrames is the number of frames of one pack chunk (512 KiB): one table
 // block, so a pack is read in large blocks, in order.
 const packFrames = 128
-
-// PackChunkFrames is the number of working-set frames in one chunk of a
-// pack: readers that split W_i among goroutines cut it in multiples of
-// this, counted from W_i's first frame, so that no chunk is decoded twice.
-const PackChunkFrames = packFrames
 
 // packSegment is how many frames of W_i a pack build holds in memory at
 // once (64 MiB); a multiple of packFrames.
@@ -182,11 +175,7 @@ func (s *Store) buildPack(ctx context.Context, ps *packState, ri RunInfo, i int)
 			for k := uint64(0); k < n; k += packFrames {
 				m := min(n-k, packFrames)
 				frames := seg[k*PageSize : (k+m)*PageSize]
-				val := make([]byte, 0, m*(blobHeaderLen+PageSize))
-				for j := uint64(0); j < m; j++ {
-					val = binary.LittleEndian.AppendUint64(val, xxh3.Hash(frames[j*PageSize:(j+1)*PageSize]))
-				}
-				val = append(val, frames...)
+				val := appendPackValue(make([]byte, 0, m*frameValueLen), frames)
 				if err := t.Set(appendPackKey(nil, ri.ID, uint32(i), uint32((base+k)/packFrames)), val); err != nil {
 					return fmt.Errorf("writing pack table: %w", err)
 				}
@@ -232,9 +221,9 @@ func (s *Store) HasPack(name string, i int) (bool, error) {
 
 // packView is what a Checkpoint knows about its interval's pack.
 type packView struct {
-	ws     *roaring.Bitmap // W_i; nil when there is no pack
-	gen    uint64          // store generation when this was looked up
-	broken bool            // the pack failed a read: this handle no longer uses it
+	has    bool   // the pack exists
+	gen    uint64 // store generation when this was looked up
+	broken bool   // the pack failed a read: this handle no longer uses it
 }
 
 // packed returns W_i when interval i (this checkpoint's) has a pack that
@@ -244,18 +233,21 @@ type packView struct {
 func (c *Checkpoint) packed() *roaring.Bitmap {
 	gen := c.s.generation.Load()
 	c.packMu.Lock()
-	defer c.packMu.Unlock()
-	if c.pack != nil && (c.pack.broken || c.pack.ws != nil || c.pack.gen == gen) {
-		return c.pack.ws
+	if c.pack == nil || (!c.pack.broken && !c.pack.has && c.pack.gen != gen) {
+		v := &packView{gen: gen}
+		v.has, _ = c.s.hasPack(c.run.ID, c.index)
+		c.pack = v
 	}
-	v := &packView{gen: gen}
-	if ok, err := c.s.hasPack(c.run.ID, c.index); err == nil && ok {
-		if ws, err := c.s.workingSet(c.run.ID, c.run.Name, int(c.index)); err == nil {
-			v.ws = ws
-		}
+	has := c.pack.has && !c.pack.broken
+	c.packMu.Unlock()
+	if !has {
+		return nil
 	}
-	c.pack = v
-	return v.ws
+	ws, err := c.workingSet()
+	if err != nil {
+		return nil
+	}
+	return ws
 }
 
 // dropPack stops this handle from using its pack after err, logging it
@@ -286,12 +278,25 @@ func (c *Checkpoint) readPacked(first uint64, dst []byte) (ok bool, err error) {
 	if ws.Rank(uint32(first+n-1))-1-r0 != n-1 {
 		return false, nil // a gap: not all of the range is in W_i
 	}
+	if err := c.readRanks(ws, r0, dst); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// readRanks reads the frames of W_i (ws) of ranks r0, r0+1, ... (their
+// places in W_i in pfn order) from the pack into dst.
+func (c *Checkpoint) readRanks(ws *roaring.Bitmap, r0 uint64, dst []byte) error {
+	n := uint64(len(dst) / PageSize)
 	it, err := c.getIter(kindPack)
 	if err != nil {
-		return false, wrapRead(err, "iterator")
+		return wrapRead(err, "iterator")
 	}
 	defer c.putIter(kindPack, it)
 	total := ws.GetCardinality()
+	if r0+n > total {
+		return fmt.Errorf("%w: frames %d..%d of a working set of %d", ErrBadInput, r0, r0+n, total)
+	}
 	key := make([]byte, 0, packKeyLen)
 	for k := uint64(0); k < n; {
 		r := r0 + k
@@ -299,22 +304,25 @@ func (c *Checkpoint) readPacked(first uint64, dst []byte) (ok bool, err error) {
 		key = appendPackKey(key[:0], c.run.ID, c.index, chunkNo)
 		v, err := valueAt(it, key, "is missing from a pack")
 		if err != nil {
-			return false, err
+			return err
 		}
 		want := min(uint64(packFrames), total-uint64(chunkNo)*packFrames)
-		if uint64(len(v)) != want*(blobHeaderLen+PageSize) {
-			return false, corruptf("%s has %d bytes, want %d frames", keyString(key), len(v), want)
+		pv, err := decodePackValue(v)
+		if err == nil && uint64(pv.frames()) != want {
+			err = fmt.Errorf("has %d frames, want %d", pv.frames(), want)
 		}
-		frames := v[want*blobHeaderLen:]
+		if err != nil {
+			return corruptf("%s %v", keyString(key), err)
+		}
 		for ; slot < want && k < n; slot, k = slot+1, k+1 {
-			f := frames[slot*PageSize : (slot+1)*PageSize]
-			if binary.LittleEndian.Uint64(v[slot*blobHeaderLen:]) != xxh3.Hash(f) {
-				return false, corruptf("%s: checksum mismatch in slot %d", keyString(key), slot)
+			f, err := pv.frame(int(slot))
+			if err != nil {
+				return corruptf("%s: %v", keyString(key), err)
 			}
 			copy(dst[k*PageSize:], f)
 		}
 	}
-	return true, nil
+	return nil
 }
 
 // verifyPacks checks every pack of run ri: its interval has a working set,
@@ -331,10 +339,10 @@ func (s *Store) verifyPacks(ctx context.Context, ri RunInfo, rep *VerifyReport) 
 			bad = append(bad, fmt.Sprintf("malformed key %s", keyString(k)))
 			return
 		}
-		n := len(v) / (blobHeaderLen + PageSize)
-		if len(v)%(blobHeaderLen+PageSize) != 0 || n == 0 || n > packFrames {
-			bad = append(bad, fmt.Sprintf("%s has %d bytes", recordWords(k, func(RunID) string { return ri.Name }), len(v)))
-			n = 0
+		pv, err := decodePackValue(v)
+		n := pv.frames()
+		if err != nil {
+			bad = append(bad, fmt.Sprintf("%s %v", recordWords(k, func(RunID) string { return ri.Name }), err))
 		}
 		if int(c) != len(packs[i]) {
 			bad = append(bad, fmt.Sprintf("%s: chunks of the pack are not contiguous", recordWords(k, func(RunID) string { return ri.Name })))

@@ -17,20 +17,8 @@ import (
 // still right, that a damaged pack costs a log line and never wrong bytes,
 // that verify finds the damage, and that rm removes packs with the run.
 func TestPack(t *testing.T) {
-	rng := rand.New(rand.NewPCG(5, 5))
-	h := randomHistory(rng, 3000, 4)
-	// One working set in long runs that cross chunk boundaries.
-	h.ws[1].Clear()
-	h.ws[1].AddRange(100, 700)
-	h.ws[1].AddRange(1000, 1001)
-	h.ws[1].AddRange(2990, 3000)
 	var logBuf bytes.Buffer
-	st, err := Open(t.TempDir(), Options{Create: true, Logger: slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	writeHistory(t, st, "r", h)
+	st, h := storeWithRun(t, 5, 4, slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	ps, err := st.PackRun(context.Background(), "r")
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +80,7 @@ func TestPack(t *testing.T) {
 	}
 	bad := bytes.Clone(v)
 	closer.Close()
-	bad[packFrames*blobHeaderLen+5] ^= 0xff
+	bad[packFrames*checksumLen+5] ^= 0xff
 	if err := st.db.Set(key, bad, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -121,10 +109,10 @@ func TestPack(t *testing.T) {
 	}
 	// A pack whose frames are checksummed right but differ from the
 	// versions (a wrong build) is found too.
-	binary.LittleEndian.PutUint64(bad[2*blobHeaderLen:], 0)
-	f := bad[packFrames*blobHeaderLen:]
+	binary.LittleEndian.PutUint64(bad[2*checksumLen:], 0)
+	f := bad[packFrames*checksumLen:]
 	f[2*PageSize] ^= 1
-	binary.LittleEndian.PutUint64(bad[2*blobHeaderLen:], xxh3.Hash(f[2*PageSize:3*PageSize]))
+	binary.LittleEndian.PutUint64(bad[2*checksumLen:], xxh3.Hash(f[2*PageSize:3*PageSize]))
 	f[5] ^= 0xff // undo the first damage
 	if err := st.db.Set(key, bad, nil); err != nil {
 		t.Fatal(err)
@@ -149,4 +137,23 @@ func TestPack(t *testing.T) {
 	if n != 0 {
 		t.Fatalf("%d pack keys left after rm", n)
 	}
+}
+
+// storeWithRun writes run "r" of 3000 frames and the given checkpoints into
+// a new store, with W_1 in long runs that cross pack chunk boundaries
+// (100-699, 1000, 2990-2999) and every other W random.
+func storeWithRun(t *testing.T, seed uint64, checkpoints int, log *slog.Logger) (*Store, history) {
+	t.Helper()
+	h := randomHistory(rand.New(rand.NewPCG(seed, seed)), 3000, checkpoints)
+	h.ws[1].Clear()
+	h.ws[1].AddRange(100, 700)
+	h.ws[1].AddRange(1000, 1001)
+	h.ws[1].AddRange(2990, 3000)
+	st, err := Open(t.TempDir(), Options{Create: true, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	writeHistory(t, st, "r", h)
+	return st, h
 }

@@ -38,6 +38,7 @@ type Checkpoint struct {
 
 	packMu sync.Mutex
 	pack   *packView
+	wsc    wsCache // W_i (wsread.go)
 
 	resolveOnce sync.Once
 	refs        []uint64 // per pfn: 0 = zero frame, else (ref interval+1)<<40 | ref pfn
@@ -64,12 +65,6 @@ func (s *Store) OpenCheckpoint(name string, i int) (*Checkpoint, error) {
 	s.mu.Unlock()
 	return c, nil
 }
-
-// Run describes the checkpoint's run as of opening.
-func (c *Checkpoint) Run() RunInfo { return c.run }
-
-// Index is the checkpoint's number.
-func (c *Checkpoint) Index() int { return int(c.index) }
 
 // Size is the guest RAM size in bytes.
 func (c *Checkpoint) Size() uint64 { return c.run.RAMSize }
@@ -218,28 +213,26 @@ func (c *Checkpoint) blobValue(it *pebble.Iterator, ref blobRef) ([]byte, error)
 	if err != nil {
 		return nil, err
 	}
-	if len(v) != blobHeaderLen+PageSize {
-		return nil, corruptf("%s has %d bytes", keyString(key), len(v))
+	frame, err := decodeFrameValue(v)
+	if err != nil {
+		return nil, corruptf("%s %v", keyString(key), err)
 	}
-	if binary.LittleEndian.Uint64(v) != xxh3.Hash(v[blobHeaderLen:]) {
-		return nil, corruptf("%s: checksum mismatch", keyString(key))
-	}
-	return v[blobHeaderLen:], nil
+	return frame, nil
 }
 
 func equalKey(a, b []byte) bool { return string(a) == string(b) }
 
-// ReadFrame reads pfn into dst (PageSize bytes). It resolves the newest
+// readFrame reads pfn into dst (PageSize bytes). It resolves the newest
 // version at or before the checkpoint with one seek, without building the
 // whole frame map.
-func (c *Checkpoint) ReadFrame(pfn uint64, dst []byte) error {
+func (c *Checkpoint) readFrame(pfn uint64, dst []byte) error {
 	if err := c.removed(); err != nil {
 		return err
 	}
-	return c.readErr(c.readFrame(pfn, dst))
+	return c.readErr(c.seekFrame(pfn, dst))
 }
 
-func (c *Checkpoint) readFrame(pfn uint64, dst []byte) error {
+func (c *Checkpoint) seekFrame(pfn uint64, dst []byte) error {
 	if pfn >= c.run.Frames || len(dst) < PageSize {
 		return fmt.Errorf("%w: read of pfn %d into %d bytes (%d frames of %d bytes)", ErrBadInput, pfn, len(dst), c.run.Frames, PageSize)
 	}
@@ -516,25 +509,6 @@ func (s *Store) checkpointStats(id RunID, name string, i int) (CheckpointStats, 
 		return CheckpointStats{}, corruptf("%s: %v", keyString(key), err)
 	}
 	return st, nil
-}
-
-// IntervalStats describes interval i: what it touched and changed.
-type IntervalStats struct {
-	Interval         int    `json:"interval"`
-	WorkingSetFrames uint64 `json:"ws_frames"`
-	DirtyFrames      uint64 `json:"dirty_frames"` // |D_i| = versions of checkpoint i+1
-	NewFrames        uint64 `json:"new_frames"`   // content first stored at checkpoint i+1
-	BytesStored      uint64 `json:"bytes_stored"` // what checkpoint i+1 added
-	DowntimeNS       int64  `json:"downtime_ns"`  // pause that ended interval i
-	DeviceStateBytes uint64 `json:"device_state_bytes"`
-	// Packed tells whether W_i has a working-set pack (pack.go).
-	Packed bool `json:"ws_packed"`
-	// ICount is the guest instruction count at checkpoint i (the start of
-	// the interval), in a deterministic run; the interval ends at
-	// checkpoint i+1's.
-	ICount *uint64 `json:"icount,omitempty"`
-	// Checkpoint i itself (the start of the interval).
-	Checkpoint CheckpointStats `json:"checkpoint"`
 }
 
 // IntervalStats returns the stats of interval i; it needs checkpoint i+1.

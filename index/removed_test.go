@@ -37,7 +37,7 @@ func TestReadRemovedRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, c := range cs {
-		for _, err := range []error{c.ReadFrames(100, buf), c.ReadFrame(5, buf[:PageSize])} {
+		for _, err := range []error{c.ReadFrames(100, buf), c.readFrame(5, buf[:PageSize])} {
 			if !errors.Is(err, ErrRunRemoved) || !errors.Is(err, ErrRunNotFound) || IsCorruption(err) {
 				t.Fatalf("checkpoint %d: read after rm: %v; want ErrRunRemoved", i, err)
 			}

@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/sstable"
@@ -223,8 +222,8 @@ func (s *Store) cleanTmp() {
 	}
 }
 
-// LockPath is the file whose flock marks the owner of a store directory.
-func LockPath(dir string) string { return filepath.Join(dir, "ckptfs.lock") }
+// lockPath is the file whose flock marks the owner of a store directory.
+func lockPath(dir string) string { return filepath.Join(dir, "ckptfs.lock") }
 
 // lockDir takes an exclusive flock on the store directory so that a second
 // process gets a clear ErrStoreBusy instead of Pebble's lock error.
@@ -244,7 +243,7 @@ func (s *Store) lockDir(create bool) error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("creating store %s: %w", s.dir, err)
 	}
-	fd, err := unix.Open(LockPath(s.dir), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	fd, err := unix.Open(lockPath(s.dir), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("store %s: %w", s.dir, err)
 	}
@@ -312,45 +311,6 @@ func (s *Store) unlock() {
 	}
 }
 
-// RunInfo describes a run.
-type RunInfo struct {
-	Name     string            `json:"name"`
-	ID       RunID             `json:"id"`
-	RAMSize  uint64            `json:"ram_size"`
-	PageSize uint32            `json:"page_size"`
-	Frames   uint64            `json:"frames"`
-	Recorder string            `json:"recorder"`
-	Tracker  string            `json:"tracker"`
-	Created  time.Time         `json:"created"`
-	Meta     map[string]string `json:"meta,omitempty"`
-	// Deterministic runs were recorded with QEMU in record mode; they have a
-	// replay log and instruction counts (replaylog.go).
-	Deterministic bool `json:"deterministic,omitempty"`
-	// QEMUArgs is the QEMU command line of the recording. Runs recorded
-	// before it was a field of its own have it from Meta["qemu_args"] (a
-	// JSON list).
-	QEMUArgs []string `json:"qemu_args,omitempty"`
-	// Checkpoints is the number of committed checkpoints (0..Checkpoints-1).
-	Checkpoints int `json:"checkpoints"`
-	// Intervals is the number of intervals whose working set is known; for
-	// them <i>.ram exists in the mount.
-	Intervals int `json:"intervals"`
-}
-
-// runRecord is the stored part of RunInfo (the 'm' value).
-type runRecord struct {
-	Name     string            `json:"name"`
-	RAMSize  uint64            `json:"ram_size"`
-	PageSize uint32            `json:"page_size"`
-	Recorder string            `json:"recorder"`
-	Tracker  string            `json:"tracker"`
-	Created  time.Time         `json:"created"`
-	Meta     map[string]string `json:"meta,omitempty"`
-	// Deterministic and QEMUArgs are stored only when set.
-	Deterministic bool     `json:"deterministic,omitempty"`
-	QEMUArgs      []string `json:"qemu_args,omitempty"`
-}
-
 // Runs lists every run, by name.
 func (s *Store) Runs() ([]RunInfo, error) {
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{byte(kindName)}, UpperBound: []byte{byte(kindName) + 1}})
@@ -410,15 +370,13 @@ func (s *Store) runInfo(id RunID) (RunInfo, error) {
 		}
 		return RunInfo{}, wrapRead(err, "run record")
 	}
-	var rec runRecord
+	var rec RunRecord
 	err = json.Unmarshal(v, &rec)
 	closer.Close()
 	if err != nil {
 		return RunInfo{}, corruptf("run %d record: %v", id, err)
 	}
-	ri := RunInfo{Name: rec.Name, ID: id, RAMSize: rec.RAMSize, PageSize: rec.PageSize, Frames: rec.RAMSize / PageSize,
-		Recorder: rec.Recorder, Tracker: rec.Tracker, Created: rec.Created, Meta: rec.Meta,
-		Deterministic: rec.Deterministic, QEMUArgs: rec.QEMUArgs}
+	ri := RunInfo{RunRecord: rec, ID: id, Frames: rec.RAMSize / PageSize}
 	if ri.QEMUArgs == nil {
 		ri.QEMUArgs = metaQEMUArgs(rec.Meta)
 	}

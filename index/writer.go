@@ -53,28 +53,6 @@ type CommitInfo struct {
 	ReplayLog []byte
 }
 
-// CheckpointStats is the commit record of checkpoint i.
-type CheckpointStats struct {
-	Checkpoint int `json:"checkpoint"`
-	// ChangedFrames is the number of frame versions of this checkpoint:
-	// |D(i-1)|, or the non-zero frames for checkpoint 0.
-	ChangedFrames uint64 `json:"changed_frames"`
-	// NewFrames were stored as new content; DedupFrames pointed at content
-	// stored before; ZeroFrames became all zeros (nothing stored).
-	NewFrames   uint64 `json:"new_frames"`
-	DedupFrames uint64 `json:"dedup_frames"`
-	ZeroFrames  uint64 `json:"zero_frames"`
-	// BytesStored is the uncompressed size of what this checkpoint added.
-	BytesStored      uint64    `json:"bytes_stored"`
-	DeviceStateBytes uint64    `json:"device_state_bytes"`
-	WorkingSetFrames uint64    `json:"prev_ws_frames"`
-	DowntimeNS       int64     `json:"downtime_ns"`
-	CommittedAt      time.Time `json:"committed_at"`
-	// ICount is the guest instruction count at this checkpoint, in a
-	// deterministic run.
-	ICount *uint64 `json:"icount,omitempty"`
-}
-
 // smallCheckpoint is the size under which a checkpoint is committed with a
 // synced batch instead of ingested tables: tiny tables cost more than the
 // WAL's second copy of a few MiB.
@@ -245,9 +223,8 @@ func (w *RunWriter) Put(pfn uint64, frame []byte) error {
 }
 
 func (w *RunWriter) addBlob(pfn uint64, frame []byte) error {
-	if w.table == nil && len(w.small)+blobHeaderLen+PageSize <= smallCheckpoint {
-		w.small = binary.LittleEndian.AppendUint64(w.small, xxh3.Hash(frame))
-		w.small = append(w.small, frame...)
+	if w.table == nil && len(w.small)+frameValueLen <= smallCheckpoint {
+		w.small = appendFrameValue(w.small, frame)
 		w.smallKeys = append(w.smallKeys, pfn)
 		return nil
 	}
@@ -256,10 +233,8 @@ func (w *RunWriter) addBlob(pfn uint64, frame []byte) error {
 			return w.fail(err)
 		}
 	}
-	var val [blobHeaderLen + PageSize]byte
-	binary.LittleEndian.PutUint64(val[:], xxh3.Hash(frame))
-	copy(val[blobHeaderLen:], frame)
-	if err := w.table.Set(appendBlobKey(nil, w.id, w.next, pfn), val[:]); err != nil {
+	var buf [frameValueLen]byte
+	if err := w.table.Set(appendBlobKey(nil, w.id, w.next, pfn), appendFrameValue(buf[:0], frame)); err != nil {
 		return w.fail(fmt.Errorf("writing frame table: %w", err))
 	}
 	return nil
@@ -306,7 +281,7 @@ func (w *RunWriter) openTable() error {
 	}
 	w.table, w.tablePath = t, path
 	for i, pfn := range w.smallKeys {
-		val := w.small[i*(blobHeaderLen+PageSize) : (i+1)*(blobHeaderLen+PageSize)]
+		val := w.small[i*frameValueLen : (i+1)*frameValueLen]
 		if err := t.Set(appendBlobKey(nil, w.id, w.next, pfn), val); err != nil {
 			return fmt.Errorf("writing frame table: %w", err)
 		}
@@ -377,7 +352,7 @@ func (w *RunWriter) metaKVs(info CommitInfo) ([]kv, error) {
 	}
 	out = append(out, w.replayLogKVs(info.ReplayLog, false)...)
 	if w.next == 0 {
-		rec, _ := json.Marshal(runRecord{Name: w.spec.Name, RAMSize: w.spec.RAMSize, PageSize: PageSize,
+		rec, _ := json.Marshal(RunRecord{Name: w.spec.Name, RAMSize: w.spec.RAMSize, PageSize: PageSize,
 			Recorder: w.spec.Recorder, Tracker: w.spec.Tracker, Created: time.Now().UTC(), Meta: w.spec.Meta,
 			Deterministic: w.spec.Deterministic, QEMUArgs: w.spec.QEMUArgs})
 		out = append(out, kv{appendRunKey(nil, kindRun, w.id), rec})
@@ -401,7 +376,7 @@ func (w *RunWriter) commitBatch(meta []kv) error {
 	b := w.s.db.NewBatch()
 	defer b.Close()
 	for i, pfn := range w.smallKeys {
-		val := w.small[i*(blobHeaderLen+PageSize) : (i+1)*(blobHeaderLen+PageSize)]
+		val := w.small[i*frameValueLen : (i+1)*frameValueLen]
 		_ = b.Set(appendBlobKey(nil, w.id, w.next, pfn), val, nil)
 	}
 	for _, e := range meta {

@@ -11,7 +11,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/index/rawfmt"
+	"github.com/ckptfs/ckptfs/index/runfmt"
 )
 
 // Sentinel errors. Callers test them with errors.Is.
@@ -31,7 +32,7 @@ var (
 type runDir struct {
 	mount, run string
 	dir        string
-	info       index.RunInfo
+	info       runfmt.RunInfo
 }
 
 func (r *runDir) ramPath(i int) string  { return filepath.Join(r.dir, strconv.Itoa(i)+".ram") }
@@ -58,7 +59,7 @@ func openRun(mount, run string) (*runDir, error) {
 	if mount == "" || run == "" {
 		return nil, fmt.Errorf("%w: mount and run are required", ErrBadConfig)
 	}
-	if err := index.ValidRunName(run); err != nil {
+	if err := runfmt.ValidRunName(run); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadConfig, err)
 	}
 	r := &runDir{mount: mount, run: run, dir: filepath.Join(mount, run)}
@@ -77,7 +78,7 @@ func openRun(mount, run string) (*runDir, error) {
 		if ferr != nil {
 			return nil, fmt.Errorf("%w: %s has neither run.json nor full/0.ram", ErrRunNotFound, r.dir)
 		}
-		r.info = index.RunInfo{Name: run, RAMSize: uint64(fi.Size()), PageSize: 4096}
+		r.info = runfmt.RunInfo{RunRecord: runfmt.RunRecord{Name: run, RAMSize: uint64(fi.Size()), PageSize: 4096}}
 	default:
 		return nil, fmt.Errorf("replay: %v", err)
 	}
@@ -139,7 +140,7 @@ func readRuns(path string, frames uint64) ([]frameRun, uint64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	bm, err := index.ParseList(data, frames)
+	bm, err := rawfmt.ParseList(data, frames)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%s: %w", path, err)
 	}
@@ -160,14 +161,14 @@ func readRuns(path string, frames uint64) ([]frameRun, uint64, error) {
 }
 
 // intervalStats reads <i>.json; ok is false when it is missing or unreadable.
-func (r *runDir) intervalStats(i int) (index.IntervalStats, bool) {
+func (r *runDir) intervalStats(i int) (runfmt.IntervalStats, bool) {
 	data, err := os.ReadFile(r.statPath(i))
 	if err != nil {
-		return index.IntervalStats{}, false
+		return runfmt.IntervalStats{}, false
 	}
-	var st index.IntervalStats
+	var st runfmt.IntervalStats
 	if err := json.Unmarshal(data, &st); err != nil {
-		return index.IntervalStats{}, false
+		return runfmt.IntervalStats{}, false
 	}
 	return st, true
 }

@@ -95,8 +95,8 @@ func TestQEMURealGuest(t *testing.T) {
 	g.Kill()
 
 	recArgs, _ := json.Marshal(qemuguest.ArgsFor(src))
-	info := index.RunInfo{Name: "q", RAMSize: qemuguest.DefaultMemMiB << 20, PageSize: 4096,
-		Checkpoints: 1, Meta: map[string]string{replay.MetaQEMUArgs: string(recArgs)}}
+	info := index.RunInfo{RunRecord: index.RunRecord{Name: "q", RAMSize: qemuguest.DefaultMemMiB << 20, PageSize: 4096,
+		Meta: map[string]string{replay.MetaQEMUArgs: string(recArgs)}}, Checkpoints: 1}
 	data, _ := json.Marshal(info)
 	if err := os.WriteFile(filepath.Join(run, "run.json"), data, 0o644); err != nil {
 		t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/index/rawfmt"
 	"github.com/ckptfs/ckptfs/replay"
 )
 
@@ -161,7 +161,7 @@ func CheckTampered(t testing.TB, mount, run string, i int, opt IntervalChecks) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws, err := index.ParseList(wsData, frames)
+	ws, err := rawfmt.ParseList(wsData, frames)
 	if err != nil {
 		t.Fatal(err)
 	}

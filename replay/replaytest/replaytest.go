@@ -13,7 +13,8 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2"
 
-	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/index/rawfmt"
+	"github.com/ckptfs/ckptfs/index/runfmt"
 )
 
 // Config describes a synthetic run.
@@ -38,7 +39,7 @@ type Config struct {
 // Run is what WriteRun wrote.
 type Run struct {
 	Dir        string // MNT/<run>
-	Info       index.RunInfo
+	Info       runfmt.RunInfo
 	WS         []*roaring.Bitmap // W_i by interval
 	MeanWSFrac float64
 }
@@ -71,10 +72,10 @@ func WriteRun(mount, run string, cfg Config) (*Run, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "full"), 0o755); err != nil {
 		return nil, err
 	}
-	info := index.RunInfo{
-		Name: run, RAMSize: cfg.RAMSize, PageSize: cfg.PageSize, Frames: frames,
-		Recorder: "replaytest", Tracker: "synthetic", Meta: cfg.Meta,
-		Checkpoints: cfg.Intervals + 1, Intervals: cfg.Intervals,
+	info := runfmt.RunInfo{
+		RunRecord: runfmt.RunRecord{Name: run, RAMSize: cfg.RAMSize, PageSize: cfg.PageSize,
+			Recorder: "replaytest", Tracker: "synthetic", Meta: cfg.Meta},
+		Frames: frames, Checkpoints: cfg.Intervals + 1, Intervals: cfg.Intervals,
 	}
 	if err := writeJSON(filepath.Join(dir, "run.json"), info); err != nil {
 		return nil, err
@@ -104,13 +105,13 @@ func WriteRun(mount, run string, cfg Config) (*Run, error) {
 		}
 		out.WS = append(out.WS, ws)
 		fracSum += float64(ws.GetCardinality()) / float64(frames)
-		if err := writeSync(filepath.Join(dir, name+".ws"), []byte(index.FormatList(ws))); err != nil {
+		if err := writeSync(filepath.Join(dir, name+".ws"), []byte(rawfmt.FormatList(ws))); err != nil {
 			return nil, err
 		}
 		if err := writeSparse(filepath.Join(dir, name+".ram"), cfg, i, ws); err != nil {
 			return nil, err
 		}
-		st := index.IntervalStats{Interval: i, WorkingSetFrames: ws.GetCardinality(),
+		st := runfmt.IntervalStats{Interval: i, WorkingSetFrames: ws.GetCardinality(),
 			DirtyFrames: ws.GetCardinality() / 4}
 		if err := writeJSON(filepath.Join(dir, name+".json"), st); err != nil {
 			return nil, err

@@ -59,3 +59,22 @@ func TestPackageBoundaries(t *testing.T) {
 		t.Fatalf("go list saw only %d packages", seen)
 	}
 }
+
+// TestReplayLinksNoStore: replay reads a mount's files like any VMM and
+// never links the store (DESIGN.md: Packages), so nothing it depends on
+// imports Pebble.
+func TestReplayLinksNoStore(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", module+"/replay/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 10 {
+		t.Fatalf("go list -deps gave only %q", deps)
+	}
+	for _, d := range deps {
+		if strings.HasPrefix(d, "github.com/cockroachdb/pebble") || d == module+"/index" {
+			t.Errorf("replay depends on %s", d)
+		}
+	}
+}
