@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/testenv"
 )
 
 // Benchmarks compare the mount with a baseline measured in the same run and
@@ -73,7 +74,7 @@ func cleanupBench() {
 
 func getBench(b *testing.B) *benchData {
 	b.Helper()
-	requireFUSE(b)
+	testenv.RequireFUSE(b)
 	benchOnce.Do(func() { bench, benchErr = newBenchData(benchFrames()) })
 	if benchErr != nil {
 		b.Fatal(benchErr)
