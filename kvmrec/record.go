@@ -16,6 +16,7 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/durations"
 	"github.com/ckptfs/ckptfs/internal/qmp"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -514,16 +515,5 @@ func downtimeStats(ds []time.Duration) (median, p99, maxd time.Duration) {
 	if len(ds) == 0 {
 		return 0, 0, 0
 	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return Percentile(s, 50), Percentile(s, 99), s[len(s)-1]
-}
-
-// Percentile returns the p-th percentile (nearest rank) of sorted durations.
-func Percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	k := int(p/100*float64(len(sorted))+0.999999) - 1
-	return sorted[min(max(k, 0), len(sorted)-1)]
+	return durations.Median(ds), durations.Quantile(ds, 0.99), slices.Max(ds)
 }

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -827,14 +828,16 @@ func truncate(s string, n int) string {
 
 // memAvailable returns MemAvailable from /proc/meminfo, in bytes.
 func memAvailable() (uint64, error) {
-	data, err := os.ReadFile("/proc/meminfo")
+	proc, err := procfs.NewDefaultFS()
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
-			return uint64(parseKB(v)), nil
-		}
+	mi, err := proc.Meminfo()
+	if err != nil {
+		return 0, err
 	}
-	return 0, errors.New("no MemAvailable in /proc/meminfo")
+	if mi.MemAvailableBytes == nil {
+		return 0, errors.New("no MemAvailable in /proc/meminfo")
+	}
+	return *mi.MemAvailableBytes, nil
 }
