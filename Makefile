@@ -56,9 +56,12 @@ test: deps guest build
 # turns cgo on, the binaries stay pure Go. Left to the plain run: tests of
 # one goroutine, or of processes killed from outside, that take minutes
 # under -race (bit flips in tables, import children and a recorder killed
-# at random, a long replay log, a QEMU guest booted under TCG).
+# at random, a long replay log, a QEMU guest booted under TCG), and
+# TestRecordFullDisk: under -race's timing the disk often fills in Pebble's
+# WAL, which ends the process by design (index/store.go, Fatalf), instead
+# of in a table, which Record reports.
 RACE_PKGS ?= ./fs/... ./index/... ./internal/... ./kvmrec
-RACE_SKIP ?= ^(TestCorruption|TestCrashDuringImport|TestReplayLog|TestRecordQEMU|TestKillRecorder)$$
+RACE_SKIP ?= ^(TestCorruption|TestCrashDuringImport|TestReplayLog|TestRecordQEMU|TestKillRecorder|TestRecordFullDisk)$$
 race: deps
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m -skip '$(RACE_SKIP)' $(RACE_PKGS)
 
