@@ -16,8 +16,11 @@ import (
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
+	"gonum.org/v1/gonum/stat"
 
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/durations"
+	"github.com/ckptfs/ckptfs/internal/testenv"
 )
 
 // Benchmarks compare the mount with a baseline measured in the same run and
@@ -73,7 +76,7 @@ func cleanupBench() {
 
 func getBench(b *testing.B) *benchData {
 	b.Helper()
-	requireFUSE(b)
+	testenv.RequireFUSE(b)
 	benchOnce.Do(func() { bench, benchErr = newBenchData(benchFrames()) })
 	if benchErr != nil {
 		b.Fatal(benchErr)
@@ -233,8 +236,6 @@ func fill(b *testing.B, list string) touchResult {
 	return res
 }
 
-func median(d []time.Duration) time.Duration { return percentile(d, 0.5) }
-
 // pairedRatio is the median of a[i]/b[i]: each measurement against the
 // baseline taken right before it, which cancels out slow phases of a shared
 // machine.
@@ -244,7 +245,7 @@ func pairedRatio(a, b []time.Duration) float64 {
 		r[i] = float64(a[i]) / float64(b[i])
 	}
 	sort.Float64s(r)
-	return r[len(r)/2]
+	return stat.Quantile(0.5, stat.Empirical, r, nil)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
@@ -300,15 +301,15 @@ func benchWSFaultIn(b *testing.B, src, prefetch string) {
 	b.ReportMetric(float64(st.Reads-r0)/float64(b.N), "READs/op")
 	mu.Lock()
 	if len(pushT) > 0 {
-		b.ReportMetric(ms(median(pushT)), "prefetch-ms")
+		b.ReportMetric(ms(durations.Median(pushT)), "prefetch-ms")
 	}
 	mu.Unlock()
-	b.ReportMetric(ms(median(fuseT)), "fuse-ms")
-	b.ReportMetric(ms(median(baseT)), "tmpfs-ms")
+	b.ReportMetric(ms(durations.Median(fuseT)), "fuse-ms")
+	b.ReportMetric(ms(durations.Median(baseT)), "tmpfs-ms")
 	b.ReportMetric(pairedRatio(fuseT, baseT), "x-tmpfs")
 	// The floor: filling fresh memory with W's frames, which any push into
 	// the page cache must do and the pre-materialised baseline does not.
-	b.ReportMetric(ms(median(floorT)), "floor-ms")
+	b.ReportMetric(ms(durations.Median(floorT)), "floor-ms")
 	b.ReportMetric(pairedRatio(floorT, baseT), "floor-x-tmpfs")
 	b.ReportMetric(pairedRatio(fuseT, floorT), "x-floor")
 	b.ReportMetric(float64(len(d.wsList)), "ws-frames")
@@ -365,9 +366,9 @@ func benchColdRandom(b *testing.B, kind string) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(srv.Status().Reads-r0)/float64(len(lat)), "READs/fault")
-	b.ReportMetric(float64(percentile(lat, 0.5))/1e3, "p50-µs")
-	b.ReportMetric(float64(percentile(lat, 0.99))/1e3, "p99-µs")
-	b.ReportMetric(float64(percentile(baseLat, 0.5))/1e3, "tmpfs-p50-µs")
+	b.ReportMetric(float64(durations.Quantile(lat, 0.5))/1e3, "p50-µs")
+	b.ReportMetric(float64(durations.Quantile(lat, 0.99))/1e3, "p99-µs")
+	b.ReportMetric(float64(durations.Quantile(baseLat, 0.5))/1e3, "tmpfs-p50-µs")
 }
 
 func boolU64(v bool) uint64 {
@@ -448,8 +449,8 @@ func benchSeqRead(b *testing.B, cold bool) {
 		}
 	}
 	size := float64(d.frames * pageSize)
-	b.ReportMetric(size/median(fuseT).Seconds()/1e6, "fuse-MB/s")
-	b.ReportMetric(size/median(baseT).Seconds()/1e6, "base-MB/s")
+	b.ReportMetric(size/durations.Median(fuseT).Seconds()/1e6, "fuse-MB/s")
+	b.ReportMetric(size/durations.Median(baseT).Seconds()/1e6, "base-MB/s")
 	b.ReportMetric(1/pairedRatio(fuseT, baseT), "x-of-base")
 }
 
@@ -464,8 +465,8 @@ func BenchmarkWSWarm(b *testing.B) {
 		baseT = append(baseT, touch(b, d.sparse, list, false).Total)
 		fuseT = append(fuseT, touch(b, file, list, false).Total)
 	}
-	b.ReportMetric(ms(median(fuseT)), "fuse-ms")
-	b.ReportMetric(ms(median(baseT)), "tmpfs-ms")
+	b.ReportMetric(ms(durations.Median(fuseT)), "fuse-ms")
+	b.ReportMetric(ms(durations.Median(baseT)), "tmpfs-ms")
 }
 
 // envKB is the mount's readahead for BenchmarkSeqRead

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"sort"
 	"strconv"
 	"syscall"
 	"time"
@@ -300,15 +299,6 @@ func pfnBytes(pfns []uint32) []byte {
 		binary.LittleEndian.PutUint32(b[4*i:], p)
 	}
 	return b
-}
-
-func percentile(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(a, b int) bool { return s[a] < s[b] })
-	return s[min(len(s)-1, int(p*float64(len(s))))]
 }
 
 var _ = strconv.Itoa

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/testenv"
 )
 
 // Child processes. A test binary re-executed with CKPTFS_FS_CHILD set runs
@@ -61,32 +62,6 @@ func runChild(t testing.TB, mode string, args ...string) string {
 	return stdout.String()
 }
 
-// requireFUSE skips a test that needs a real FUSE mount when the machine
-// cannot mount, and fails it when CKPTFS_REQUIRE_FUSE=1 (as CI sets it).
-func requireFUSE(t testing.TB) {
-	t.Helper()
-	reason := ""
-	if f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0); err != nil {
-		reason = "cannot open /dev/fuse: " + err.Error()
-	} else {
-		f.Close()
-		if os.Geteuid() != 0 {
-			if _, err := exec.LookPath("fusermount3"); err != nil {
-				if _, err := exec.LookPath("fusermount"); err != nil {
-					reason = "not root and no fusermount3"
-				}
-			}
-		}
-	}
-	if reason == "" {
-		return
-	}
-	if os.Getenv("CKPTFS_REQUIRE_FUSE") == "1" {
-		t.Fatalf("FUSE required (CKPTFS_REQUIRE_FUSE=1) but unavailable: %s", reason)
-	}
-	t.Skip("needs FUSE: " + reason)
-}
-
 // testLogger sends the mount's log lines to the test log and keeps them.
 type logSink struct {
 	t     testing.TB
@@ -112,7 +87,7 @@ func newTestLogger(t testing.TB) (*slog.Logger, chan string) {
 // test ends.
 func mountT(t testing.TB, src Source, opts MountOptions) (*Server, string) {
 	t.Helper()
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	mnt := filepath.Join(t.TempDir(), "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package fs
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/moby/sys/mountinfo"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
@@ -377,48 +377,18 @@ func fusermount(args ...string) error {
 	return errors.New("fusermount3 not found")
 }
 
-// mountedAt reports whether abs is a mount point, from /proc/self/mountinfo.
+// mountedAt reports whether abs is a mount point, and of which file system
+// type, from /proc/self/mountinfo.
 func mountedAt(abs string) (fstype string, ok bool) {
-	fh, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
+	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return m.Mountpoint != abs, false
+	})
+	if err != nil || len(mounts) == 0 {
 		return "", false
 	}
-	defer fh.Close()
-	sc := bufio.NewScanner(fh)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// id parent maj:min root mountpoint opts ... - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 || unescapeMountinfo(fields[4]) != abs {
-			continue
-		}
-		for i, x := range fields {
-			if x == "-" && i+1 < len(fields) {
-				fstype = fields[i+1]
-			}
-		}
-		ok = true
-	}
-	return fstype, ok
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for space) of mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	// Mounts stacked on one point are listed in mount order: the last is
+	// the one a path lookup sees.
+	return mounts[len(mounts)-1].FSType, true
 }
 
 // setReadahead sets the read_ahead_kb of the mount's backing device.

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/testenv"
 )
 
 // Mounted tests. The test process only lists, stats, seeks and runs tools
@@ -89,7 +90,7 @@ func readJSON(t *testing.T, path string, v any) {
 // content, sparseness, seeks, attributes, read-only behaviour, concurrent
 // children, and checkpoints committed while mounted.
 func TestMountedRun(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	st := openStore(t)
 	fx := newFixture("vm1", 4096, 7, 42) // 16 MiB guest, 7 checkpoints
 	w := fx.create(t, st, 5)             // 0..4 now, 5 and 6 while mounted
@@ -441,7 +442,7 @@ func TestRemovedRun(t *testing.T) {
 // TestStaleMount: a daemon killed with SIGKILL leaves a dead mount;
 // CheckMountpoint says so clearly and CleanupStale removes it.
 func TestStaleMount(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	storeDir := filepath.Join(t.TempDir(), "store")
 	st, err := index.Open(storeDir, index.Options{Create: true})
 	if err != nil {
@@ -501,7 +502,7 @@ func TestStaleMount(t *testing.T) {
 
 // TestUnmountBusy: Unmount of a mount in use detaches it lazily and says so.
 func TestUnmountBusy(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	src, _ := memFixture("vm1", 64, 2, 14)
 	mnt := filepath.Join(t.TempDir(), "mnt")
 	os.Mkdir(mnt, 0o755)
@@ -541,9 +542,7 @@ func TestUnmountBusy(t *testing.T) {
 // TestAllowOther: with AllowOther another user reads every file (FUSE
 // allow_other and modes readable by all); without, it reads nothing.
 func TestAllowOther(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to act as another user")
-	}
+	testenv.RequireRoot(t, "to act as another user")
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
 		t.Skip("no setpriv")

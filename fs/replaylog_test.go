@@ -16,6 +16,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/testenv"
 )
 
 var testQEMUArgs = []string{"-machine", "pc", "-m", "256", "-icount", "shift=auto,rr=record,rrfile=/tmp/r.rr"}
@@ -165,7 +166,7 @@ func TestNodeReplayLog(t *testing.T) {
 // while it is mounted: replay.log grows with each commit and the tail, and
 // reads byte-exact through the kernel.
 func TestMountedReplayLog(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	st := openStore(t)
 	ctx := context.Background()
 	w, err := st.CreateRun(index.RunSpec{Name: "det", RAMSize: 16 * pageSize, Recorder: "test", Tracker: "test",

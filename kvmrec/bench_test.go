@@ -3,11 +3,11 @@ package kvmrec
 import (
 	"context"
 	"os"
-	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ckptfs/ckptfs/internal/durations"
 	"github.com/ckptfs/ckptfs/internal/qmp"
 	"github.com/ckptfs/ckptfs/kvmrec/synthguest"
 )
@@ -45,14 +45,14 @@ func (r *benchResult) add(cs CheckpointStats) {
 	r.mu.Unlock()
 }
 
-// ms returns the p-th percentile of f over the checkpoints after the first.
-func (r *benchResult) ms(p float64, f func(CheckpointStats) time.Duration) float64 {
+// ms returns the q-quantile of f over the checkpoints after the first, in
+// milliseconds.
+func (r *benchResult) ms(q float64, f func(CheckpointStats) time.Duration) float64 {
 	var ds []time.Duration
 	for _, cs := range r.stats[1:] {
 		ds = append(ds, f(cs))
 	}
-	slices.Sort(ds)
-	return float64(percentile(ds, p)) / float64(time.Millisecond)
+	return float64(durations.Quantile(ds, q)) / float64(time.Millisecond)
 }
 
 func (r *benchResult) mean(f func(CheckpointStats) float64) float64 {
@@ -84,8 +84,7 @@ func bareStopCont(b *testing.B, sock string, n int) float64 {
 		ds = append(ds, time.Since(t))
 		time.Sleep(20 * time.Millisecond)
 	}
-	slices.Sort(ds)
-	return float64(percentile(ds, 50)) / float64(time.Millisecond)
+	return float64(durations.Median(ds)) / float64(time.Millisecond)
 }
 
 func benchRecord(b *testing.B, gcfg synthguest.Config, cfg Config) *benchResult {
@@ -156,16 +155,16 @@ func BenchmarkDowntime(b *testing.B) {
 			res := benchRecord(b, gcfg,
 				Config{Interval: benchInterval, DeviceState: tc.dev, ExactWorkingSets: tc.exact, NoPrecopy: tc.noPrecopy})
 			down := func(cs CheckpointStats) time.Duration { return cs.Downtime }
-			b.ReportMetric(res.ms(50, down), "median-ms")
-			b.ReportMetric(res.ms(99, down), "p99-ms")
-			b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.VMDowntime }), "vm-median-ms")
-			b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Phases.Scan }), "scan-ms")
-			b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Phases.Pageout }), "pageout-ms")
-			b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Phases.Pagemap }), "pagemap-ms")
+			b.ReportMetric(res.ms(0.5, down), "median-ms")
+			b.ReportMetric(res.ms(0.99, down), "p99-ms")
+			b.ReportMetric(res.ms(0.5, func(cs CheckpointStats) time.Duration { return cs.VMDowntime }), "vm-median-ms")
+			b.ReportMetric(res.ms(0.5, func(cs CheckpointStats) time.Duration { return cs.Phases.Scan }), "scan-ms")
+			b.ReportMetric(res.ms(0.5, func(cs CheckpointStats) time.Duration { return cs.Phases.Pageout }), "pageout-ms")
+			b.ReportMetric(res.ms(0.5, func(cs CheckpointStats) time.Duration { return cs.Phases.Pagemap }), "pagemap-ms")
 			if tc.dev {
-				b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Phases.Device }), "device-wait-ms")
+				b.ReportMetric(res.ms(0.5, func(cs CheckpointStats) time.Duration { return cs.Phases.Device }), "device-wait-ms")
 			}
-			b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Phases.Precopy }), "precopy-ms")
+			b.ReportMetric(res.ms(0.5, func(cs CheckpointStats) time.Duration { return cs.Phases.Precopy }), "precopy-ms")
 			b.ReportMetric(res.mean(func(cs CheckpointStats) float64 { return float64(cs.Precopied) }), "precopied-frames")
 			b.ReportMetric(res.mean(func(cs CheckpointStats) float64 { return float64(cs.Copied) }), "pause-copied-frames")
 			b.ReportMetric(res.mean(func(cs CheckpointStats) float64 { return float64(cs.Present) }), "present-frames")
@@ -203,9 +202,9 @@ func BenchmarkKeepUp(b *testing.B) {
 					cs.NewFrames, cs.BytesStored>>20, cs.StoreTime.Round(time.Millisecond), cs.Lagging)
 			}
 			store := func(cs CheckpointStats) time.Duration { return cs.StoreTime }
-			b.ReportMetric(res.ms(50, store)/float64(interval.Milliseconds()), "store-ratio-median")
-			b.ReportMetric(res.ms(100, store)/float64(interval.Milliseconds()), "store-ratio-max")
-			b.ReportMetric(res.ms(50, func(cs CheckpointStats) time.Duration { return cs.Downtime }), "downtime-median-ms")
+			b.ReportMetric(res.ms(0.5, store)/float64(interval.Milliseconds()), "store-ratio-median")
+			b.ReportMetric(res.ms(1, store)/float64(interval.Milliseconds()), "store-ratio-max")
+			b.ReportMetric(res.ms(0.5, func(cs CheckpointStats) time.Duration { return cs.Downtime }), "downtime-median-ms")
 			lag := 0.0
 			for _, cs := range res.stats {
 				if cs.Lagging {
@@ -254,12 +253,10 @@ func BenchmarkQEMUDeviceState(b *testing.B) {
 			}
 		}
 	}
-	slices.Sort(without)
-	slices.Sort(with)
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	b.ReportMetric(ms(percentile(without, 50)), "median-ms-without")
-	b.ReportMetric(ms(percentile(with, 50)), "median-ms-with")
-	b.ReportMetric(ms(percentile(with, 50)-percentile(without, 50)), "device-state-cost-ms")
+	b.ReportMetric(ms(durations.Median(without)), "median-ms-without")
+	b.ReportMetric(ms(durations.Median(with)), "median-ms-with")
+	b.ReportMetric(ms(durations.Median(with)-durations.Median(without)), "device-state-cost-ms")
 	b.ReportMetric(float64(devBytes), "device-state-bytes")
 }
 
@@ -296,8 +293,7 @@ func BenchmarkQEMUWorkingSets(b *testing.B) {
 		for _, v := range ws[exact] {
 			sum += v
 		}
-		slices.Sort(down[exact])
 		b.ReportMetric(sum/float64(len(ws[exact])), "ws-frames-"+name)
-		b.ReportMetric(float64(percentile(down[exact], 50))/float64(time.Millisecond), "median-ms-"+name)
+		b.ReportMetric(float64(durations.Median(down[exact]))/float64(time.Millisecond), "median-ms-"+name)
 	}
 }

@@ -29,14 +29,18 @@ func memFileHazard(f *os.File) string {
 // reclaimHazards lists what on this machine may unmap guest RAM behind the
 // pagemap tracker's back during an interval (see doc.go, "Assumptions"):
 // swap, and DAMON schemes that page memory out.
-func reclaimHazards() []string {
+func reclaimHazards() []string { return reclaimHazardsUnder("/") }
+
+// reclaimHazardsUnder is reclaimHazards for a machine whose /proc and /sys
+// are under root (tests lay out their own).
+func reclaimHazardsUnder(root string) []string {
 	var out []string
-	if b, err := os.ReadFile("/proc/swaps"); err == nil {
+	if b, err := os.ReadFile(filepath.Join(root, "proc/swaps")); err == nil {
 		if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); len(lines) > 1 {
 			out = append(out, "swap is enabled: reclaim may swap guest RAM out during an interval")
 		}
 	}
-	kd, _ := filepath.Glob("/sys/kernel/mm/damon/admin/kdamonds/*")
+	kd, _ := filepath.Glob(filepath.Join(root, "sys/kernel/mm/damon/admin/kdamonds/*"))
 	for _, d := range kd {
 		st, err := os.ReadFile(filepath.Join(d, "state"))
 		if err != nil || strings.TrimSpace(string(st)) != "on" {
@@ -45,11 +49,12 @@ func reclaimHazards() []string {
 		actions, _ := filepath.Glob(filepath.Join(d, "contexts", "*", "schemes", "*", "action"))
 		for _, a := range actions {
 			if b, err := os.ReadFile(a); err == nil && strings.TrimSpace(string(b)) == "pageout" && !onlyUnmapped(filepath.Dir(a)) {
-				out = append(out, "a DAMON scheme pages out memory it finds idle ("+filepath.Dir(a)+")")
+				scheme, _ := filepath.Rel(root, filepath.Dir(a))
+				out = append(out, "a DAMON scheme pages out memory it finds idle (/"+scheme+")")
 			}
 		}
 	}
-	if b, err := os.ReadFile("/sys/module/damon_reclaim/parameters/enabled"); err == nil && strings.TrimSpace(string(b)) == "Y" {
+	if b, err := os.ReadFile(filepath.Join(root, "sys/module/damon_reclaim/parameters/enabled")); err == nil && strings.TrimSpace(string(b)) == "Y" {
 		out = append(out, "DAMON_RECLAIM is enabled")
 	}
 	return out

@@ -12,12 +12,13 @@ import (
 
 	"github.com/ckptfs/ckptfs/index"
 	"github.com/ckptfs/ckptfs/internal/qmp"
+	"github.com/ckptfs/ckptfs/internal/testenv"
 	"github.com/ckptfs/ckptfs/test/integration/qemuguest"
 )
 
 func startQEMU(t testing.TB, ctx context.Context) (*qemuguest.Guest, qemuguest.Artifacts, string, string) {
 	t.Helper()
-	qemuguest.RequireQEMU(t)
+	testenv.RequireQEMU(t)
 	art, err := qemuguest.Build("")
 	if err != nil {
 		t.Fatal(err)

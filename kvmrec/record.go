@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/durations"
 	"github.com/ckptfs/ckptfs/internal/qmp"
 )
 
@@ -194,16 +195,5 @@ func downtimeStats(ds []time.Duration) (median, p99, maxd time.Duration) {
 	if len(ds) == 0 {
 		return 0, 0, 0
 	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return percentile(s, 50), percentile(s, 99), s[len(s)-1]
-}
-
-// percentile returns the p-th percentile (nearest rank) of sorted durations.
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	k := int(p/100*float64(len(sorted))+0.999999) - 1
-	return sorted[min(max(k, 0), len(sorted)-1)]
+	return durations.Median(ds), durations.Quantile(ds, 0.99), slices.Max(ds)
 }

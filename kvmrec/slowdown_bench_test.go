@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ckptfs/ckptfs/internal/qmp"
+	"github.com/ckptfs/ckptfs/internal/testenv"
 	"github.com/ckptfs/ckptfs/test/integration/qemuguest"
 )
 
@@ -43,7 +44,7 @@ var slowdownModes = []slowdownMode{{name: "plain"}, {name: "plugin", on: true}, 
 // and the ratios to plain record mode; the goal for the plugin is ≤ 1.5. No
 // recorder runs: checkpoints are not part of the figure.
 func BenchmarkQEMURecordSlowdown(b *testing.B) {
-	qemuguest.RequireQEMU(b)
+	testenv.RequireQEMU(b)
 	art, err := qemuguest.Build("")
 	if err != nil {
 		b.Fatal(err)

@@ -7,20 +7,24 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/prometheus/procfs"
 )
 
 // memAvailable returns MemAvailable from /proc/meminfo, in bytes.
 func memAvailable() (uint64, error) {
-	data, err := os.ReadFile("/proc/meminfo")
+	proc, err := procfs.NewDefaultFS()
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
-			return uint64(parseKB(v)), nil
-		}
+	mi, err := proc.Meminfo()
+	if err != nil {
+		return 0, err
 	}
-	return 0, errors.New("no MemAvailable in /proc/meminfo")
+	if mi.MemAvailableBytes == nil {
+		return 0, errors.New("no MemAvailable in /proc/meminfo")
+	}
+	return *mi.MemAvailableBytes, nil
 }
 
 // procStatus holds the memory lines of /proc/self/status, in bytes.

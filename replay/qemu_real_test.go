@@ -11,6 +11,7 @@ import (
 
 	"github.com/ckptfs/ckptfs/index"
 	"github.com/ckptfs/ckptfs/internal/qmp"
+	"github.com/ckptfs/ckptfs/internal/testenv"
 	"github.com/ckptfs/ckptfs/replay"
 	"github.com/ckptfs/ckptfs/test/integration/qemuguest"
 )
@@ -21,7 +22,7 @@ import (
 // the replayed guest counts on from the checkpoint's tick. Both ways of
 // passing the device state are used; the mount path has a space in it.
 func TestQEMURealGuest(t *testing.T) {
-	qemuguest.RequireQEMU(t)
+	testenv.RequireQEMU(t)
 	if testing.Short() {
 		t.Skip("boots a TCG guest (-short)")
 	}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/ckptfs/ckptfs/internal/storeapi"
 	"github.com/urfave/cli/v2"
+
+	"github.com/ckptfs/ckptfs/index"
 )
 
 // exitError carries the exit code of a failed command.
@@ -56,6 +58,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	var ee *exitError
 	if errors.As(err, &ee) {
 		code = ee.code
+	} else if errors.Is(err, index.ErrBadRunName) {
+		code = 2 // bad usage, whichever command found it (import and pack check first)
 	}
 	if !errors.Is(err, errAlreadyReported) {
 		fmt.Fprintf(stderr, "ckptfs: %s\n", oneLine(err))

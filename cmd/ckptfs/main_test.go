@@ -135,7 +135,7 @@ func TestBadInput(t *testing.T) {
 		{[]string{"--store", filepath.Join(dir, "nostore"), "ls"}, 1, "no store"},
 		{[]string{"info", "exists", "-1"}, 2, "interval -1 is negative"},
 		{[]string{"info", "exists", "x"}, 2, `interval "x" is not a number`},
-		{[]string{"info", "-1", "--json"}, 1, "bad run name"},
+		{[]string{"info", "-1", "--json"}, 2, "bad run name"},
 		{[]string{"mount", short}, 1, "is not a directory"},
 	} {
 		args := tc.args

@@ -6,20 +6,16 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ckptfs/ckptfs/internal/testenv"
 )
 
 // Mount mounts a tmpfs of size (tmpfs syntax: "48m") in a directory of the
-// test's own and returns that directory. Mounting needs root: without it
-// the test is skipped, or fails when CKPTFS_REQUIRE_FUSE=1 (the project's
-// CI, which runs as root).
+// test's own and returns that directory. Mounting needs root
+// (testenv.RequireRoot).
 func Mount(t testing.TB, size string) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CKPTFS_REQUIRE_FUSE") == "1" {
-			t.Fatal("mounting a small tmpfs needs root")
-		}
-		t.Skip("mounting a small tmpfs needs root")
-	}
+	testenv.RequireRoot(t, "to mount a small tmpfs")
 	dir := filepath.Join(t.TempDir(), "small")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ckptfs/ckptfs/internal/testenv"
 )
 
 // fakeServer is a minimal QMP server: it greets, answers qmp_capabilities
@@ -381,13 +383,7 @@ func TestSendFD(t *testing.T) {
 
 // TestRealQEMU talks to a QEMU without a guest (-machine none).
 func TestRealQEMU(t *testing.T) {
-	bin, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		if os.Getenv("CKPTFS_REQUIRE_QEMU") == "1" {
-			t.Fatal("qemu-system-x86_64 not found; CKPTFS_REQUIRE_QEMU=1")
-		}
-		t.Skip("qemu-system-x86_64 not found")
-	}
+	bin := testenv.RequireQEMU(t)
 	path := sockPath(t)
 	ctx := ctxT(t, 30*time.Second)
 	cmd := exec.CommandContext(ctx, bin, "-machine", "none", "-nodefaults", "-display", "none", "-S",
@@ -398,6 +394,7 @@ func TestRealQEMU(t *testing.T) {
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	var c *Client
+	var err error
 	for {
 		if c, err = Dial(ctx, path); err == nil {
 			break

@@ -12,6 +12,7 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/testenv"
 )
 
 // TestReplayBenchOnMount runs `ckptfs replay bench` against a real mount of
@@ -19,7 +20,7 @@ import (
 // sparse eager (b) and lazy (c) loading must match |W| within 10 %, and
 // full eager (a) the RAM size.
 func TestReplayBenchOnMount(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	dir := t.TempDir()
 	store, mnt := filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
 	const frames = 16384 // 64 MiB

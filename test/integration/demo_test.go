@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/ckptfs/ckptfs/internal/testenv"
 )
 
 // TestDemo runs the README's main job the way `make demo` does, on the
@@ -15,7 +17,7 @@ import (
 // mount and no guest RAM behind; the second removes the first one's run
 // from the demo's store, so repeated demos do not pile up.
 func TestDemo(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	dir := filepath.Join(t.TempDir(), "demo")
 	shmBefore := demoShm(t)
 	var runs []string

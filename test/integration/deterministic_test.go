@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ckptfs/ckptfs/internal/testenv"
 	"github.com/ckptfs/ckptfs/replay/replaytest"
 	"github.com/ckptfs/ckptfs/test/integration/qemuguest"
 )
@@ -49,8 +50,8 @@ type intervalReport struct {
 // copy of <i>.ram with one frame of W_i taken out is caught, and a replay
 // log cut short is refused.
 func TestDeterministicRecordReplay(t *testing.T) {
-	requireFUSE(t)
-	qemuguest.RequireQEMU(t)
+	testenv.RequireFUSE(t)
+	testenv.RequireQEMU(t)
 	art, err := qemuguest.Build(qemuguest.CacheDir())
 	if err != nil {
 		t.Fatalf("building the test guest: %v", err)

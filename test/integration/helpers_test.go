@@ -47,26 +47,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// requireFUSE skips without a usable /dev/fuse, but fails when
-// CKPTFS_REQUIRE_FUSE=1 (as CI sets it).
-func requireFUSE(t *testing.T) {
-	t.Helper()
-	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
-	if err == nil {
-		f.Close()
-		if os.Geteuid() == 0 {
-			return
-		}
-		if _, err = exec.LookPath("fusermount3"); err == nil {
-			return
-		}
-	}
-	if os.Getenv("CKPTFS_REQUIRE_FUSE") == "1" {
-		t.Fatalf("FUSE is required (CKPTFS_REQUIRE_FUSE=1) but unusable: %v", err)
-	}
-	t.Skipf("no usable FUSE: %v", err)
-}
-
 // ckptfs runs the binary to completion.
 func ckptfs(t *testing.T, store string, args ...string) (int, string, string) {
 	t.Helper()

@@ -6,7 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -26,6 +28,10 @@ func TestImportCtrlC(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// The delay counts from when ckptfs handles SIGINT: on a loaded
+		// machine 150ms may pass before its main runs, and the signal
+		// would then kill it the default way.
+		waitCatches(t, cmd.Process.Pid, syscall.SIGINT)
 		time.Sleep(delay)
 		cmd.Process.Signal(os.Interrupt)
 		err := cmd.Wait()
@@ -52,4 +58,24 @@ func TestImportCtrlC(t *testing.T) {
 	if out := mustCkptfs(t, store, "verify"); !strings.HasPrefix(out, "ok:") {
 		t.Fatalf("verify: %q", out)
 	}
+}
+
+// waitCatches waits until process pid has a handler for sig (its SigCgt
+// mask in /proc/PID/status), for up to a minute.
+func waitCatches(t *testing.T, pid int, sig syscall.Signal) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+		if err != nil {
+			t.Fatalf("process %d: %v", pid, err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if mask, ok := strings.CutPrefix(line, "SigCgt:"); ok {
+				if m, err := strconv.ParseUint(strings.TrimSpace(mask), 16, 64); err == nil && m&(1<<(sig-1)) != 0 {
+					return
+				}
+			}
+		}
+	}
+	t.Fatalf("process %d does not catch %v after a minute", pid, sig)
 }

@@ -12,13 +12,14 @@ import (
 	"time"
 
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/testenv"
 )
 
 // TestMountPointRefused: mount and record --mount refuse a mount point that
 // holds files (the mount would hide them) or is already mounted, with one
 // line, before they create the store.
 func TestMountPointRefused(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	dir := t.TempDir()
 
 	full := filepath.Join(dir, "full")

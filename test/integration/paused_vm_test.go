@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ckptfs/ckptfs/internal/qmp"
+	"github.com/ckptfs/ckptfs/internal/testenv"
 )
 
 // TestRecordWarnsPausedVM: a VM left paused (as a recorder killed during a
@@ -16,7 +17,7 @@ import (
 // the stderr of the user who records, also when the recording runs in the
 // process of a mount that owns the store.
 func TestRecordWarnsPausedVM(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	dir := t.TempDir()
 	store, mnt := filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
 	mem, sock := filepath.Join(dir, "ram"), filepath.Join(dir, "qmp.sock")

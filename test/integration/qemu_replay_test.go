@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ckptfs/ckptfs/internal/testenv"
 	"github.com/ckptfs/ckptfs/test/integration/qemuguest"
 )
 
@@ -17,8 +18,8 @@ import (
 // `ckptfs replay qemu`: each replay must continue the guest's tick counter
 // from where its checkpoint was taken, without booting again.
 func TestQEMURecordReplay(t *testing.T) {
-	requireFUSE(t)
-	qemuguest.RequireQEMU(t)
+	testenv.RequireFUSE(t)
+	testenv.RequireQEMU(t)
 	art, err := qemuguest.Build(qemuguest.CacheDir())
 	if err != nil {
 		t.Fatalf("building the test guest: %v", err)

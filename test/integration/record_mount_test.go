@@ -12,6 +12,7 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -21,7 +22,7 @@ import (
 // export and the working sets against the guest's truth; then Ctrl-C
 // unmounts cleanly.
 func TestRecordIntoRunningMount(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	dir := t.TempDir()
 	store, mnt := filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
 	// An imported run, to see it served next to the recorded one.
@@ -151,7 +152,7 @@ func seekDataFrames(t *testing.T, path string) string {
 // TestStaleMountAfterKill: a killed daemon leaves a dead mount; the next
 // mount says so clearly and, when asked, cleans it up.
 func TestStaleMountAfterKill(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	dir := t.TempDir()
 	store, mnt := filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
 	seed := filepath.Join(dir, "seed")

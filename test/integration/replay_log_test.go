@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/testenv"
 )
 
 // TestReplayLogStore writes a deterministic run (instruction counts and a
@@ -20,7 +21,7 @@ import (
 // arguments, a copy of the store carries the log and verifies, replay.log
 // of a mount of the copy reads byte-exact, and rm leaves nothing of it.
 func TestReplayLogStore(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	ctx := context.Background()
 	store := filepath.Join(t.TempDir(), "store")
 	args := []string{"-machine", "pc", "-icount", "shift=auto,rr=record,rrfile=/tmp/rr.log"}

@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/ckptfs/ckptfs/internal/tailbuf"
@@ -379,19 +378,6 @@ func WaitTicks(ctx context.Context, serialPath string, min int) (int, error) {
 			return last, fmt.Errorf("qemuguest: %s: tick %d not reached (last %d): %w", serialPath, min, last, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
-	}
-}
-
-// RequireQEMU skips the test when qemu-system-x86_64 is missing, unless
-// CKPTFS_REQUIRE_QEMU=1, in which case it fails it.
-func RequireQEMU(t testing.TB) {
-	t.Helper()
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		msg := "qemu-system-x86_64 not found in $PATH (apt-get install qemu-system-x86, or run test/integration/guest/build-guest.sh)"
-		if os.Getenv("CKPTFS_REQUIRE_QEMU") == "1" {
-			t.Fatal(msg + "; CKPTFS_REQUIRE_QEMU=1")
-		}
-		t.Skip(msg)
 	}
 }
 

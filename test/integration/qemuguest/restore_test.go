@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ckptfs/ckptfs/internal/testenv"
 )
 
 // TestRestoreFromCopiedRAM proves the restore mechanism of DESIGN.md on the
@@ -23,7 +25,7 @@ import (
 // continues the guest where the checkpoint left it. Findings are logged with
 // "FINDING" and written down in doc.go.
 func TestRestoreFromCopiedRAM(t *testing.T) {
-	RequireQEMU(t)
+	testenv.RequireQEMU(t)
 	art, err := Build("")
 	if err != nil {
 		t.Fatal(err)
@@ -246,9 +248,7 @@ func TestRestoreFromCopiedRAM(t *testing.T) {
 	// A mode 0444 file: root passes (CAP_DAC_OVERRIDE), as QEMU 7.2 opens
 	// mem-path O_RDWR even with share=off; an unprivileged QEMU fails.
 	t.Run("readonly-0444", func(t *testing.T) {
-		if os.Geteuid() != 0 {
-			t.Skip("needs root to compare root and an unprivileged user")
-		}
+		testenv.RequireRoot(t, "to compare root and an unprivileged user")
 		rodir, err := os.MkdirTemp("", "ckptfs-ro-")
 		if err != nil {
 			t.Fatal(err)
