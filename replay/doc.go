@@ -73,8 +73,9 @@
 // restores the checkpoint pass no plugin), and touched \ W_I, frames W_I
 // lacks. A frame in touched \ W_I also makes the replay not verified: the
 // page cache can answer a read of a hole without a miss, the plugin sees it.
-// An empty touched \ W_I proves nothing: the plugin in the replay has the
-// blind spots it had in the recording.
+// An empty touched \ W_I does not prove W_I complete: page-table walks and
+// QEMU's own reads pass no plugin; the mount's misses and the comparison
+// with checkpoint I+1 catch those.
 //
 // The replay needs replay.log up to the log position of checkpoint I+1:
 // file_offset of the "replay" vmstate section of I+1.dev
