@@ -239,13 +239,13 @@ func TestBenchErrors(t *testing.T) {
 	}
 }
 
-func TestParseConcurrency(t *testing.T) {
-	if got, err := replay.ParseConcurrency("1, 4,16"); err != nil || fmt.Sprint(got) != "[1 4 16]" {
-		t.Errorf("ParseConcurrency = %v, %v", got, err)
+func TestCheckConcurrency(t *testing.T) {
+	if err := replay.CheckConcurrency([]int{1, 4, 16}); err != nil {
+		t.Errorf("CheckConcurrency(1, 4, 16) = %v", err)
 	}
-	for _, bad := range []string{"0", "1,,2", "x", "2000"} {
-		if _, err := replay.ParseConcurrency(bad); !errors.Is(err, replay.ErrBadConfig) {
-			t.Errorf("ParseConcurrency(%q) = %v", bad, err)
+	for _, bad := range [][]int{{0}, {1, -2}, {2000}} {
+		if err := replay.CheckConcurrency(bad); !errors.Is(err, replay.ErrBadConfig) {
+			t.Errorf("CheckConcurrency(%v) = %v", bad, err)
 		}
 	}
 }
@@ -263,13 +263,13 @@ func TestParseMode(t *testing.T) {
 }
 
 func TestParseModes(t *testing.T) {
-	if got, err := replay.ParseModes(" a, lazy "); err != nil || fmt.Sprint(got) != "[full lazy]" {
+	if got, err := replay.ParseModes([]string{" a", "lazy "}); err != nil || fmt.Sprint(got) != "[full lazy]" {
 		t.Errorf("ParseModes = %v, %v", got, err)
 	}
-	if got, err := replay.ParseModes(""); err != nil || got != nil {
-		t.Errorf("ParseModes(\"\") = %v, %v; want nil: every mode", got, err)
+	if got, err := replay.ParseModes(nil); err != nil || got != nil {
+		t.Errorf("ParseModes(nil) = %v, %v; want nil: every mode", got, err)
 	}
-	for _, bad := range []string{"e", "a,,c", "a,x"} {
+	for _, bad := range [][]string{{"e"}, {"a", "", "c"}, {"a", "x"}} {
 		if _, err := replay.ParseModes(bad); !errors.Is(err, replay.ErrBadConfig) {
 			t.Errorf("ParseModes(%q) = %v", bad, err)
 		}

@@ -3,8 +3,6 @@ package replay
 import (
 	"fmt"
 	"log/slog"
-	"strconv"
-	"strings"
 	"time"
 )
 
@@ -23,22 +21,15 @@ const (
 	PrefetchEmulate Prefetch = "emulate"
 )
 
-// ParseConcurrency parses a list of concurrencies such as "1,4,16" (a
-// --concurrency flag); "" gives nil, which Bench takes as 1, 4, 16.
-func ParseConcurrency(s string) ([]int, error) {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return nil, nil
-	}
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		k, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || k < 1 || k > 1024 {
-			return nil, fmt.Errorf("%w: concurrency %q (want numbers 1..1024, comma separated)", ErrBadConfig, f)
+// CheckConcurrency checks a list of concurrencies (a --concurrency flag);
+// an empty list means the default, 1, 4, 16.
+func CheckConcurrency(ks []int) error {
+	for _, k := range ks {
+		if k < 1 || k > 1024 {
+			return fmt.Errorf("%w: concurrency %d (want numbers 1..1024)", ErrBadConfig, k)
 		}
-		out = append(out, k)
 	}
-	return out, nil
+	return nil
 }
 
 // DropPolicy says which caches Bench drops so that each batch starts cold.

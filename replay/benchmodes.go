@@ -67,14 +67,11 @@ func parseMode(s string) (Mode, error) {
 	return "", fmt.Errorf("%w: unknown mode %q (want full, sparse, lazy, lazy-noprefetch or a-d)", ErrBadConfig, s)
 }
 
-// ParseModes parses a list of modes such as "a,c" or "full,lazy" (a
-// --modes flag); "" gives nil, which Bench takes as AllModes().
-func ParseModes(s string) ([]Mode, error) {
-	if strings.TrimSpace(s) == "" {
-		return nil, nil
-	}
+// ParseModes parses a list of mode names such as [a c] or [full lazy] (a
+// --modes flag); an empty list gives nil, which Bench takes as AllModes().
+func ParseModes(names []string) ([]Mode, error) {
 	var out []Mode
-	for _, f := range strings.Split(s, ",") {
+	for _, f := range names {
 		m, err := parseMode(f)
 		if err != nil {
 			return nil, err

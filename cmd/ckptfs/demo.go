@@ -37,7 +37,7 @@ func demoCommand() *cli.Command {
 			&cli.IntFlag{Name: "count", Value: 6, Usage: "checkpoints to record"},
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "how long the guest runs between checkpoints"},
 			&cli.IntFlag{Name: "ram-mib", Value: 256, Usage: "guest RAM in MiB"},
-			&cli.StringFlag{Name: "concurrency", Value: "1,4", Usage: "replays at once in the bench"},
+			&cli.IntSliceFlag{Name: "concurrency", Value: cli.NewIntSlice(1, 4), Usage: "`LIST` of replays at once in the bench, comma-separated or repeated"},
 			&cli.BoolFlag{Name: "no-wait", Usage: "clean up and exit instead of staying mounted"},
 			&cli.BoolFlag{Name: "no-deterministic", Usage: "skip the deterministic recording and its interval replays (QEMU guest only)"},
 			&cli.IntFlag{Name: "jobs", Value: 2, Usage: "interval replays at once (replay run --jobs)"},
@@ -83,7 +83,7 @@ const demoRunPrefix = "demo-"
 
 func runDemo(c *cli.Context) error {
 	// Checked before anything starts: a bad flag should not cost a recording.
-	if _, err := replay.ParseConcurrency(c.String("concurrency")); err != nil {
+	if err := replay.CheckConcurrency(c.IntSlice("concurrency")); err != nil {
 		return usageErrorf("demo: --concurrency: %v", err)
 	}
 	if c.Int("jobs") < 1 || c.Duration("replay-deadline") <= 0 {
@@ -175,7 +175,7 @@ func runDemo(c *cli.Context) error {
 	// the cores the prefetch needs. It empties the store's cache through
 	// the store socket.
 	bench := exec.CommandContext(c.Context, selfPath(), "--log-level", c.String("log-level"), "replay", "bench",
-		"--mount", mnt, "--no-prefetch-mount", mntNP, "--run", run, "--concurrency", c.String("concurrency"),
+		"--mount", mnt, "--no-prefetch-mount", mntNP, "--run", run, "--concurrency", joinInts(c.IntSlice("concurrency")),
 		"--json", filepath.Join(dir, "bench.json"), "--plot", filepath.Join(dir, "bench.png"))
 	bench.Stdout, bench.Stderr = out, c.App.ErrWriter
 	bench.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -313,4 +313,13 @@ func startDemoGuest(c *cli.Context, dir string) (*demoGuest, error) {
 		}
 	}
 	return g, nil
+}
+
+// joinInts writes a list as an int slice flag takes it: "1,4".
+func joinInts(is []int) string {
+	parts := make([]string, len(is))
+	for k, i := range is {
+		parts[k] = strconv.Itoa(i)
+	}
+	return strings.Join(parts, ",")
 }

@@ -6,41 +6,36 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 
 	"github.com/ckptfs/ckptfs/replay"
 	"github.com/urfave/cli/v2"
 )
 
-func parseInts(s string) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f == "" {
-			continue
+// intervalsFlag returns --intervals (an int slice flag: "1,3" or repeated),
+// which must not be negative; nil when not given.
+func intervalsFlag(c *cli.Context) ([]int, error) {
+	is := c.IntSlice("intervals")
+	for _, i := range is {
+		if i < 0 {
+			return nil, usageErrorf("--intervals: %d is negative", i)
 		}
-		n, err := strconv.Atoi(f)
-		if err != nil || n < 0 {
-			return nil, usageErrorf("%q is not a list of non-negative integers", s)
-		}
-		out = append(out, n)
 	}
-	return out, nil
+	return is, nil
 }
 
 func replayBench(c *cli.Context) error {
 	if c.String("mount") == "" || c.String("run") == "" {
 		return usageErrorf("replay bench: want --mount MNT --run R")
 	}
-	conc, err := replay.ParseConcurrency(c.String("concurrency"))
-	if err != nil {
+	conc := c.IntSlice("concurrency")
+	if err := replay.CheckConcurrency(conc); err != nil {
 		return usageErrorf("replay bench: --concurrency: %v", err)
 	}
-	intervals, err := parseInts(c.String("intervals"))
+	intervals, err := intervalsFlag(c)
 	if err != nil {
 		return err
 	}
-	modes, err := replay.ParseModes(c.String("modes"))
+	modes, err := replay.ParseModes(c.StringSlice("modes"))
 	if err != nil {
 		return usageErrorf("replay bench: --modes: %v", err)
 	}

@@ -39,9 +39,9 @@ func replayCommand() *cli.Command {
 					&cli.StringFlag{Name: "mount", Usage: "the ckptfs mount `MNT` (with --prefetch ws) to load from"},
 					&cli.StringFlag{Name: "run", Usage: "the run `R` whose intervals are loaded (MNT/R)"},
 					&cli.StringFlag{Name: "no-prefetch-mount", Usage: "a second mount `MNT` of the store with --prefetch none, for mode (d)"},
-					&cli.StringFlag{Name: "concurrency", Value: "1,4,16", Usage: "`LIST` of replays at once, comma-separated"},
-					&cli.StringFlag{Name: "intervals", Usage: "comma-separated `LIST` of intervals (default: all with a working set)"},
-					&cli.StringFlag{Name: "modes", Usage: "`LIST` of modes to measure, comma-separated: a-d or full, sparse, lazy, lazy-noprefetch (default: all; reductions and the floor need a)"},
+					&cli.IntSliceFlag{Name: "concurrency", Value: cli.NewIntSlice(1, 4, 16), Usage: "`LIST` of replays at once, comma-separated or repeated"},
+					&cli.IntSliceFlag{Name: "intervals", Usage: "`LIST` of intervals, comma-separated or repeated (default: all with a working set)"},
+					&cli.StringSliceFlag{Name: "modes", Usage: "`LIST` of modes to measure, comma-separated: a-d or full, sparse, lazy, lazy-noprefetch (default: all; reductions and the floor need a)"},
 					&cli.BoolFlag{Name: "warm", Usage: "do not drop caches between measurements"},
 					&cli.StringFlag{Name: "json", Usage: "write the report as JSON to `FILE`"},
 					&cli.StringFlag{Name: "plot", Usage: "write a plot to `FILE` (.png or .svg)"},
@@ -141,7 +141,7 @@ func replayIntervalCommands() []*cli.Command {
 			Usage: "replay every interval of a deterministic run, K at a time, each verified; exit 0 only when all are",
 			Flags: append(common(),
 				&cli.IntFlag{Name: "jobs", Value: 1, Usage: "`K` replays at once"},
-				&cli.StringFlag{Name: "intervals", Usage: "comma-separated `LIST` of intervals (default: every interval with a working set and a next checkpoint)"},
+				&cli.IntSliceFlag{Name: "intervals", Usage: "`LIST` of intervals, comma-separated or repeated (default: every interval with a working set and a next checkpoint)"},
 				&cli.BoolFlag{Name: "compare-full", Usage: "then replay all intervals again from full/<I>.ram loaded whole (a conventional restore) and report sparse/full memory and start time"},
 			),
 			Action: replayRunCmd,
@@ -189,7 +189,7 @@ func replayRunCmd(c *cli.Context) error {
 	if c.Duration("deadline") < 0 {
 		return usageErrorf("replay run: --deadline must be positive")
 	}
-	intervals, err := parseInts(c.String("intervals"))
+	intervals, err := intervalsFlag(c)
 	if err != nil {
 		return err
 	}

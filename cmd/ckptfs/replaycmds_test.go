@@ -32,7 +32,7 @@ func TestReplayIntervalCommands(t *testing.T) {
 		{[]string{"replay", "interval", "--mount", mnt, "--run", "d", "--interval", "0"}, 1, "has no end yet"},
 		{[]string{"replay", "run", "--mount", mnt}, 2, "want --mount MNT --run R"},
 		{[]string{"replay", "run", "--mount", mnt, "--run", "d", "--jobs", "0"}, 2, "--jobs"},
-		{[]string{"replay", "run", "--mount", mnt, "--run", "d", "--intervals", "1,x"}, 2, "not a list"},
+		{[]string{"replay", "run", "--mount", mnt, "--run", "d", "--intervals", "1,x"}, 2, "-intervals"},
 		{[]string{"replay", "run", "--mount", mnt, "--run", "n"}, 1, "run n is not deterministic"},
 		{[]string{"replay", "run", "--mount", mnt, "--run", "d", "--plugin", "/no/such.so,a=1"}, 1, "plugin /no/such.so: no such file"},
 		{[]string{"replay", "run", "--mount", mnt, "--run", "d", "--precision", "--ws-plugin", "/no/ws.so"}, 1, "plugin /no/ws.so: no such file"},
