@@ -144,6 +144,9 @@ func (w *RunWriter) AppendReplayLog(ctx context.Context, data []byte, complete b
 		data = []byte{}
 	}
 	kvs := w.replayLogKVs(data, complete)
+	if err := w.s.checkSpace(uint64(len(data))); err != nil {
+		return w.fail(fmt.Errorf("appending to the replay log of %q: %w", w.spec.Name, err))
+	}
 	if err := w.writeKVs(ctx, kvs, len(data) > smallCheckpoint); err != nil {
 		return w.fail(fmt.Errorf("appending to the replay log of %q: %w", w.spec.Name, err))
 	}

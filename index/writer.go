@@ -324,6 +324,13 @@ func (w *RunWriter) Commit(ctx context.Context, info CommitInfo) (CheckpointStat
 	if err != nil {
 		return CheckpointStats{}, w.fail(err)
 	}
+	need := uint64(len(w.small))
+	for _, e := range meta {
+		need += uint64(len(e.k) + len(e.v))
+	}
+	if err := w.s.checkSpace(need); err != nil {
+		return CheckpointStats{}, w.fail(err)
+	}
 	if !ingest {
 		err = w.commitBatch(meta)
 	} else {
