@@ -233,8 +233,8 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		if p != nil {
 			p.hintAt(first)
 		}
-		if !direct && (last-first > 1 || n.faultRead(ctx)) {
-			if e := n.refuseReadahead(ck, first, last); e != 0 {
+		if !direct {
+			if e := n.refuseReadahead(ctx, ck, first, last); e != 0 {
 				return nil, e
 			}
 		}
@@ -393,7 +393,7 @@ func (n *ramFile) faultRead(ctx context.Context) bool {
 // which is served and, for a hole, counted as a miss). The working-set
 // frames of the refused window are pushed into the page cache from a
 // goroutine, so they keep the benefit of readahead.
-func (n *ramFile) refuseReadahead(ck *ckpt, first, last uint64) syscall.Errno {
+func (n *ramFile) refuseReadahead(ctx context.Context, ck *ckpt, first, last uint64) syscall.Errno {
 	ws, _, err := n.f.wsExtents(ck)
 	if err != nil {
 		return 0 // the read reports it
@@ -411,6 +411,13 @@ func (n *ramFile) refuseReadahead(ck *ckpt, first, last uint64) syscall.Errno {
 			return 0
 		}
 	}
+	n.mu.Unlock()
+	// Looked up only for a hole not asked for before: it reads the
+	// caller's /proc/PID/maps.
+	if last-first == 1 && !n.faultRead(ctx) {
+		return 0
+	}
+	n.mu.Lock()
 	n.mu.refused[n.mu.nrefused%len(n.mu.refused)] = window{first, last, now}
 	n.mu.nrefused++
 	prefetching := n.mu.pusher != nil
