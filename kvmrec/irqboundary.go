@@ -132,14 +132,14 @@ func (r *recorder) hmp(ctx context.Context, cmd string) (string, error) {
 
 // atHandlerEntry reports whether a vCPU of the stopped VM stands on the
 // first instruction of an interrupt or exception handler.
-func (r *recorder) atHandlerEntry(ctx context.Context) (bool, error) {
+func (r *recorder) atHandlerEntry(ctx context.Context) (bool, string, error) {
 	regs, err := r.hmp(ctx, "info registers -a")
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
 	cpus, err := parseRegisters(regs)
 	if err != nil {
-		return false, err
+		return false, regs, err
 	}
 	tables := map[[2]uint64]map[uint64]bool{}
 	for _, v := range cpus {
@@ -160,44 +160,45 @@ func (r *recorder) atHandlerEntry(ctx context.Context) (bool, error) {
 			}
 			dump, err := r.hmp(ctx, fmt.Sprintf("x /%dgx 0x%x", n, v.idtBase))
 			if err != nil {
-				return false, err
+				return false, regs, err
 			}
 			table, err := parseQwords(dump)
 			if err != nil {
-				return false, err
+				return false, regs, err
 			}
 			targets = gateTargets(v, table)
 			tables[key] = targets
 		}
 		if targets[v.pc] {
-			return true, nil
+			return true, regs, nil
 		}
 	}
-	return false, nil
+	return false, regs, nil
 }
 
 // settleBoundary makes sure the stopped VM is not on a handler's entry,
-// running it on for a moment and stopping it again until it is not.
-func (r *recorder) settleBoundary(ctx context.Context, i int) (retries int, err error) {
+// running it on for a moment and stopping it again until it is not. It
+// returns `info registers -a` of the VM as it stays stopped.
+func (r *recorder) settleBoundary(ctx context.Context, i int) (retries int, regs string, err error) {
 	for retries = 0; ; retries++ {
-		at, err := r.atHandlerEntry(ctx)
+		at, regs, err := r.atHandlerEntry(ctx)
 		if err != nil {
-			return retries, fmt.Errorf("checking the vCPUs at checkpoint %d: %w", i, err)
+			return retries, "", fmt.Errorf("checking the vCPUs at checkpoint %d: %w", i, err)
 		}
 		if !at {
-			return retries, nil
+			return retries, regs, nil
 		}
 		if retries == irqRetries {
 			r.cfg.Logger.Warn("a vCPU stays on an interrupt handler's entry; the replay of the interval before will differ in the frames the delivery wrote",
 				"run", r.cfg.Run, "checkpoint", i)
-			return retries, nil
+			return retries, regs, nil
 		}
 		if err := r.qmp.Execute(ctx, "cont", nil, nil); err != nil {
-			return retries, err
+			return retries, "", err
 		}
 		time.Sleep(irqRetryRun)
 		if err := r.qmp.Execute(ctx, "stop", nil, nil); err != nil {
-			return retries, err
+			return retries, "", err
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package kvmrec
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -196,14 +195,11 @@ func (w *pageTableWalker) walk32(pa uint64, pse bool) error {
 	return nil
 }
 
-// pageTableSpans reads the vCPUs' paging registers through the monitor and
-// returns the page-table frames they reach, read from the RAM file.
-func (r *recorder) pageTableSpans(ctx context.Context) ([]span, error) {
-	out, err := r.hmp(ctx, "info registers -a")
-	if err != nil {
-		return nil, err
-	}
-	regs, err := parsePagingRegs(out)
+// pageTableSpans returns the page-table frames that the vCPUs' paging
+// registers (`info registers -a`, as settleBoundary last read it) reach,
+// read from the RAM file.
+func (r *recorder) pageTableSpans(info string) ([]span, error) {
+	regs, err := parsePagingRegs(info)
 	if err != nil {
 		return nil, err
 	}

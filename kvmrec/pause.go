@@ -84,7 +84,8 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 	}()
 
 	if r.det != nil {
-		if c.stats.BoundaryRetries, err = r.settleBoundary(pctx, i); err != nil {
+		var regs string
+		if c.stats.BoundaryRetries, regs, err = r.settleBoundary(pctx, i); err != nil {
 			return c, err
 		}
 		if c.icount, err = r.queryICount(pctx); err != nil {
@@ -94,7 +95,7 @@ func (r *recorder) take(ctx context.Context, i int) (c *capture, err error) {
 			return c, fmt.Errorf("device state of checkpoint %d: %w", i, err)
 		}
 		c.exec = r.det.exec.take()
-		tables, err := r.pageTableSpans(pctx)
+		tables, err := r.pageTableSpans(regs)
 		if err != nil {
 			return c, fmt.Errorf("checkpoint %d: %w", i, err)
 		}
