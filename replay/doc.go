@@ -214,8 +214,10 @@
 // its command line from the recorded one. interval.go replays one
 // interval, intervalplan.go checks what it needs first, intervalargs.go
 // builds the replay's QEMU arguments, verify.go compares the frames,
+// touched.go reads what the working-set plugin saw a replay touch (precision),
 // runall.go replays every interval of a run, rsssampler.go samples the
-// replays' memory, runreport.go prints both reports. For the bench:
+// replays' memory (guestram.go the guest-RAM part of it), runreport.go
+// prints both reports. For the bench:
 // benchmodes.go and benchconfig.go say what to measure, bench.go runs the
 // batches, childbatch.go starts and talks to the children, child.go and
 // loader.go are a child's side, procfs.go reads /proc, benchreport.go and

@@ -243,23 +243,17 @@ func checkQEMUKilled(t *testing.T, store, mnt string, i int) {
 	}
 }
 
-// childQEMU returns the pid of a QEMU whose parent is ppid, or 0.
+// childQEMU returns the pid of a QEMU that is a child of ppid, or 0.
 func childQEMU(ppid int) int {
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...
-		rest := string(stat[bytes.LastIndexByte(stat, ')')+1:])
-		f := strings.Fields(rest)
-		if len(f) > 1 && f[1] == strconv.Itoa(ppid) && strings.Contains(string(stat), "(qemu-system") {
-			return pid
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", ppid))
+	for _, task := range tasks {
+		kids, _ := os.ReadFile(task)
+		for _, kid := range strings.Fields(string(kids)) {
+			comm, _ := os.ReadFile("/proc/" + kid + "/comm")
+			if strings.HasPrefix(string(comm), "qemu-system") {
+				pid, _ := strconv.Atoi(kid)
+				return pid
+			}
 		}
 	}
 	return 0
