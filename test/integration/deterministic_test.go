@@ -64,7 +64,7 @@ func TestDeterministicRecordReplay(t *testing.T) {
 		"--count", fmt.Sprint(count), "--no-pack", "--",
 		"-machine", "pc,accel=tcg", "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none",
 		"-no-reboot", "-kernel", art.Kernel, "-initrd", art.Initrd,
-		"-append", "console=ttyS0 panic=-1 mitigations=off", "-serial", "file:"+filepath.Join(dir, "serial.log"))
+		"-append", qemuguest.DefaultAppend, "-serial", "file:"+filepath.Join(dir, "serial.log"))
 	if !strings.Contains(out, fmt.Sprintf("recorded det: %d checkpoints", count)) {
 		t.Fatalf("record: %q", out)
 	}
