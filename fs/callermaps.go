@@ -37,3 +37,14 @@ func callerMaps(ctx context.Context, ino uint64, suffix string) bool {
 	}
 	return false
 }
+
+// caller names the process that sent the request in ctx, for logs: its
+// thread id and command name (empty when it has gone).
+func caller(ctx context.Context) (uint32, string) {
+	c, ok := fuse.FromContext(ctx)
+	if !ok {
+		return 0, ""
+	}
+	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c.Pid))
+	return c.Pid, strings.TrimSpace(string(comm))
+}

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"log/slog"
 	"strconv"
 	"sync"
 	"syscall"
@@ -260,7 +261,10 @@ func (n *ramFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		case holes > 0 && last-first == 1:
 			// A fault or read of exactly this hole: the process
 			// wanted a frame outside W_i.
-			n.f.log.Debug("working-set miss", "file", n.path(), "pfn", first)
+			if n.f.log.Enabled(ctx, slog.LevelDebug) {
+				pid, comm := caller(ctx)
+				n.f.log.Debug("working-set miss", "file", n.path(), "pfn", first, "pid", pid, "comm", comm)
+			}
 			ck.ctrs.misses.Add(1)
 			ck.ctrs.missFrames.Add(holes)
 		case holes > 0:
