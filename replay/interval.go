@@ -114,10 +114,15 @@ type IntervalReport struct {
 	TargetICount  uint64 `json:"target_icount"`
 	ReachedICount uint64 `json:"reached_icount"`
 	// Misses and MissFrames: growth of <I>.json's mount counters over the
-	// replay, also one killed at its deadline (reads of holes of <I>.ram,
-	// by anybody).
+	// replay up to its STOP, or until it was killed (reads of holes of
+	// <I>.ram, by anybody).
 	Misses     uint64 `json:"misses"`
 	MissFrames uint64 `json:"miss_frames"`
+	// VerifyHoleReads counts reads of holes of <I>.ram after the STOP,
+	// while W_I was read through QEMU's mapping for the verification: the
+	// verifier's (the mount logs their pid), not the stopped replay's, so
+	// they do not change the verdict.
+	VerifyHoleReads uint64 `json:"verify_hole_reads,omitempty"`
 	// CountersKnown is false when <I>.json has no mount counters (not a
 	// ckptfs mount); misses are then 0 but unknown.
 	CountersKnown bool `json:"counters_known"`
@@ -275,16 +280,28 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	}
 	// readAfter fills the misses and rep.Touched once QEMU is gone (before
 	// tmp is removed), also when the replay failed or was killed.
-	readDone := false
+	readDone, stopped := false, false
+	readMisses := func() {
+		if p.countersKnow {
+			if c, err := readCheckpointJSON(p.statFile); err == nil && c.Mount != nil {
+				rep.Misses = c.Mount.Misses - p.misses
+				rep.MissFrames = c.Mount.MissFrames - p.missFrames
+			}
+		}
+	}
 	readAfter := func() {
 		if readDone {
 			return
 		}
 		readDone = true
-		if p.countersKnow {
-			if c, err := readCheckpointJSON(p.statFile); err == nil && c.Mount != nil {
-				rep.Misses = c.Mount.Misses - p.misses
-				rep.MissFrames = c.Mount.MissFrames - p.missFrames
+		if !stopped {
+			readMisses()
+		} else if c, err := readCheckpointJSON(p.statFile); err == nil && c.Mount != nil && p.countersKnow {
+			// Reads of holes after the STOP are the verifier's, through
+			// QEMU's mapping, not the replay's.
+			if n := c.Mount.Misses - p.misses - rep.Misses; n > 0 {
+				rep.VerifyHoleReads = n
+				log.Debug("replay interval: the verification read holes", "interval", i, "reads", n)
 			}
 		}
 		if touch != nil {
@@ -382,6 +399,10 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 		return failed("during the replay", err)
 	}
 	rep.ReachedICount = rs.ICount
+	// The replay's misses: counted now, while QEMU is stopped, before the
+	// verification reads W_i through QEMU's mapping.
+	readMisses()
+	stopped = true
 	log.Debug("replay interval stopped", "interval", i, "icount", rs.ICount, "load", rep.LoadTime, "replay", rep.ReplayTime)
 
 	// Verify W_i against checkpoint i+1 while QEMU is stopped.

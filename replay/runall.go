@@ -85,7 +85,12 @@ type RunReport struct {
 	Full   *PassReport `json:"full,omitempty"`
 	// With Compare: sparse / full of PeakRSS, PeakGuestRAM and MeanLoad;
 	// the full pass loads each checkpoint whole (IntervalConfig.Preload).
-	MemoryRatio   float64 `json:"memory_ratio,omitempty"`
+	MemoryRatio float64 `json:"memory_ratio,omitempty"`
+	// WSRatio is the mean |W_I| / RAM over the intervals verified from
+	// <I>.ram: the share of guest RAM a sparse replay can need, the
+	// figure GuestRAMRatio approaches and MemoryRatio exceeds by QEMU's
+	// own memory.
+	WSRatio       float64 `json:"ws_ratio,omitempty"`
 	GuestRAMRatio float64 `json:"guest_ram_ratio,omitempty"`
 	LoadRatio     float64 `json:"load_ratio,omitempty"`
 	AllVerified   bool    `json:"all_verified"`
@@ -138,6 +143,7 @@ func Run(ctx context.Context, cfg RunConfig) (RunReport, error) {
 		return rep, errorf(ErrNoNextCheckpoint, "run %s has no interval to replay yet (none with a working set and a next checkpoint)", cfg.Run)
 	}
 	rep.Sparse = runPass(ctx, cfg, ivs, false)
+	rep.WSRatio = rep.Sparse.meanWSFrames() / float64(rd.frames())
 	rep.AllVerified = rep.Sparse.AllVerified
 	if cfg.Compare && ctx.Err() == nil {
 		full := runPass(ctx, cfg, ivs, true)
@@ -229,6 +235,22 @@ func runPass(ctx context.Context, cfg RunConfig, ivs []int, full bool) PassRepor
 	pass.PeakGuestRAM = mem.peakRAM
 	pass.total()
 	return pass
+}
+
+// meanWSFrames is the mean |W_I| of the verified intervals, 0 for none.
+func (p *PassReport) meanWSFrames() float64 {
+	var sum float64
+	n := 0
+	for _, r := range p.Intervals {
+		if r.Verified() {
+			sum += float64(r.FramesVerified)
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / float64(n)
 }
 
 // total sums the intervals' reports into the pass's figures.

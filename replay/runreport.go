@@ -35,6 +35,9 @@ func (r *IntervalReport) Table(w io.Writer) error {
 	if !r.CountersKnown {
 		misses = "unknown (no mount counters in <I>.json)"
 	}
+	if r.VerifyHoleReads > 0 {
+		misses += fmt.Sprintf("; %d holes read by the verification after the stop", r.VerifyHoleReads)
+	}
 	fmt.Fprintf(tw, "misses\t%s\n", misses)
 	if t := r.Touched; t != nil {
 		fmt.Fprintf(tw, "precision\t≥ %.1f %% (%d of the %d frames of W_%d touched; QEMU's page-table walks are not seen)\n",
@@ -113,7 +116,8 @@ func (r *RunReport) Table(w io.Writer) error {
 		}
 	}
 	if r.Full != nil {
-		fmt.Fprintf(w, "sparse/full: peak memory %.2f, guest RAM %.2f, time to start replaying %.2f\n", r.MemoryRatio, r.GuestRAMRatio, r.LoadRatio)
+		fmt.Fprintf(w, "sparse/full: peak memory %.3f, guest RAM %.3f (mean W/RAM %.3f), time to start replaying %.3f\n",
+			r.MemoryRatio, r.GuestRAMRatio, r.WSRatio, r.LoadRatio)
 	}
 	verdict := "all verified"
 	if !r.AllVerified {

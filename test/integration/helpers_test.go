@@ -48,7 +48,7 @@ func TestMain(m *testing.M) {
 }
 
 // ckptfs runs the binary to completion.
-func ckptfs(t *testing.T, store string, args ...string) (int, string, string) {
+func ckptfs(t testing.TB, store string, args ...string) (int, string, string) {
 	t.Helper()
 	cmd := exec.Command(ckptfsBin, append([]string{"--store", store}, args...)...)
 	var out, errb bytes.Buffer
@@ -63,7 +63,7 @@ func ckptfs(t *testing.T, store string, args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
-func mustCkptfs(t *testing.T, store string, args ...string) string {
+func mustCkptfs(t testing.TB, store string, args ...string) string {
 	t.Helper()
 	code, out, errs := ckptfs(t, store, args...)
 	if code != 0 {
@@ -79,7 +79,7 @@ type daemon struct {
 	done   chan struct{}
 }
 
-func startDaemon(t *testing.T, args ...string) *daemon {
+func startDaemon(t testing.TB, args ...string) *daemon {
 	t.Helper()
 	d := &daemon{cmd: exec.Command(ckptfsBin, args...), stderr: &tailbuf.Buffer{}, done: make(chan struct{})}
 	d.cmd.Stderr = d.stderr
@@ -119,7 +119,7 @@ func (d *daemon) stop(t *testing.T) {
 }
 
 // startMount starts `ckptfs mount` and waits until the mount answers.
-func startMount(t *testing.T, store, mnt string, extra ...string) *daemon {
+func startMount(t testing.TB, store, mnt string, extra ...string) *daemon {
 	t.Helper()
 	os.MkdirAll(mnt, 0o700)
 	d := startDaemon(t, append([]string{"--store", store, "mount", mnt}, extra...)...)
@@ -150,7 +150,7 @@ func isMounted(mnt string) bool {
 	return false
 }
 
-func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
+func waitFor(t testing.TB, d time.Duration, cond func() bool, what string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
