@@ -63,7 +63,9 @@
 // it with full/I+1.ram. It reads W_I only: the other frames are holes of
 // I.ram, whose reads the mount counts as misses, and they did not change.
 // Verified means the icount was reached, no frame differs, and I.json's
-// miss counters did not grow.
+// miss counters did not grow up to the STOP. They are read again after the
+// verification: holes read in between are the verifier's (the mount logs
+// the reader's pid), reported as verify_hole_reads, and do not fail it.
 //
 // With PrecisionPlugin the working-set plugin (kvmrec/wsplugin) is loaded
 // into the replay with mem=on and a counters file of its own: it marks

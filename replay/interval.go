@@ -91,7 +91,7 @@ type IntervalConfig struct {
 	// track, when set, is told QEMU's pid when it starts and again (with
 	// running false) when the replay stopped or QEMU is gone: Run sums the
 	// memory of the replays in between.
-	track func(pid int, running bool)
+	track func(pid int, running bool, wsBytes uint64)
 }
 
 // IntervalReport is the result of one interval's replay. Times are in
@@ -269,12 +269,12 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 	var waitErr error
 	go func() { waitErr = cmd.Wait(); close(done) }()
 	if cfg.track != nil {
-		cfg.track(pid, true)
+		cfg.track(pid, true, p.frames*uint64(p.rd.pageSize()))
 	}
 	tracked := cfg.track != nil
 	untrack := func() {
 		if tracked {
-			cfg.track(pid, false)
+			cfg.track(pid, false, 0)
 			tracked = false
 		}
 	}

@@ -6,20 +6,21 @@ import (
 )
 
 // rssSampler sums the VmRSS of the tracked processes every 20 ms and keeps
-// the largest sum.
+// the largest sum; the same for their guest-RAM mappings and working sets.
 type rssSampler struct {
 	mu      sync.Mutex
 	mount   string
-	pids    map[int]bool
+	pids    map[int]uint64 // tracked QEMU → |W_I| in bytes
 	peak    uint64
 	peakRAM uint64 // the same for the guest-RAM mappings alone
+	peakWS  uint64 // the largest sum of |W_I| of the QEMUs tracked together
 	quit    chan struct{}
 	stopped chan struct{}
 	once    sync.Once
 }
 
 func newRSSSampler(mount string) *rssSampler {
-	s := &rssSampler{mount: mount, pids: map[int]bool{}, quit: make(chan struct{}), stopped: make(chan struct{})}
+	s := &rssSampler{mount: mount, pids: map[int]uint64{}, quit: make(chan struct{}), stopped: make(chan struct{})}
 	go func() {
 		defer close(s.stopped)
 		t := time.NewTicker(20 * time.Millisecond)
@@ -39,8 +40,9 @@ func newRSSSampler(mount string) *rssSampler {
 }
 
 func (s *rssSampler) sampleLocked() {
-	var sum, ram uint64
-	for pid := range s.pids {
+	var sum, ram, ws uint64
+	for pid, w := range s.pids {
+		ws += w
 		if v, ok := procStatusKB(pid, "VmRSS"); ok {
 			sum += v
 		}
@@ -50,14 +52,16 @@ func (s *rssSampler) sampleLocked() {
 	}
 	s.peak = max(s.peak, sum)
 	s.peakRAM = max(s.peakRAM, ram)
+	s.peakWS = max(s.peakWS, ws)
 }
 
-// track adds pid (running) or, after a last sample, removes it.
-func (s *rssSampler) track(pid int, running bool) {
+// track adds pid (running), whose working set has wsBytes, or, after a
+// last sample, removes it.
+func (s *rssSampler) track(pid int, running bool, wsBytes uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if running {
-		s.pids[pid] = true
+		s.pids[pid] = wsBytes
 		return
 	}
 	s.sampleLocked()

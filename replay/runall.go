@@ -62,6 +62,9 @@ type PassReport struct {
 	PeakRSS uint64 `json:"peak_rss_bytes"`
 	// PeakGuestRAM is the same sum for the guest-RAM mappings alone.
 	PeakGuestRAM uint64 `json:"peak_guest_ram_bytes"`
+	// PeakWS is the largest sum of |W_I| (bytes) of the replays running
+	// at the same time: what the sparse replays' guest RAM can hold.
+	PeakWS       uint64 `json:"peak_ws_bytes"`
 	MaxReplayRSS uint64 `json:"max_replay_rss_bytes"`
 	Misses       uint64 `json:"misses"`
 	MissFrames   uint64 `json:"miss_frames"`
@@ -87,10 +90,12 @@ type RunReport struct {
 	// the full pass loads each checkpoint whole (IntervalConfig.Preload).
 	MemoryRatio float64 `json:"memory_ratio,omitempty"`
 	// WSRatio is the mean |W_I| / RAM over the intervals verified from
-	// <I>.ram: the share of guest RAM a sparse replay can need, the
-	// figure GuestRAMRatio approaches and MemoryRatio exceeds by QEMU's
-	// own memory.
+	// <I>.ram. PeakWSRatio is the sparse pass's PeakWS / (Jobs × RAM):
+	// the share of the full replays' guest RAM that the working sets
+	// running together could fill, the figure GuestRAMRatio approaches
+	// and MemoryRatio exceeds by QEMU's own memory.
 	WSRatio       float64 `json:"ws_ratio,omitempty"`
+	PeakWSRatio   float64 `json:"peak_ws_ratio,omitempty"`
 	GuestRAMRatio float64 `json:"guest_ram_ratio,omitempty"`
 	LoadRatio     float64 `json:"load_ratio,omitempty"`
 	AllVerified   bool    `json:"all_verified"`
@@ -144,6 +149,7 @@ func Run(ctx context.Context, cfg RunConfig) (RunReport, error) {
 	}
 	rep.Sparse = runPass(ctx, cfg, ivs, false)
 	rep.WSRatio = rep.Sparse.meanWSFrames() / float64(rd.frames())
+	rep.PeakWSRatio = float64(rep.Sparse.PeakWS) / float64(uint64(rep.Jobs)*rd.info.RAMSize)
 	rep.AllVerified = rep.Sparse.AllVerified
 	if cfg.Compare && ctx.Err() == nil {
 		full := runPass(ctx, cfg, ivs, true)
@@ -233,6 +239,7 @@ func runPass(ctx context.Context, cfg RunConfig, ivs []int, full bool) PassRepor
 	pass.Wall = time.Since(t0)
 	pass.PeakRSS = mem.stop()
 	pass.PeakGuestRAM = mem.peakRAM
+	pass.PeakWS = mem.peakWS
 	pass.total()
 	return pass
 }

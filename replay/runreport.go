@@ -116,8 +116,8 @@ func (r *RunReport) Table(w io.Writer) error {
 		}
 	}
 	if r.Full != nil {
-		fmt.Fprintf(w, "sparse/full: peak memory %.3f, guest RAM %.3f (mean W/RAM %.3f), time to start replaying %.3f\n",
-			r.MemoryRatio, r.GuestRAMRatio, r.WSRatio, r.LoadRatio)
+		fmt.Fprintf(w, "sparse/full: peak memory %.3f, guest RAM %.3f (W/RAM of the replays running together %.3f, mean %.3f), time to start replaying %.3f\n",
+			r.MemoryRatio, r.GuestRAMRatio, r.PeakWSRatio, r.WSRatio, r.LoadRatio)
 	}
 	verdict := "all verified"
 	if !r.AllVerified {

@@ -105,7 +105,7 @@ func startDaemon(t testing.TB, args ...string) *daemon {
 }
 
 // stop sends SIGINT and waits for a clean exit.
-func (d *daemon) stop(t *testing.T) {
+func (d *daemon) stop(t testing.TB) {
 	t.Helper()
 	d.cmd.Process.Signal(os.Interrupt)
 	select {
