@@ -90,10 +90,13 @@
 // reaped. docs/BENCHMARKS.md has load, replay and verification times.
 //
 // Run's memory figure is the largest sum of VmRSS of the QEMUs replaying
-// at once, sampled every 20 ms from exec to STOP. QEMU maps the RAM file
-// lazily either way, so its RSS counts the frames the guest touches from
-// I.ram and from full/I.ram alike; what a sparse checkpoint saves shows in
-// the page cache and the store, which Bench measures.
+// at once, sampled every 20 ms from exec to STOP, and the same for their
+// guest-RAM mappings alone (smaps). With Compare the full pass loads each
+// full/I.ram whole before it replays (prealloc=on), as a conventional
+// restore does, so its figures are the baseline sparse replays save on;
+// beside them Run reports W/RAM of the replays running together (the sum
+// of their |W_I| over Jobs × RAM), which the sparse guest-RAM figure
+// approaches and QEMU's own memory separates the whole-process figure from.
 //
 // # The bench: four loaders
 //

@@ -15,7 +15,7 @@ import (
 
 func main() {
 	benchtime := flag.String("benchtime", "1x", "go test -benchtime")
-	pkgs := flag.String("pkgs", "./index,./fs,./kvmrec", "comma-separated packages")
+	pkgs := flag.String("pkgs", "./index,./fs,./kvmrec,./test/integration", "comma-separated packages")
 	filter := flag.String("bench", ".", "go test -bench pattern")
 	flag.Parse()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
