@@ -228,7 +228,10 @@
 //     crosses into a frame the counters cannot name;
 //   - the bytes QEMU appended to its log (replaylog.go), with the header
 //     QEMU writes only at exit put in place, so that the stored log is
-//     replayable before the recording ends.
+//     replayable before the recording ends; the commit first waits (at
+//     most half an interval, 1 s) for QEMU's buffered log to pass the
+//     checkpoint's log position (internal/replaypos), so that the interval
+//     ending at the checkpoint replays as soon as it is committed.
 //
 // Before any of that, the pause makes sure no vCPU stands on an interrupt
 // handler's first instruction (irqboundary.go): QEMU delivers an interrupt

@@ -88,6 +88,29 @@ func (l *logFollower) next() ([]byte, error) {
 	return b, nil
 }
 
+// reach waits until QEMU's log on disk holds more than offset bytes (the
+// log position a checkpoint's device state records, which a replay up to
+// that checkpoint reads), for at most limit, and reports whether it does.
+// QEMU writes the log through a stdio buffer, so the bytes up to a
+// checkpoint's position reach the file one buffer's worth of log later:
+// milliseconds after the VM resumes, as it logs every clock read.
+func (l *logFollower) reach(ctx context.Context, offset uint64, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for {
+		if fi, err := l.f.Stat(); err == nil && uint64(fi.Size()) > offset {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
 // finish returns the rest of the log once QEMU has exited, and checks the
 // header QEMU wrote against the one stored.
 func (l *logFollower) finish() ([]byte, error) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ckptfs/ckptfs/index"
+	"github.com/ckptfs/ckptfs/internal/replaypos"
 )
 
 // storeLoop commits captures in order, one at a time.
@@ -54,6 +55,12 @@ func (s *storeLoop) err() error {
 	return s.mu.err
 }
 
+// logReachLimit bounds the wait of a commit for QEMU's replay log: half an
+// interval, at most 1 s, so that commits keep up with the pauses.
+func logReachLimit(interval time.Duration) time.Duration {
+	return min(interval/2, time.Second)
+}
+
 func (s *storeLoop) commit(c *capture) error {
 	t := time.Now()
 	if err := c.each(s.w.Put); err != nil {
@@ -66,6 +73,12 @@ func (s *storeLoop) commit(c *capture) error {
 		}
 		icount := c.icount
 		info.ICount = &icount
+		// The interval that ends here is replayable once its log is
+		// stored: wait (briefly) for QEMU to write it.
+		if pos, err := replaypos.Parse(c.dev); err == nil && !det.log.reach(s.ctx, pos.LogOffset, logReachLimit(s.r.cfg.Interval)) {
+			s.r.cfg.Logger.Debug("the replay log is stored short of the checkpoint's position; the interval before it becomes replayable with the next checkpoint",
+				"checkpoint", c.stats.Checkpoint, "position", pos.LogOffset)
+		}
 		var err error
 		if info.ReplayLog, err = det.log.next(); err != nil {
 			return fmt.Errorf("checkpoint %d: %w", c.stats.Checkpoint, err)

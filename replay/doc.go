@@ -81,8 +81,10 @@
 //
 // The replay needs replay.log up to the log position of checkpoint I+1:
 // file_offset of the "replay" vmstate section of I+1.dev
-// (ParseReplayPosition). While a recording runs QEMU buffers its log, so a
-// log that does not reach past that offset is refused with ErrLogNotReady.
+// (internal/replaypos). While a recording runs QEMU buffers its log, so a
+// log that does not reach past that offset is refused with ErrLogNotReady
+// (the recorder waits for the log before it commits a checkpoint, so this
+// is rare).
 //
 // A diverged replay never stops and ignores SIGTERM. Every wait runs under
 // the deadline (DefaultDeadline: at least 10 min, or 60 s + 1 s per million

@@ -2,7 +2,6 @@ package replay_test
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -12,38 +11,6 @@ import (
 
 	"github.com/ckptfs/ckptfs/replay"
 )
-
-func TestParseReplayPosition(t *testing.T) {
-	for name, want := range map[string]replay.ReplayPosition{
-		"replay-1.dev": {ICount: 1744759, LogOffset: 0x6e5},
-		"replay-5.dev": {ICount: 249518269, LogOffset: 0x3178b},
-	} {
-		dev, err := os.ReadFile(filepath.Join("testdata", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := replay.ParseReplayPosition(dev)
-		if err != nil || got != want {
-			t.Errorf("%s: %+v, %v; want %+v", name, got, err, want)
-		}
-		k := strings.Index(string(dev), "\x06replay")
-		if _, err := replay.ParseReplayPosition(dev[:k+7+8+40]); err == nil || !strings.Contains(err.Error(), "ends inside") {
-			t.Errorf("%s cut short: %v", name, err)
-		}
-		v3 := append([]byte(nil), dev...)
-		binary.BigEndian.PutUint32(v3[k+7+4:], 3)
-		if _, err := replay.ParseReplayPosition(v3); err == nil || !strings.Contains(err.Error(), "version 3") {
-			t.Errorf("%s version 3: %v", name, err)
-		}
-		if _, err := replay.ParseReplayPosition(dev[:k]); !errors.Is(err, replay.ErrNoReplaySection) {
-			t.Errorf("%s without the section: %v", name, err)
-		}
-	}
-	// The id string alone, not after a section header, is not the section.
-	if _, err := replay.ParseReplayPosition([]byte("xxxxxxx\x06replay\x00\x00\x00\x00\x00\x00\x00\x02")); !errors.Is(err, replay.ErrNoReplaySection) {
-		t.Errorf("no header: %v", err)
-	}
-}
 
 // detRun writes a deterministic run "d" of 4 MiB with checkpoints 0 and 1
 // (1.dev from testdata: icount 1744759, log offset 1765) into a new mount

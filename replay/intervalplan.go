@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/ckptfs/ckptfs/internal/replaypos"
 )
 
 // readRunMeta reads what a deterministic replay needs from run.json: the
@@ -179,7 +181,7 @@ func planInterval(cfg IntervalConfig, rep *IntervalReport) (*intervalPlan, error
 		return nil, fmt.Errorf("%w: checkpoint %d of run %s has no device state (%s), so the log position of the interval's end is unknown",
 			ErrNoDeviceState, i+1, cfg.Run, nextDev)
 	}
-	pos, err := ParseReplayPosition(devData)
+	pos, err := replaypos.Parse(devData)
 	if err != nil {
 		return nil, fmt.Errorf("%w (%s)", err, nextDev)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ckptfs/ckptfs/index/rawfmt"
+	"github.com/ckptfs/ckptfs/internal/replaypos"
 	"github.com/ckptfs/ckptfs/replay"
 )
 
@@ -237,7 +238,7 @@ func CheckTruncatedLog(t testing.TB, mount, run string, i int, opt IntervalCheck
 	if err != nil {
 		t.Fatal(err)
 	}
-	pos, err := replay.ParseReplayPosition(dev)
+	pos, err := replaypos.Parse(dev)
 	if err != nil {
 		t.Fatal(err)
 	}

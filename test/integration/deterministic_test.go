@@ -60,15 +60,36 @@ func TestDeterministicRecordReplay(t *testing.T) {
 	store, mnt := filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
 	startMount(t, store, mnt)
 	const count = 5 // checkpoint 0 falls in the boot
-	out := mustCkptfs(t, store, "record", "--run", "det", "--deterministic", "--interval", "1s",
+	rec := startDaemon(t, "--store", store, "record", "--run", "det", "--deterministic", "--interval", "1s",
 		"--count", fmt.Sprint(count), "--no-pack", "--",
 		"-machine", "pc,accel=tcg", "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none",
 		"-no-reboot", "-kernel", art.Kernel, "-initrd", art.Initrd,
 		"-append", qemuguest.DefaultAppend, "-serial", "file:"+filepath.Join(dir, "serial.log"))
-	if !strings.Contains(out, fmt.Sprintf("recorded det: %d checkpoints", count)) {
-		t.Fatalf("record: %q", out)
-	}
 	run := filepath.Join(mnt, "det")
+
+	// An interval of a recording in progress replays as soon as its end is
+	// committed: the recorder stores the log up to that checkpoint first.
+	waitFor(t, time.Minute, func() bool {
+		_, err := os.Stat(filepath.Join(run, "2.json"))
+		return err == nil
+	}, "checkpoint 2 of det: "+rec.stderr.String())
+	select {
+	case <-rec.done:
+		t.Fatalf("the recording ended before checkpoint 2 was seen: %s", rec.stderr.String())
+	default:
+	}
+	if code, stdout, stderr := ckptfs(t, store, "replay", "interval", "--mount", mnt, "--run", "det", "--interval", "1",
+		"--deadline", "3m"); code != 0 || !strings.Contains(stdout, "verified") {
+		t.Fatalf("replay interval 1 while recording: exit %d: %s%s", code, stdout, stderr)
+	}
+	select {
+	case <-rec.done:
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("record did not end: %s", rec.stderr.String())
+	}
+	if code := rec.cmd.ProcessState.ExitCode(); code != 0 || !strings.Contains(rec.stderr.String(), fmt.Sprintf("recorded det: %d checkpoints", count)) {
+		t.Fatalf("record: exit %d: %s", code, rec.stderr.String())
+	}
 
 	var info struct {
 		Deterministic bool     `json:"deterministic"`

@@ -1,4 +1,8 @@
-package replay
+// Package replaypos reads the record/replay position that QEMU saves with a
+// checkpoint's device state: the instruction count and the offset in the
+// replay log. The recorder waits for the log to reach it before it commits
+// a checkpoint, and a replay needs the log up to it.
+package replaypos
 
 import (
 	"bytes"
@@ -7,9 +11,9 @@ import (
 	"fmt"
 )
 
-// ReplayPosition is the record/replay state QEMU saved with a checkpoint's
+// Position is the record/replay state QEMU saved with a checkpoint's
 // device state: the "replay" vmstate section of <i>.dev.
-type ReplayPosition struct {
+type Position struct {
 	// ICount is the instruction count at the checkpoint (current_icount).
 	ICount uint64
 	// LogOffset is the byte offset in replay.log QEMU had reached
@@ -18,9 +22,9 @@ type ReplayPosition struct {
 	LogOffset uint64
 }
 
-// ErrNoReplaySection is returned by ParseReplayPosition for device state that
+// ErrNoSection is returned by Parse for device state that
 // holds no "replay" section (QEMU did not run in record mode).
-var ErrNoReplaySection = errors.New("replay: device state has no \"replay\" section")
+var ErrNoSection = errors.New("replay: device state has no \"replay\" section")
 
 // replaySectionHeader is what precedes the section's fields in a QEMU
 // migration stream: QEMU_VM_SECTION_FULL (0x04), the section id (u32 BE),
@@ -28,7 +32,7 @@ var ErrNoReplaySection = errors.New("replay: device state has no \"replay\" sect
 // BE each).
 var replayIDStr = []byte("\x06replay")
 
-// ParseReplayPosition finds the "replay" vmstate section in a QEMU migration
+// Parse finds the "replay" vmstate section in a QEMU migration
 // stream (a .dev file saved with xen-save-devices-state) and returns its
 // instruction count and replay-log offset. It knows version 2 of the section
 // (QEMU 5.2 to at least 8.x):
@@ -41,12 +45,12 @@ var replayIDStr = []byte("\x06replay")
 //	uint64 file_offset
 //
 // all big-endian, so file_offset is at byte 36 after version_id.
-func ParseReplayPosition(dev []byte) (ReplayPosition, error) {
+func Parse(dev []byte) (Position, error) {
 	from := 0
 	for {
 		k := bytes.Index(dev[from:], replayIDStr)
 		if k < 0 {
-			return ReplayPosition{}, ErrNoReplaySection
+			return Position{}, ErrNoSection
 		}
 		k += from
 		from = k + 1
@@ -56,17 +60,17 @@ func ParseReplayPosition(dev []byte) (ReplayPosition, error) {
 		}
 		p := k + len(replayIDStr)
 		if len(dev) < p+8 {
-			return ReplayPosition{}, fmt.Errorf("replay: device state ends inside the \"replay\" section header")
+			return Position{}, fmt.Errorf("replay: device state ends inside the \"replay\" section header")
 		}
 		version := binary.BigEndian.Uint32(dev[p+4 : p+8])
 		if version != 2 {
-			return ReplayPosition{}, fmt.Errorf("replay: device state has \"replay\" section version %d; this ckptfs knows version 2 (QEMU 5.2-8.x)", version)
+			return Position{}, fmt.Errorf("replay: device state has \"replay\" section version %d; this ckptfs knows version 2 (QEMU 5.2-8.x)", version)
 		}
 		f := p + 8
 		if len(dev) < f+44 {
-			return ReplayPosition{}, fmt.Errorf("replay: device state ends inside the \"replay\" section")
+			return Position{}, fmt.Errorf("replay: device state ends inside the \"replay\" section")
 		}
-		return ReplayPosition{
+		return Position{
 			ICount:    binary.BigEndian.Uint64(dev[f+16 : f+24]),
 			LogOffset: binary.BigEndian.Uint64(dev[f+36 : f+44]),
 		}, nil
