@@ -27,6 +27,7 @@ type intervalReport struct {
 	DifferingFrames uint64 `json:"differing_frames"`
 	Misses          uint64 `json:"misses"`
 	MissFrames      uint64 `json:"miss_frames"`
+	VerifyHoleReads uint64 `json:"verify_hole_reads"`
 	Touched         *struct {
 		Frames    uint64   `json:"frames"`
 		WSFrames  uint64   `json:"ws_frames"`
@@ -38,17 +39,17 @@ type intervalReport struct {
 }
 
 // TestDeterministicRecordReplay records the QEMU test guest in record mode
-// through a running mount (checkpoints during boot included), checks what
-// the run holds (instruction counts, device state, the replay log, the
-// recorded arguments), and re-executes an interval from its full checkpoint:
-// it must arrive at the next checkpoint's instruction count with every frame
-// of W_i equal to it. From the sparse checkpoint the replay must give a
-// verdict within its deadline: verified (exit 0) exactly when it arrived
-// with no frame different and no read outside W_i, else one error line.
-// Both replays run with --precision, and report the share of W_i they
-// touched and the frames they touched outside it. A
-// copy of <i>.ram with one frame of W_i taken out is caught, and a replay
-// log cut short is refused.
+// through a running mount (checkpoints during boot included) and replays
+// interval 1 while the recording still runs, as soon as checkpoint 2 is
+// committed. It checks what the run holds (instruction counts, device
+// state, the replay log, the recorded arguments), replays every interval
+// from <i>.ram (verified, no miss), then one interval again from its full
+// checkpoint and from <i>.ram with --precision: each must arrive at the
+// next checkpoint's instruction count with every frame of W_i equal to it,
+// no hole read and nothing touched outside W_i. A replay whose QEMU is
+// killed, a copy of <i>.ram with one frame of W_i taken out, a replay log
+// cut short and bad arguments each end in one error line, and the store
+// still verifies.
 func TestDeterministicRecordReplay(t *testing.T) {
 	testenv.RequireFUSE(t)
 	testenv.RequireQEMU(t)
@@ -180,17 +181,15 @@ func TestDeterministicRecordReplay(t *testing.T) {
 		if code != 0 && len(strings.Split(strings.TrimSpace(stderr), "\n")) != 1 {
 			t.Errorf("interval %d full=%v: want one error line, got %q", last, full, stderr)
 		}
-		// The guest must have re-executed exactly and touched nothing
-		// outside W_i. From <i>.ram the mount's hole count must be 0 too,
-		// except that a second replay of an interval in the same mount
-		// has (rarely) counted a few hole reads that neither the guest
-		// (the plugin) nor the result (no frame differs) shows; replay
-		// run above holds the first replay of every interval to 0.
-		exact := r.ReachedICount == r.TargetICount && r.DifferingFrames == 0 && r.FramesVerified > 0 && *tr.OutsideWS == 0
-		if !exact || (full && !verified) {
+		// Either way the replay must be verified: re-executed exactly,
+		// nothing touched outside W_i, and (from <i>.ram) no hole read
+		// before the STOP; holes the verifier reads after it are reported
+		// apart and logged here.
+		if !verified {
 			t.Errorf("interval %d full=%v not verified: %s", last, full, stderr)
-		} else if !verified {
-			t.Logf("interval %d, second replay from <i>.ram: %d hole reads counted with no frame touched outside W_i or differing", last, r.Misses)
+		}
+		if r.VerifyHoleReads > 0 {
+			t.Logf("interval %d full=%v: %d holes read by the verification", last, full, r.VerifyHoleReads)
 		}
 	}
 	checkQEMUKilled(t, store, mnt, last)
