@@ -92,8 +92,9 @@ func (l *logFollower) next() ([]byte, error) {
 // log position a checkpoint's device state records, which a replay up to
 // that checkpoint reads), for at most limit, and reports whether it does.
 // QEMU writes the log through a stdio buffer, so the bytes up to a
-// checkpoint's position reach the file one buffer's worth of log later:
-// milliseconds after the VM resumes, as it logs every clock read.
+// checkpoint's position reach the file when the buffer fills, seconds later
+// for an idle guest, or when the working-set plugin flushes QEMU's streams
+// at the first translation after the pause (wsplugin.c, maybe_flush).
 func (l *logFollower) reach(ctx context.Context, offset uint64, limit time.Duration) bool {
 	deadline := time.Now().Add(limit)
 	for {

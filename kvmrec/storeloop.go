@@ -76,7 +76,7 @@ func (s *storeLoop) commit(c *capture) error {
 		// The interval that ends here is replayable once its log is
 		// stored: wait (briefly) for QEMU to write it.
 		if pos, err := replaypos.Parse(c.dev); err == nil && !det.log.reach(s.ctx, pos.LogOffset, logReachLimit(s.r.cfg.Interval)) {
-			s.r.cfg.Logger.Debug("the replay log is stored short of the checkpoint's position; the interval before it becomes replayable with the next checkpoint",
+			s.r.cfg.Logger.Info("the replay log is stored short of the checkpoint's position; the interval before it becomes replayable with the next checkpoint",
 				"checkpoint", c.stats.Checkpoint, "position", pos.LogOffset)
 		}
 		var err error

@@ -226,6 +226,11 @@ static void maybe_flush(qemu_plugin_id_t id)
 		return;
 	seen_generation = gen;
 	resetting = true;
+	/* QEMU writes its record/replay log through a stdio buffer, and an idle
+	 * guest fills it slowly (a few KiB per second). Flushing every stream
+	 * here, right after the pause, puts the log up to the checkpoint just
+	 * taken on disk, where the recorder waits for it before it commits. */
+	fflush(NULL);
 	qemu_plugin_reset(id, flushed);
 }
 
