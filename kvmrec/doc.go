@@ -230,8 +230,10 @@
 //     QEMU writes only at exit put in place, so that the stored log is
 //     replayable before the recording ends; the commit first waits (at
 //     most half an interval, 1 s) for QEMU's buffered log to pass the
-//     checkpoint's log position (internal/replaypos), so that the interval
-//     ending at the checkpoint replays as soon as it is committed.
+//     checkpoint's log position (internal/replaypos), which the plugin's
+//     flush of QEMU's stdio streams after the pause puts on disk, so that
+//     the interval ending at the checkpoint replays as soon as it is
+//     committed.
 //
 // Before any of that, the pause makes sure no vCPU stands on an interrupt
 // handler's first instruction (irqboundary.go): QEMU delivers an interrupt
