@@ -278,8 +278,9 @@ func replayInterval(ctx context.Context, cfg IntervalConfig, rep *IntervalReport
 			tracked = false
 		}
 	}
-	// readAfter fills the misses and rep.Touched once QEMU is gone (before
-	// tmp is removed), also when the replay failed or was killed.
+	// readAfter fills the misses (or, after a STOP, the verifier's hole
+	// reads) and rep.Touched once QEMU is gone (before tmp is removed),
+	// also when the replay failed or was killed.
 	readDone, stopped := false, false
 	readMisses := func() {
 		if p.countersKnow {
