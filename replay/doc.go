@@ -222,7 +222,8 @@
 // interval, intervalplan.go checks what it needs first, intervalargs.go
 // builds the replay's QEMU arguments, verify.go compares the frames,
 // touched.go reads what the working-set plugin saw a replay touch (precision),
-// runall.go replays every interval of a run, rsssampler.go samples the
+// runall.go replays every interval of a run (slurm.go as a Slurm job
+// array, a task per interval, whose reports it collects), rsssampler.go samples the
 // replays' memory (guestram.go the guest-RAM part of it), runreport.go
 // prints both reports. For the bench:
 // benchmodes.go and benchconfig.go say what to measure, bench.go runs the

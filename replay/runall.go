@@ -99,6 +99,8 @@ type RunReport struct {
 	GuestRAMRatio float64 `json:"guest_ram_ratio,omitempty"`
 	LoadRatio     float64 `json:"load_ratio,omitempty"`
 	AllVerified   bool    `json:"all_verified"`
+	// Slurm is set when the intervals ran as a Slurm job (RunSlurm).
+	Slurm *SlurmJob `json:"slurm,omitempty"`
 }
 
 // Run replays every interval of a deterministic run with Interval, Jobs at
@@ -110,42 +112,9 @@ type RunReport struct {
 // not verified.
 func Run(ctx context.Context, cfg RunConfig) (RunReport, error) {
 	rep := RunReport{Run: cfg.Run, Mount: cfg.Mount, Jobs: max(cfg.Jobs, 1)}
-	rd, err := openRun(cfg.Mount, cfg.Run)
+	rd, ivs, err := planRun(cfg)
 	if err != nil {
 		return rep, err
-	}
-	det, _, err := readRunMeta(rd.dir)
-	if err != nil {
-		return rep, fmt.Errorf("replay: %v", err)
-	}
-	if !det {
-		return rep, errorf(ErrNotDeterministic, "run %s is not deterministic: record it with ckptfs record --deterministic", cfg.Run)
-	}
-	plugins := cfg.Plugins
-	if cfg.PrecisionPlugin != "" {
-		plugins = append(slices.Clip(plugins), cfg.PrecisionPlugin)
-	}
-	for _, pl := range plugins {
-		if st, err := os.Stat(pluginFile(pl)); err != nil || !st.Mode().IsRegular() {
-			return rep, errorf(ErrNoPlugin, "plugin %s: no such file", pluginFile(pl))
-		}
-	}
-	ivs := cfg.Intervals
-	if ivs == nil {
-		all, err := rd.intervalsWithWS()
-		if err != nil {
-			return rep, err
-		}
-		for _, i := range all {
-			_, e1 := os.Stat(rd.wsPath(i))
-			_, e2 := os.Stat(rd.fullPath(i + 1))
-			if e1 == nil && e2 == nil {
-				ivs = append(ivs, i)
-			}
-		}
-	}
-	if len(ivs) == 0 {
-		return rep, errorf(ErrNoNextCheckpoint, "run %s has no interval to replay yet (none with a working set and a next checkpoint)", cfg.Run)
 	}
 	rep.Sparse = runPass(ctx, cfg, ivs, false)
 	rep.WSRatio = rep.Sparse.meanWSFrames() / float64(rd.frames())
@@ -165,28 +134,77 @@ func Run(ctx context.Context, cfg RunConfig) (RunReport, error) {
 			rep.LoadRatio = float64(rep.Sparse.MeanLoad) / float64(full.MeanLoad)
 		}
 	}
-	if !rep.AllVerified {
-		n, first := 0, ""
-		for _, p := range []*PassReport{&rep.Sparse, rep.Full} {
-			if p == nil {
-				continue
-			}
-			for _, r := range p.Intervals {
-				if !r.Verified() {
-					if n == 0 {
-						first = r.Error
-					}
-					n++
-				}
-			}
-		}
-		total := len(rep.Sparse.Intervals)
-		if rep.Full != nil {
-			total += len(rep.Full.Intervals)
-		}
-		return rep, errorf(ErrNotVerified, "%d of %d replays of run %s not verified; the first: %s", n, total, cfg.Run, first)
+	return rep, rep.notVerified()
+}
+
+// planRun checks that cfg's run can be replayed at all (found,
+// deterministic, its plugins present) and returns the intervals to replay.
+func planRun(cfg RunConfig) (*runDir, []int, error) {
+	rd, err := openRun(cfg.Mount, cfg.Run)
+	if err != nil {
+		return nil, nil, err
 	}
-	return rep, nil
+	det, _, err := readRunMeta(rd.dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("replay: %v", err)
+	}
+	if !det {
+		return nil, nil, errorf(ErrNotDeterministic, "run %s is not deterministic: record it with ckptfs record --deterministic", cfg.Run)
+	}
+	plugins := cfg.Plugins
+	if cfg.PrecisionPlugin != "" {
+		plugins = append(slices.Clip(plugins), cfg.PrecisionPlugin)
+	}
+	for _, pl := range plugins {
+		if st, err := os.Stat(pluginFile(pl)); err != nil || !st.Mode().IsRegular() {
+			return nil, nil, errorf(ErrNoPlugin, "plugin %s: no such file", pluginFile(pl))
+		}
+	}
+	ivs := cfg.Intervals
+	if ivs == nil {
+		all, err := rd.intervalsWithWS()
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, i := range all {
+			_, e1 := os.Stat(rd.wsPath(i))
+			_, e2 := os.Stat(rd.fullPath(i + 1))
+			if e1 == nil && e2 == nil {
+				ivs = append(ivs, i)
+			}
+		}
+	}
+	if len(ivs) == 0 {
+		return nil, nil, errorf(ErrNoNextCheckpoint, "run %s has no interval to replay yet (none with a working set and a next checkpoint)", cfg.Run)
+	}
+	return rd, ivs, nil
+}
+
+// notVerified is nil when every replay was verified, else an error wrapping
+// ErrNotVerified that says how many were not and why the first was not.
+func (r *RunReport) notVerified() error {
+	if r.AllVerified {
+		return nil
+	}
+	n, first := 0, ""
+	for _, p := range []*PassReport{&r.Sparse, r.Full} {
+		if p == nil {
+			continue
+		}
+		for _, iv := range p.Intervals {
+			if !iv.Verified() {
+				if n == 0 {
+					first = iv.Error
+				}
+				n++
+			}
+		}
+	}
+	total := len(r.Sparse.Intervals)
+	if r.Full != nil {
+		total += len(r.Full.Intervals)
+	}
+	return errorf(ErrNotVerified, "%d of %d replays of run %s not verified; the first: %s", n, total, r.Run, first)
 }
 
 // runPass replays ivs, cfg.Jobs at a time, from <I>.ram or full/<I>.ram.

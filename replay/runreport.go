@@ -75,7 +75,11 @@ func (r *RunReport) Table(w io.Writer) error {
 		if p.Source == "full" {
 			file = "full/<I>.ram, loaded whole (prealloc=on)"
 		}
-		fmt.Fprintf(w, "replay run %s from %s, %d at a time:\n", r.Run, file, r.Jobs)
+		if r.Slurm != nil {
+			fmt.Fprintf(w, "replay run %s from %s, Slurm job %s, %d tasks at a time:\n", r.Run, file, r.Slurm.JobID, r.Jobs)
+		} else {
+			fmt.Fprintf(w, "replay run %s from %s, %d at a time:\n", r.Run, file, r.Jobs)
+		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 		touch := false
 		for _, iv := range p.Intervals {
@@ -103,8 +107,13 @@ func (r *RunReport) Table(w io.Writer) error {
 		}
 		fmt.Fprintf(w, "  %d of %d verified; %d instructions; wall %s, replay times sum %s (%.2f× the wall), load mean %s\n",
 			p.Verified, len(p.Intervals), p.Instructions, fmtDur(p.Wall), fmtDur(p.ReplaySum), p.ReplayPerWall, fmtDur(p.MeanLoad))
-		fmt.Fprintf(w, "  peak memory of the replays running together %s, of it guest RAM %s (largest replay %s); misses %d (%d frames)\n",
-			fmtBytes(p.PeakRSS), fmtBytes(p.PeakGuestRAM), fmtBytes(p.MaxReplayRSS), p.Misses, p.MissFrames)
+		if r.Slurm != nil {
+			fmt.Fprintf(w, "  largest replay %s; misses %d (%d frames); reports and task output in %s\n",
+				fmtBytes(p.MaxReplayRSS), p.Misses, p.MissFrames, r.Slurm.Dir)
+		} else {
+			fmt.Fprintf(w, "  peak memory of the replays running together %s, of it guest RAM %s (largest replay %s); misses %d (%d frames)\n",
+				fmtBytes(p.PeakRSS), fmtBytes(p.PeakGuestRAM), fmtBytes(p.MaxReplayRSS), p.Misses, p.MissFrames)
+		}
 		if touch {
 			fmt.Fprintf(w, "  precision (frames touched in W_I / |W_I|, a lower bound: page-table walks are not seen) of the %d replays that reached the next checkpoint: min %.1f %%, mean %.1f %%; frames touched outside W_I %d\n",
 				p.Touched, 100*p.MinPrecision, 100*p.MeanPrecision, p.TouchedOutside)

@@ -139,11 +139,11 @@ func replayIntervalCommands() []*cli.Command {
 		{
 			Name:  "run",
 			Usage: "replay every interval of a deterministic run, K at a time, each verified; exit 0 only when all are",
-			Flags: append(common(),
+			Flags: append(append(common(),
 				&cli.IntFlag{Name: "jobs", Value: 1, Usage: "`K` replays at once"},
 				&cli.IntSliceFlag{Name: "intervals", Usage: "`LIST` of intervals, comma-separated or repeated (default: every interval with a working set and a next checkpoint)"},
 				&cli.BoolFlag{Name: "compare-full", Usage: "then replay all intervals again from full/<I>.ram loaded whole (a conventional restore) and report sparse/full memory and start time"},
-			),
+			), slurmFlags()...),
 			Action: replayRunCmd,
 		},
 	}
@@ -200,7 +200,19 @@ func replayRunCmd(c *cli.Context) error {
 		OnInterval: func(r replay.IntervalReport) {
 			fmt.Fprintf(out, "ckptfs: interval %d from %s: %s in %s\n", r.Interval, r.Source, r.Verdict, r.Total.Round(time.Millisecond))
 		}}
-	rep, err := replay.Run(c.Context, cfg)
+	var rep replay.RunReport
+	if c.Bool("slurm") {
+		sc, serr := slurmConfig(c)
+		if serr != nil {
+			return serr
+		}
+		rep, err = replay.RunSlurm(c.Context, cfg, sc)
+	} else {
+		if c.IsSet("slurm-dir") || c.IsSet("sbatch-arg") {
+			return usageErrorf("replay run: --slurm-dir and --sbatch-arg go with --slurm")
+		}
+		rep, err = replay.Run(c.Context, cfg)
+	}
 	if len(rep.Sparse.Intervals) > 0 {
 		rep.Table(c.App.Writer)
 		if jerr := writeReportJSON(c, rep); jerr != nil && err == nil {

@@ -10,8 +10,9 @@ import (
 
 // The variables that turn a skip into a failure.
 const (
-	requireFUSEVar = "CKPTFS_REQUIRE_FUSE"
-	requireQEMUVar = "CKPTFS_REQUIRE_QEMU"
+	requireFUSEVar  = "CKPTFS_REQUIRE_FUSE"
+	requireQEMUVar  = "CKPTFS_REQUIRE_QEMU"
+	requireSlurmVar = "CKPTFS_REQUIRE_SLURM"
 )
 
 // QEMU is the emulator the recorder and replay start.
@@ -54,6 +55,20 @@ func RequireQEMU(t testing.TB) string {
 		unavailable(t, requireQEMUVar, fmt.Sprintf("needs %s (apt-get install qemu-system-x86): %v", QEMU, err))
 	}
 	return path
+}
+
+// RequireSlurm skips t unless Slurm's daemons and commands (slurmctld,
+// slurmd, sbatch, squeue, sinfo, scancel) are in $PATH, for tests that start a
+// cluster of one node. It fails t instead when CKPTFS_REQUIRE_SLURM=1
+// (make test installs Slurm and sets it).
+func RequireSlurm(t testing.TB) {
+	t.Helper()
+	for _, bin := range []string{"slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scancel"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			unavailable(t, requireSlurmVar, fmt.Sprintf("needs Slurm (apt-get install slurm-wlm): %v", err))
+			return
+		}
+	}
 }
 
 // RequireRoot skips t unless the process is root, saying why the test
