@@ -156,7 +156,7 @@ func RunSlurm(ctx context.Context, cfg RunConfig, sc SlurmConfig) (RunReport, er
 func slurmScript(sc SlurmConfig, cfg RunConfig, dir string) string {
 	var b strings.Builder
 	b.WriteString("#!/bin/sh\n")
-	b.WriteString("# A task of `ckptfs replay run --slurm`: replays interval $SLURM_ARRAY_TASK_ID of run " + cfg.Run + ".\n")
+	b.WriteString("# A task of `ckptfs replay run --slurm`: replays interval $SLURM_ARRAY_TASK_ID.\n")
 	b.WriteString("i=\"$SLURM_ARRAY_TASK_ID\"\n")
 	fmt.Fprintf(&b, "exec %s replay interval --mount %s --run %s --interval \"$i\" --json %s/\"interval-$i.json\"",
 		shellQuote(sc.Binary), shellQuote(cfg.Mount), shellQuote(cfg.Run), shellQuote(dir))
@@ -184,20 +184,18 @@ func slurmOutputPath(dir string, i int) string {
 	return filepath.Join(dir, fmt.Sprintf("interval-%d.out", i))
 }
 
-// collectSlurmReports calls onInterval for every report that appeared
-// since the last call.
+// collectSlurmReports adds to seen every interval whose report appeared
+// since the last call, and calls onInterval (when set) with the report.
 func collectSlurmReports(dir string, ivs []int, seen map[int]bool, onInterval func(IntervalReport)) {
-	if onInterval == nil {
-		return
-	}
 	for _, i := range ivs {
 		if seen[i] {
 			continue
 		}
-		r, ok := parseSlurmReport(slurmReportPath(dir, i))
-		if ok {
+		if r, ok := parseSlurmReport(slurmReportPath(dir, i)); ok {
 			seen[i] = true
-			onInterval(r)
+			if onInterval != nil {
+				onInterval(r)
+			}
 		}
 	}
 }

@@ -68,6 +68,29 @@ func TestRunSlurmFake(t *testing.T) {
 		}
 	})
 
+	t.Run("reported", func(t *testing.T) {
+		// The task's report appears while squeue still lists the job: the
+		// report ends the wait.
+		sc := base
+		sc.Dir = filepath.Join(t.TempDir(), "job")
+		sc.Sbatch = fakeCommand(t, "sbatch", `(sleep 0.3; echo '{"run":"d","interval":0,"source":"sparse","verdict":"verified","frames_verified":5}' > "$PWD/interval-0.json") & echo 43`)
+		sc.Squeue = fakeCommand(t, "squeue", "echo 43_0")
+		var got []int
+		c := cfg
+		c.OnInterval = func(r replay.IntervalReport) { got = append(got, r.Interval) }
+		t0 := time.Now()
+		rep, err := replay.RunSlurm(context.Background(), c, sc)
+		if err != nil || !rep.AllVerified || rep.Sparse.Verified != 1 || rep.Sparse.Intervals[0].FramesVerified != 5 {
+			t.Fatalf("RunSlurm: %v, %+v", err, rep.Sparse)
+		}
+		if len(got) != 1 || got[0] != 0 {
+			t.Errorf("OnInterval saw %v, want [0]", got)
+		}
+		if d := time.Since(t0); d > 4*time.Second {
+			t.Errorf("RunSlurm took %s after the report appeared", d)
+		}
+	})
+
 	t.Run("canceled", func(t *testing.T) {
 		sc := base
 		sc.Dir = filepath.Join(t.TempDir(), "job")
