@@ -182,6 +182,11 @@ func TestRunNotVerified(t *testing.T) {
 		rep.Sparse.Intervals[0].Verdict != replay.VerdictFailed || rep.Full.Intervals[0].Source != "full" || len(seen) != 2 {
 		t.Errorf("%+v", rep)
 	}
+	// W_0 (16 frames) was tracked while its QEMU ran: 64 KiB over two
+	// jobs of 4 MiB. No interval verified, so no mean.
+	if rep.PeakWSRatio != 16*4096/(2*4194304.0) || rep.WSRatio != 0 {
+		t.Errorf("W/RAM: peak %v, mean %v", rep.PeakWSRatio, rep.WSRatio)
+	}
 	var b strings.Builder
 	rep.Table(&b)
 	if !strings.Contains(b.String(), "NOT all verified") || !strings.Contains(b.String(), "interval 0: QEMU exited") {
