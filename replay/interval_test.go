@@ -52,14 +52,20 @@ func detRun(t *testing.T) string {
 	return mnt
 }
 
-// fakeQEMU writes a shell script that stands in for QEMU.
-func fakeQEMU(t *testing.T, body string) string {
+// fakeCommand writes a shell script named name that stands in for a
+// command (QEMU, sbatch, squeue, scancel).
+func fakeCommand(t *testing.T, name, body string) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "qemu-system-x86_64")
+	p := filepath.Join(t.TempDir(), name)
 	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// fakeQEMU writes a shell script that stands in for QEMU.
+func fakeQEMU(t *testing.T, body string) string {
+	return fakeCommand(t, "qemu-system-x86_64", body)
 }
 
 func TestIntervalRefused(t *testing.T) {

@@ -1,6 +1,7 @@
 package replay
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -248,7 +249,7 @@ func slurmSubmit(ctx context.Context, sc SlurmConfig, args []string, script, dir
 	cmd.Stderr = stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return "", fmt.Errorf("replay with Slurm: %s: %s", sbatch, firstNonEmpty(stderr.LastLine(), err.Error()))
+		return "", fmt.Errorf("replay with Slurm: %s: %s", sbatch, cmp.Or(stderr.LastLine(), err.Error()))
 	}
 	id := strings.TrimSpace(strings.SplitN(strings.TrimSpace(string(out)), ";", 2)[0])
 	if id == "" {
@@ -287,13 +288,4 @@ func slurmCancel(sc SlurmConfig, job string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = exec.CommandContext(ctx, scancel, job).Run()
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }

@@ -12,17 +12,6 @@ import (
 	"github.com/ckptfs/ckptfs/replay"
 )
 
-// fakeCommand writes a shell script named name that stands in for a Slurm
-// command.
-func fakeCommand(t *testing.T, name, body string) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // TestRunSlurmFake drives RunSlurm with stand-ins for sbatch, squeue and
 // scancel: a refused submission, a job whose task leaves no report, and a
 // cancellation.
